@@ -1,0 +1,25 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="archivas",
+    version="0.1.0",
+    description="Archivas: a Proof-of-Space-and-Time blockchain node on Twisted",
+    python_requires=">=3.11",
+    packages=find_packages(include=["archivas", "archivas.*"]) + ["twisted.plugins"],
+    package_data={"archivas.chain": ["networks/*.json"]},
+    install_requires=[
+        "twisted>=24.3",
+        "klein>=23.5",
+        "treq>=23.11",
+        "pynacl>=1.5",
+        "chiapos==2.0.12",
+        "chiavdf==1.2.0",
+        # The reference BIP-173 implementation, so bech32 is not hand-written.
+        "bech32==1.2.0",
+        "attrs>=23.1",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100"],
+    },
+    entry_points={"console_scripts": []},
+)
