@@ -1,11 +1,17 @@
+import os
+
 from setuptools import find_packages, setup
+
+# twistd finds plugins in the namespace package twisted.plugins (no __init__.py there).
+# The node plugin arrives with the node issue; until the folder exists it is not listed.
+PLUGINS = ["twisted.plugins"] if os.path.isdir("twisted/plugins") else []
 
 setup(
     name="archivas",
     version="0.1.0",
     description="Archivas: a Proof-of-Space-and-Time blockchain node on Twisted",
     python_requires=">=3.11",
-    packages=find_packages(include=["archivas", "archivas.*"]) + ["twisted.plugins"],
+    packages=find_packages(include=["archivas", "archivas.*"]) + PLUGINS,
     package_data={"archivas.chain": ["networks/*.json"]},
     install_requires=[
         "twisted>=24.3",

@@ -1,0 +1,253 @@
+"""The chain: validates blocks, stores every valid one, follows the heaviest tip.
+
+`Chain.add_block` is the one entry point. A block whose parent is unknown is reported as
+an orphan (the caller holds it and fetches ancestors); an invalid block raises
+`BlockRejected` and changes nothing; a valid one is stored and, when fork choice prefers
+it, becomes the tip, rolling the old branch back and the new one forward (any depth) in a
+single storage transaction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Optional
+
+from twisted.logger import Logger
+
+from archivas.chain import forkchoice
+from archivas.chain.block import Block, Header, child_seed, genesis_block
+from archivas.chain.consensus import BlockRejected, check_context, check_standalone, expected_difficulty
+from archivas.chain.ledger import Account, StateDelta, apply_block_body
+from archivas.chain.params import NetworkParams
+from archivas.chain.storage import BlockMeta, Storage, StorageError
+from archivas.chain.transactions import InvalidTransaction
+
+log = Logger()
+
+ADDED_TIP = "tip"  # the block extended or replaced the main chain
+ADDED_SIDE = "side"  # stored on a branch that is not (yet) the heaviest
+KNOWN = "known"
+ORPHAN = "orphan"  # parent unknown: nothing stored
+
+
+@dataclasses.dataclass
+class AddResult:
+    status: str
+    connected: list[Block] = dataclasses.field(default_factory=list)
+    disconnected: list[Block] = dataclasses.field(default_factory=list)
+
+    @property
+    def reorganised(self) -> bool:
+        return bool(self.disconnected)
+
+
+class Chain:
+    def __init__(self, storage: Storage, params: NetworkParams) -> None:
+        self.storage = storage
+        self.params = params
+        self.genesis = genesis_block(params)
+        self._open()
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike[str], params: NetworkParams) -> "Chain":
+        storage = Storage(directory)
+        try:
+            return cls(storage, params)
+        except BaseException:
+            storage.close()
+            raise
+
+    def close(self) -> None:
+        self.storage.close()
+
+    def _open(self) -> None:
+        s = self.storage
+        genesis_hash = self.genesis.hash.hex()
+        if s.fresh:
+            with s.transaction():
+                s.set_meta("schema", "1")
+                s.set_meta("network", self.params.name)
+                s.set_meta("genesis", genesis_hash)
+                s.put_block(self.genesis, self.genesis.header.difficulty, 0)
+                s.set_main(0, self.genesis.hash)
+                s.set_accounts({a: (v, 0) for a, v in self.genesis.allocation})
+                s.set_meta("tip", genesis_hash)
+            log.info("[storage] created database {dir} for {network}", dir=str(s.directory),
+                     network=self.params.name)
+            return
+        network, stored_genesis = s.get_meta("network"), s.get_meta("genesis")
+        if network != self.params.name or stored_genesis != genesis_hash:
+            raise StorageError(
+                f"database {s.directory} belongs to network {network} (genesis "
+                f"{(stored_genesis or '?')[:16]}), not {self.params.name} (genesis {genesis_hash[:16]})"
+            )
+        tip = s.get_meta("tip")
+        meta = s.block_meta(bytes.fromhex(tip)) if tip else None
+        if meta is None or s.main_hash(meta.height) != meta.hash or s.main_height() != meta.height:
+            raise StorageError(f"database {s.directory} is corrupt: its tip is not on its main chain")
+
+    # reading
+
+    @property
+    def tip(self) -> BlockMeta:
+        meta = self.storage.block_meta(bytes.fromhex(self.storage.get_meta("tip") or ""))
+        assert meta is not None
+        return meta
+
+    @property
+    def height(self) -> int:
+        return self.tip.height
+
+    def block_at(self, height: int) -> Optional[Block]:
+        block_hash = self.storage.main_hash(height)
+        return None if block_hash is None else self.storage.block(block_hash)
+
+    def block(self, block_hash: bytes) -> Optional[Block]:
+        return self.storage.block(block_hash)
+
+    def has_block(self, block_hash: bytes) -> bool:
+        return self.storage.has_block(block_hash)
+
+    def is_main(self, meta: BlockMeta) -> bool:
+        return self.storage.main_hash(meta.height) == meta.hash
+
+    def account(self, address: str) -> Account:
+        return self.storage.get_account(address) or (0, 0)
+
+    def accounts(self) -> dict[str, Account]:
+        return self.storage.all_accounts()
+
+    def header(self, block_hash: bytes) -> Optional[Header]:
+        block = self.storage.block(block_hash)
+        return None if block is None else block.header
+
+    def ancestors(self, block_hash: bytes, count: int) -> list[Header]:
+        """Up to `count` headers ending at `block_hash`, oldest first."""
+        out: list[Header] = []
+        current: Optional[bytes] = block_hash
+        while current is not None and len(out) < count:
+            header = self.header(current)
+            if header is None:
+                break
+            out.append(header)
+            current = header.parent_hash if header.height > 0 else None
+        out.reverse()
+        return out
+
+    def _context_depth(self) -> int:
+        return max(self.params.difficulty_window + 1, self.params.median_time_blocks) + 1
+
+    def next_difficulty(self, parent_hash: bytes) -> int:
+        return expected_difficulty(self.ancestors(parent_hash, self._context_depth()), self.params)
+
+    def seed_for_child(self, parent_hash: bytes) -> bytes:
+        header = self.header(parent_hash)
+        if header is None:
+            raise KeyError(parent_hash.hex())
+        return child_seed(header, self.params)
+
+    # writing
+
+    def check_standalone(self, block: Block) -> int:
+        """The thread-safe, costly part of validation (proofs and signatures): its score.
+
+        The caller may run it in a thread and pass the score to add_block."""
+        parent = self.header(block.header.parent_hash)
+        if parent is None:
+            raise BlockRejected("invalid_ancestor", "parent unknown")
+        return check_standalone(block, parent, self.params)
+
+    def add_block(self, block: Block, now_ms: int, score: Optional[int] = None) -> AddResult:
+        """Validate and store `block`; `score` from an earlier check_standalone skips it."""
+        s = self.storage
+        if s.has_block(block.hash):
+            return AddResult(KNOWN)
+        parent = s.block_meta(block.header.parent_hash)
+        if parent is None:
+            return AddResult(ORPHAN)
+        if parent.invalid:
+            raise BlockRejected("invalid_ancestor", f"parent {parent.hash.hex()[:16]} is invalid")
+        ancestors = self.ancestors(parent.hash, self._context_depth())
+        check_context(block.header, ancestors, self.params, now_ms)
+        if score is None:
+            score = check_standalone(block, ancestors[-1], self.params)
+
+        weight = parent.weight + block.header.difficulty
+        candidate = BlockMeta(block.hash, block.height, parent.hash, block.header.timestamp,
+                              block.header.difficulty, weight, block.header.segments, score, False)
+        tip = self.tip
+        if not forkchoice.is_better(candidate, tip):
+            with s.transaction():
+                s.put_block(block, weight, score)
+            return AddResult(ADDED_SIDE)
+        try:
+            with s.transaction():
+                s.put_block(block, weight, score)
+                return self._switch_to(candidate, tip)
+        except _BranchInvalid as bad:
+            with s.transaction():
+                s.put_block(block, weight, score)
+                for h in bad.branch:
+                    s.mark_invalid(h)
+            raise bad.rejection from None
+
+    def add_blocks(self, blocks: Iterable[Block], now_ms: int) -> list[AddResult]:
+        return [self.add_block(b, now_ms) for b in blocks]
+
+    def _switch_to(self, new_tip: BlockMeta, old_tip: BlockMeta) -> AddResult:
+        """Roll back to the fork point and apply the new branch, inside the caller's
+        transaction. Raises _BranchInvalid (the transaction then rolls back)."""
+        s = self.storage
+        branch: list[BlockMeta] = []
+        meta: Optional[BlockMeta] = new_tip
+        while meta is not None and not self.is_main(meta):
+            branch.append(meta)
+            meta = s.block_meta(meta.parent)
+        assert meta is not None, "every stored block descends from genesis"
+        fork = meta
+        branch.reverse()
+
+        result = AddResult(ADDED_TIP)
+        for height in range(old_tip.height, fork.height, -1):
+            block_hash = s.main_hash(height)
+            assert block_hash is not None
+            s.set_accounts(s.undo(block_hash))
+            s.delete_main(height)
+            block = s.block(block_hash)
+            assert block is not None
+            result.disconnected.append(block)
+
+        for i, meta in enumerate(branch):
+            if meta.invalid:
+                raise _BranchInvalid(
+                    [m.hash for m in branch[i:]],
+                    BlockRejected("invalid_ancestor", f"block {meta.hash.hex()[:16]} is invalid"),
+                )
+            block = s.block(meta.hash)
+            assert block is not None
+            delta = StateDelta(s)
+            try:
+                apply_block_body(delta, block.transactions, block.header.reward_address, block.header.reward)
+            except InvalidTransaction as e:
+                where = "" if meta.hash == new_tip.hash else f" (in ancestor at height {meta.height})"
+                raise _BranchInvalid(
+                    [m.hash for m in branch[i:]],
+                    BlockRejected("bad_transaction", f"{e}{where}"),
+                ) from None
+            s.set_accounts(dict(delta.changes))
+            s.put_undo(meta.hash, delta.before)
+            s.set_main(meta.height, meta.hash)
+            result.connected.append(block)
+        s.set_meta("tip", new_tip.hash.hex())
+        if result.disconnected:
+            log.info("[chain] reorganised: {n} blocks rolled back to height {fork}, {m} applied",
+                     n=len(result.disconnected), fork=fork.height, m=len(result.connected))
+        return result
+
+
+class _BranchInvalid(Exception):
+    def __init__(self, branch: list[bytes], rejection: BlockRejected) -> None:
+        super().__init__(str(rejection))
+        self.branch = branch
+        self.rejection = rejection

@@ -1,0 +1,141 @@
+"""Block validation: every rule, each failure with a stable reason code.
+
+Validation has three parts so that the costly one can run in threads:
+- `check_standalone`: needs only the block and its parent's header (structure, limits,
+  transaction signatures and root, reward, every VDF segment, proof of space and its
+  winning score, farmer signature). Pure and thread-safe; chiavdf releases the GIL.
+- `check_context`: height, timestamps and difficulty against the ancestors.
+- the state part (nonces, balances), applied by `Chain` in a `StateDelta`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from archivas.chain import keys, pos, vdf
+from archivas.chain.block import Block, Header, child_seed, tx_root
+from archivas.chain.difficulty import median_time, next_difficulty
+from archivas.chain.params import NetworkParams
+from archivas.chain.transactions import InvalidTransaction, check_stateless
+
+
+class BlockRejected(ValueError):
+    """An invalid block. `reason` is a stable code from REASONS; the text says more."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+REASONS = (
+    "malformed",  # fields of the wrong shape or version (raised by the decoder's caller)
+    "too_large",  # encoded size above max_block_bytes
+    "too_many_transactions",
+    "too_many_segments",
+    "no_vdf",  # a block answers signage point >= 1
+    "bad_height",
+    "timestamp_too_old",  # not above the median of the last 11
+    "timestamp_in_future",  # more than 30 s ahead of this node's clock
+    "bad_difficulty",
+    "bad_vdf",
+    "bad_proof_of_space",
+    "plot_filter",
+    "insufficient_quality",  # the proof does not win at this difficulty
+    "bad_farmer_signature",
+    "bad_reward_address",
+    "bad_reward",
+    "bad_tx_root",
+    "bad_transaction",  # stateless or state rule of one transaction; message names it
+    "invalid_ancestor",
+)
+
+
+def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int:
+    """Everything provable from the block and its parent's header; returns the score."""
+    header = block.header
+    if header.version != 1:
+        raise BlockRejected("malformed", f"version {header.version}")
+    if block.allocation:
+        raise BlockRejected("malformed", "only genesis carries an allocation")
+    if len(block.transactions) > params.max_block_transactions:
+        raise BlockRejected(
+            "too_many_transactions",
+            f"{len(block.transactions)} > {params.max_block_transactions}",
+        )
+    size = len(block.encode())
+    if size > params.max_block_bytes:
+        raise BlockRejected("too_large", f"{size} bytes > {params.max_block_bytes}")
+    if header.segments > params.max_vdf_segments:
+        raise BlockRejected("too_many_segments", f"{header.segments} > {params.max_vdf_segments}")
+    if header.segments == 0:
+        raise BlockRejected("no_vdf", "a block carries at least one VDF segment")
+    if not keys.is_address(header.reward_address):
+        raise BlockRejected("bad_reward_address", f"{header.reward_address!r} is not an address")
+
+    for i, tx in enumerate(block.transactions):
+        try:
+            check_stateless(tx, params)
+        except InvalidTransaction as e:
+            raise BlockRejected("bad_transaction", f"transaction {i}: {e}") from None
+    if tx_root(block.transactions) != header.tx_root:
+        raise BlockRejected("bad_tx_root", "transaction root does not match")
+    expected_reward = params.block_reward + sum(tx.fee for tx in block.transactions)
+    if header.reward != expected_reward:
+        raise BlockRejected("bad_reward", f"reward {header.reward}, expected {expected_reward}")
+
+    proof = header.proof_of_space
+    if proof is None:
+        raise BlockRejected("bad_proof_of_space", "missing")
+    if not params.k_min <= proof.k <= params.k_max:
+        raise BlockRejected("bad_proof_of_space", f"k={proof.k} outside {params.k_min}..{params.k_max}")
+    if len(proof.proof) != 8 * proof.k:
+        raise BlockRejected("bad_proof_of_space", f"proof of {len(proof.proof)} bytes for k={proof.k}")
+
+    seed = child_seed(parent, params)
+    failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, params.vdf_iterations)
+    if failed >= 0:
+        raise BlockRejected("bad_vdf", f"segment {failed + 1} does not verify")
+    challenge = vdf.signage_challenge(seed, header.vdf[-1].output)
+
+    pid = pos.plot_id(proof.farmer_public_key, proof.plot_nonce)
+    if not pos.passes_filter(pid, challenge, params.plot_filter_bits):
+        raise BlockRejected("plot_filter", "plot does not pass the filter for this challenge")
+    quality = pos.verify(pid, proof.k, challenge, proof.proof)
+    if quality is None:
+        raise BlockRejected("bad_proof_of_space", "proof does not verify for this plot and challenge")
+    if not pos.wins(quality, challenge, proof.k, header.difficulty, params.k_min):
+        raise BlockRejected("insufficient_quality", f"quality does not win at difficulty {header.difficulty}")
+
+    if not keys.verify(proof.farmer_public_key, header.signing_bytes, header.farmer_signature):
+        raise BlockRejected("bad_farmer_signature", "header not signed by the plot's farmer key")
+    return pos.score(quality, challenge)
+
+
+def expected_difficulty(ancestors: Sequence[Header], params: NetworkParams) -> int:
+    """Difficulty of a child of ancestors[-1]; `ancestors` oldest first, genesis allowed."""
+    window = [(h.timestamp, h.difficulty) for h in ancestors if h.height > 0]
+    window = window[-(params.difficulty_window + 1):]
+    return next_difficulty(
+        window, params.target_block_time_ms, params.initial_difficulty, ancestors[-1].difficulty
+    )
+
+
+def check_context(
+    header: Header, ancestors: Sequence[Header], params: NetworkParams, now_ms: int
+) -> None:
+    """Height, timestamp and difficulty rules against the ancestors (oldest first, the
+    parent last, at least max(difficulty_window, 11) + 1 of them when the chain has them)."""
+    parent = ancestors[-1]
+    if header.height != parent.height + 1:
+        raise BlockRejected("bad_height", f"height {header.height} on a parent at {parent.height}")
+    recent = [h.timestamp for h in ancestors[-params.median_time_blocks:]]
+    floor = median_time(recent)
+    if header.timestamp <= floor:
+        raise BlockRejected("timestamp_too_old", f"{header.timestamp} not above the median {floor}")
+    if header.timestamp > now_ms + params.max_future_ms:
+        raise BlockRejected(
+            "timestamp_in_future", f"{header.timestamp} is {header.timestamp - now_ms} ms ahead"
+        )
+    want = expected_difficulty(ancestors, params)
+    if header.difficulty != want:
+        raise BlockRejected("bad_difficulty", f"difficulty {header.difficulty}, expected {want}")

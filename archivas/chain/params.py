@@ -1,0 +1,94 @@
+"""Per-network consensus parameters, loaded from the JSON files in `networks/`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from importlib import resources
+from typing import Any, Mapping
+
+COIN = 100_000_000  # 1 RCHV in base units (8 decimals)
+
+
+@dataclasses.dataclass(frozen=True)
+class NetworkParams:
+    name: str
+    chain_id: int
+    genesis_message: str
+    genesis_timestamp: int  # Unix milliseconds
+    genesis_allocation: tuple[tuple[str, int], ...]  # (address, base units), sorted
+    block_reward: int
+    min_fee: int
+    target_block_time_ms: int
+    initial_difficulty: int
+    difficulty_window: int
+    discriminant_bits: int
+    vdf_iterations: int  # T: iterations in one VDF segment
+    max_vdf_segments: int
+    k_min: int
+    k_max: int
+    plot_filter_bits: int
+    max_block_transactions: int
+    max_block_bytes: int
+    median_time_blocks: int = 11
+    max_future_ms: int = 30_000
+
+    def with_allocation(self, allocation: Mapping[str, int]) -> "NetworkParams":
+        """The same network with another genesis allocation (and so another genesis)."""
+        return dataclasses.replace(self, genesis_allocation=_allocation(allocation))
+
+
+_FIELDS = {
+    "name": "name",
+    "chainId": "chain_id",
+    "genesisMessage": "genesis_message",
+    "genesisTimestamp": "genesis_timestamp",
+    "genesisAllocation": "genesis_allocation",
+    "blockReward": "block_reward",
+    "minFee": "min_fee",
+    "targetBlockTimeMs": "target_block_time_ms",
+    "initialDifficulty": "initial_difficulty",
+    "difficultyWindow": "difficulty_window",
+    "discriminantBits": "discriminant_bits",
+    "vdfIterations": "vdf_iterations",
+    "maxVdfSegments": "max_vdf_segments",
+    "kMin": "k_min",
+    "kMax": "k_max",
+    "plotFilterBits": "plot_filter_bits",
+    "maxBlockTransactions": "max_block_transactions",
+    "maxBlockBytes": "max_block_bytes",
+}
+
+
+def _allocation(allocation: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    from archivas.chain.keys import decode_address
+
+    for address, amount in allocation.items():
+        decode_address(address)  # raises on a malformed address
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount < 2**62:
+            raise ValueError(f"genesis allocation for {address} must be a positive integer")
+    return tuple(sorted(allocation.items()))
+
+
+def from_json(data: Mapping[str, Any]) -> NetworkParams:
+    missing = sorted(set(_FIELDS) - set(data))
+    if missing:
+        raise ValueError(f"network parameters lack {', '.join(missing)}")
+    values = {attr: data[key] for key, attr in _FIELDS.items()}
+    values["genesis_allocation"] = _allocation(values["genesis_allocation"])
+    params = NetworkParams(**values)
+    if params.initial_difficulty < 1 or params.difficulty_window < 2:
+        raise ValueError("initialDifficulty must be >= 1 and difficultyWindow >= 2")
+    return params
+
+
+def load(name: str) -> NetworkParams:
+    """The built-in network `name` (`devnet` or `fastnet`)."""
+    try:
+        text = resources.files("archivas.chain").joinpath(f"networks/{name}.json").read_text()
+    except FileNotFoundError:
+        raise ValueError(f"unknown network {name!r} (known: {', '.join(NETWORKS)})") from None
+    return from_json(json.loads(text))
+
+
+NETWORKS = ("devnet", "fastnet")

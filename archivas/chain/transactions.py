@@ -1,0 +1,130 @@
+"""Signed RCHV transfers: the model, its canonical encoding, and stateless checks."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from archivas.chain import keys
+from archivas.chain.encoding import DecodeError, canonical_json, field, hex_field, sha256, str_field
+from archivas.chain.params import NetworkParams
+
+TX_DOMAIN = b"archivas-tx-v1\x00"
+
+
+class InvalidTransaction(ValueError):
+    """A transaction that must not enter the mempool or a block.
+
+    `reason` is a stable code (see `REASONS`); the message says the specifics.
+    """
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+REASONS = (
+    "malformed",  # not a transaction object of the right shape
+    "wrong_chain",  # signed for another chain id
+    "bad_address",  # from or to is not an arcv1 address
+    "key_mismatch",  # the public key does not hash to `from`
+    "bad_signature",  # the signature does not verify over the canonical encoding
+    "non_positive_amount",
+    "fee_too_low",
+    "bad_nonce",  # not the sender's next nonce
+    "insufficient_balance",  # balance below amount + fee
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transaction:
+    chain_id: int
+    sender: str
+    recipient: str
+    amount: int
+    fee: int
+    nonce: int
+    public_key: bytes
+    signature: bytes
+
+    def unsigned_json(self) -> dict[str, Any]:
+        return {
+            "chainId": self.chain_id,
+            "from": self.sender,
+            "to": self.recipient,
+            "amount": self.amount,
+            "fee": self.fee,
+            "nonce": self.nonce,
+            "publicKey": self.public_key.hex(),
+        }
+
+    def signing_bytes(self) -> bytes:
+        return TX_DOMAIN + canonical_json(self.unsigned_json())
+
+    @property
+    def hash(self) -> bytes:
+        # Over the signed content, not the signature: a transaction has one id.
+        return sha256(self.signing_bytes())
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.unsigned_json(), "signature": self.signature.hex()}
+
+    @classmethod
+    def from_json(cls, obj: Any) -> "Transaction":
+        """Parse a transaction; InvalidTransaction('malformed') for a wrong shape."""
+        try:
+            if not isinstance(obj, dict) or len(obj) != 8:
+                raise DecodeError("a transaction is an object of exactly 8 fields")
+            return cls(
+                chain_id=field(obj, "chainId", int),
+                sender=str_field(obj, "from"),
+                recipient=str_field(obj, "to"),
+                amount=field(obj, "amount", int),
+                fee=field(obj, "fee", int),
+                nonce=field(obj, "nonce", int),
+                public_key=hex_field(obj, "publicKey", 32),
+                signature=hex_field(obj, "signature", 64),
+            )
+        except DecodeError as e:
+            raise InvalidTransaction("malformed", str(e)) from None
+
+
+def sign_transfer(
+    key: keys.PrivateKey,
+    params: NetworkParams,
+    recipient: str,
+    amount: int,
+    fee: int,
+    nonce: int,
+) -> Transaction:
+    unsigned = Transaction(params.chain_id, key.address, recipient, amount, fee, nonce, key.public_key, b"")
+    return dataclasses.replace(unsigned, signature=key.sign(unsigned.signing_bytes()))
+
+
+def check_stateless(tx: Transaction, params: NetworkParams) -> None:
+    """Every rule that needs no account state; raises InvalidTransaction."""
+    if tx.chain_id != params.chain_id:
+        raise InvalidTransaction("wrong_chain", f"chain id {tx.chain_id}, this chain is {params.chain_id}")
+    for role, address in (("from", tx.sender), ("to", tx.recipient)):
+        try:
+            keys.decode_address(address)
+        except ValueError as e:
+            raise InvalidTransaction("bad_address", f"{role}: {e}") from None
+    if keys.address_of(tx.public_key) != tx.sender:
+        raise InvalidTransaction("key_mismatch", f"public key does not belong to {tx.sender}")
+    if tx.amount <= 0:
+        raise InvalidTransaction("non_positive_amount", f"amount {tx.amount} must be > 0")
+    if tx.fee < params.min_fee:
+        raise InvalidTransaction("fee_too_low", f"fee {tx.fee} below the minimum {params.min_fee}")
+    if not keys.verify(tx.public_key, tx.signing_bytes(), tx.signature):
+        raise InvalidTransaction("bad_signature", "signature does not verify")
+
+
+def check_against_account(tx: Transaction, balance: int, nonce: int) -> None:
+    """The rules that need the sender's account: nonce and balance."""
+    if tx.nonce != nonce:
+        raise InvalidTransaction("bad_nonce", f"nonce {tx.nonce}, account expects {nonce}")
+    if tx.amount + tx.fee > balance:
+        raise InvalidTransaction(
+            "insufficient_balance", f"needs {tx.amount + tx.fee}, balance is {balance}"
+        )

@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks: test plots and a fast valid-chain builder."""
