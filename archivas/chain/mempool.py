@@ -1,0 +1,180 @@
+"""The mempool: pending transfers, bounded, fee-ordered and nonce-aware.
+
+Each sender's pending transfers form a gap-free run of nonces starting at the account's
+nonce, all affordable together. Blocks take the highest fees first, in nonce order per
+sender. When full, the lowest-fee transfer (with the later ones of its sender, which then
+could not run) makes room for a better one. After blocks connect or disconnect, the pool
+drops what they made invalid and takes back what a reorganisation returned.
+"""
+
+from __future__ import annotations
+
+import heapq
+from typing import Callable, Iterable, Optional, Protocol
+
+from archivas.chain.ledger import Account
+from archivas.chain.params import NetworkParams
+from archivas.chain.transactions import InvalidTransaction, Transaction, check_stateless
+
+AccountLookup = Callable[[str], Account]
+
+
+class HasTransactions(Protocol):
+    transactions: tuple[Transaction, ...]
+
+MAX_TRANSACTIONS = 5000
+MAX_PER_SENDER = 64
+
+MEMPOOL_REASONS = (
+    "duplicate",  # already pending
+    "nonce_gap",  # a nonce beyond the sender's next free one
+    "replacement_fee_too_low",  # same sender and nonce, fee not higher
+    "sender_limit",  # MAX_PER_SENDER pending already
+    "mempool_full",  # full of transfers paying at least as much
+)
+
+
+class Mempool:
+    def __init__(
+        self,
+        params: NetworkParams,
+        max_transactions: int = MAX_TRANSACTIONS,
+        max_per_sender: int = MAX_PER_SENDER,
+    ) -> None:
+        self.params = params
+        self.max_transactions = max_transactions
+        self.max_per_sender = max_per_sender
+        self._by_hash: dict[bytes, Transaction] = {}
+        self._by_sender: dict[str, dict[int, Transaction]] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_hash)
+
+    def __contains__(self, tx_hash: bytes) -> bool:
+        return tx_hash in self._by_hash
+
+    def get(self, tx_hash: bytes) -> Optional[Transaction]:
+        return self._by_hash.get(tx_hash)
+
+    def transactions(self) -> list[Transaction]:
+        return list(self._by_hash.values())
+
+    def add(self, tx: Transaction, lookup: AccountLookup) -> None:
+        """Admit `tx` or raise InvalidTransaction with a reason saying why not."""
+        if tx.hash in self._by_hash:
+            raise InvalidTransaction("duplicate", "transaction already pending")
+        check_stateless(tx, self.params)
+        balance, nonce = lookup(tx.sender)
+        pending = self._by_sender.get(tx.sender, {})
+        if tx.nonce < nonce:
+            raise InvalidTransaction("bad_nonce", f"nonce {tx.nonce} already used (account at {nonce})")
+        next_free = nonce + len(pending)
+        if tx.nonce > next_free:
+            raise InvalidTransaction("nonce_gap", f"nonce {tx.nonce}, next acceptable is {next_free}")
+        replaced = pending.get(tx.nonce)
+        if replaced is not None and tx.fee <= replaced.fee:
+            raise InvalidTransaction(
+                "replacement_fee_too_low", f"fee {tx.fee} does not beat pending fee {replaced.fee}"
+            )
+        if replaced is None and len(pending) >= self.max_per_sender:
+            raise InvalidTransaction("sender_limit", f"{self.max_per_sender} transfers already pending")
+        spent = sum(t.amount + t.fee for n, t in pending.items() if n < tx.nonce)
+        if spent + tx.amount + tx.fee > balance:
+            raise InvalidTransaction(
+                "insufficient_balance",
+                f"needs {tx.amount + tx.fee} after {spent} pending, balance is {balance}",
+            )
+        if replaced is None and len(self._by_hash) >= self.max_transactions:
+            self._make_room(tx)
+        if replaced is not None:
+            del self._by_hash[replaced.hash]
+        self._by_sender.setdefault(tx.sender, {})[tx.nonce] = tx
+        self._by_hash[tx.hash] = tx
+        if replaced is not None:
+            self._revalidate_sender(tx.sender, lookup)
+
+    def _make_room(self, incoming: Transaction) -> None:
+        # Never the incoming sender's own earlier transfers: that would leave a gap.
+        others = [t for t in self._by_hash.values() if t.sender != incoming.sender]
+        victim = min(others, key=lambda t: (t.fee, -t.nonce), default=None)
+        if victim is None or victim.fee >= incoming.fee:
+            raise InvalidTransaction("mempool_full", f"full, and every pending fee is >= {incoming.fee}")
+        self._drop_from(victim.sender, victim.nonce)
+
+    def _drop_from(self, sender: str, first_nonce: int) -> None:
+        """Remove the sender's transfers from `first_nonce` on (they could no longer run)."""
+        pending = self._by_sender.get(sender, {})
+        for n in [n for n in pending if n >= first_nonce]:
+            del self._by_hash[pending.pop(n).hash]
+        if not pending:
+            self._by_sender.pop(sender, None)
+
+    def _revalidate_sender(self, sender: str, lookup: AccountLookup) -> None:
+        """Keep the longest affordable gap-free run from the account's nonce; drop the rest."""
+        pending = self._by_sender.get(sender)
+        if not pending:
+            return
+        balance, nonce = lookup(sender)
+        for n in [n for n in pending if n < nonce]:
+            del self._by_hash[pending.pop(n).hash]
+        spent = 0
+        expected = nonce
+        for n in sorted(pending):
+            tx = pending[n]
+            spent += tx.amount + tx.fee
+            if n != expected or spent > balance:
+                self._drop_from(sender, n)
+                return
+            expected += 1
+        if not pending:
+            self._by_sender.pop(sender, None)
+
+    def select(self, max_count: int) -> list[Transaction]:
+        """Up to `max_count` transfers for a block: highest fee first, nonces in order."""
+        heap: list[tuple[int, bytes, str, int]] = []
+        for sender, pending in self._by_sender.items():
+            first = min(pending)
+            heapq.heappush(heap, (-pending[first].fee, pending[first].hash, sender, first))
+        out: list[Transaction] = []
+        while heap and len(out) < max_count:
+            _, _, sender, nonce = heapq.heappop(heap)
+            pending = self._by_sender[sender]
+            out.append(pending[nonce])
+            nxt = pending.get(nonce + 1)
+            if nxt is not None:
+                heapq.heappush(heap, (-nxt.fee, nxt.hash, sender, nonce + 1))
+        return out
+
+    def update_for_blocks(
+        self,
+        connected: Iterable[HasTransactions],
+        disconnected: Iterable[HasTransactions],
+        lookup: AccountLookup,
+    ) -> None:
+        """After the tip moved: drop what the connected blocks included or invalidated and
+        take back the disconnected blocks' transfers that are still valid."""
+        disconnected = list(disconnected)
+        touched: set[str] = set()
+        for block in connected:
+            for tx in block.transactions:
+                touched.add(tx.sender)
+                old = self._by_sender.get(tx.sender, {}).get(tx.nonce)
+                if old is not None:
+                    self._drop_one(old)
+        # Connecting only spends from the senders it names; rolling back can also take
+        # away what other senders had received, so a reorganisation checks everyone.
+        for sender in set(self._by_sender) if disconnected else touched:
+            self._revalidate_sender(sender, lookup)
+        returned = [tx for block in disconnected for tx in block.transactions]
+        for tx in sorted(returned, key=lambda t: (t.sender, t.nonce)):
+            try:
+                self.add(tx, lookup)
+            except InvalidTransaction:
+                continue
+
+    def _drop_one(self, tx: Transaction) -> None:
+        pending = self._by_sender[tx.sender]
+        del pending[tx.nonce]
+        del self._by_hash[tx.hash]
+        if not pending:
+            del self._by_sender[tx.sender]

@@ -1,0 +1,46 @@
+"""Shared test fixtures: funded fastnet parameters, test keys, one chain builder per run."""
+
+from __future__ import annotations
+
+import time
+from typing import Optional
+
+from twisted.trial import unittest
+
+from archivas.chain import params as network_params
+from archivas.chain.blockchain import Chain
+from archivas.chain.keys import PrivateKey
+from archivas.chain.params import COIN
+from archivas.testing.chainbuilder import ChainBuilder
+
+ALICE = PrivateKey.from_secret(b"alice")
+BOB = PrivateKey.from_secret(b"bob")
+CAROL = PrivateKey.from_secret(b"carol")
+
+FASTNET = network_params.load("fastnet")
+PARAMS = FASTNET.with_allocation({ALICE.address: 1000 * COIN, BOB.address: 500 * COIN})
+
+_builder: Optional[ChainBuilder] = None
+
+
+def builder() -> ChainBuilder:
+    """One builder per test run: plots are made once and VDF segments are cached."""
+    global _builder
+    if _builder is None:
+        _builder = ChainBuilder(PARAMS)
+    return _builder
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def open_chain(case: unittest.TestCase, directory: Optional[str] = None) -> Chain:
+    chain = Chain.open(directory or case.mktemp(), PARAMS)
+    case.addCleanup(chain.close)
+    return chain
+
+
+def snapshot(chain: Chain) -> tuple:
+    """Everything a rejected block must leave as it was."""
+    return chain.tip, chain.accounts(), chain.storage.block_count()

@@ -1,0 +1,296 @@
+"""Block validation: one test per rejection reason, each checking that nothing changed."""
+
+import dataclasses
+
+from twisted.trial import unittest
+
+from archivas.chain import pos, vdf
+from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_header, tx_root
+from archivas.chain.blockchain import ADDED_SIDE, ADDED_TIP, KNOWN, ORPHAN, Chain
+from archivas.chain.consensus import REASONS, BlockRejected
+from archivas.chain.encoding import DecodeError
+from archivas.chain.keys import PrivateKey
+from archivas.chain.params import COIN
+from archivas.chain.transactions import sign_transfer
+from tests.common import ALICE, BOB, PARAMS, builder, now_ms, open_chain, snapshot
+
+
+def flip(data: bytes, index: int = 0) -> bytes:
+    return data[:index] + bytes([data[index] ^ 1]) + data[index + 1:]
+
+
+class RejectionTests(unittest.TestCase):
+    """Each bad block is built for real (signed by its farmer) and offered to the chain."""
+
+    def setUp(self):
+        self.b = builder()
+        self.chain = open_chain(self)
+        self.base = self.b.extend(self.b.genesis, 4)
+        for block in self.base:
+            self.assertEqual(self.chain.add_block(block, now_ms()).status, ADDED_TIP)
+        self.parent = self.base[-1]
+
+    def assertRejected(self, block, reason, chain=None, now=None):
+        chain = chain or self.chain
+        before = snapshot(chain)
+        with self.assertRaises(BlockRejected) as cm:
+            chain.add_block(block, now if now is not None else now_ms())
+        self.assertEqual(cm.exception.reason, reason, str(cm.exception))
+        self.assertEqual(snapshot(chain), before)
+        self.assertFalse(chain.has_block(block.hash))
+        return cm.exception
+
+    def tampered(self, edit, **kwargs):
+        return self.b.make_block(self.parent, tamper=edit, **kwargs)
+
+    def test_valid_child_is_accepted(self):
+        block = self.b.make_block(self.parent)
+        self.assertEqual(self.chain.add_block(block, now_ms()).status, ADDED_TIP)
+        self.assertEqual(self.chain.add_block(block, now_ms()).status, KNOWN)
+
+    def test_malformed_version(self):
+        self.assertRejected(self.tampered(lambda h: dataclasses.replace(h, version=2)), "malformed")
+
+    def test_too_large(self):
+        txs = [sign_transfer(ALICE, PARAMS, BOB.address, COIN, PARAMS.min_fee, n) for n in range(10)]
+        small = dataclasses.replace(PARAMS, max_block_bytes=3000)
+        chain = open_chain(self)
+        chain.params = small
+        for block in self.base:
+            chain.add_block(block, now_ms())
+        self.assertRejected(self.b.make_block(self.parent, txs), "too_large", chain)
+
+    def test_too_many_transactions(self):
+        txs = [sign_transfer(ALICE, PARAMS, BOB.address, COIN, PARAMS.min_fee, n) for n in range(3)]
+        chain = open_chain(self)
+        chain.params = dataclasses.replace(PARAMS, max_block_transactions=2)
+        for block in self.base:
+            chain.add_block(block, now_ms())
+        self.assertRejected(self.b.make_block(self.parent, txs), "too_many_transactions", chain)
+
+    def test_too_many_segments(self):
+        chain = open_chain(self)
+        chain.params = dataclasses.replace(PARAMS, max_vdf_segments=1)
+        for block in self.base:
+            chain.add_block(block, now_ms())
+        block = self.tampered(lambda h: dataclasses.replace(h, vdf=h.vdf + h.vdf))
+        self.assertRejected(block, "too_many_segments", chain)
+
+    def test_no_vdf(self):
+        self.assertRejected(self.tampered(lambda h: dataclasses.replace(h, vdf=())), "no_vdf")
+
+    def test_bad_height(self):
+        self.assertRejected(self.tampered(lambda h: dataclasses.replace(h, height=h.height + 1)), "bad_height")
+
+    def test_timestamp_too_old(self):
+        median = sorted(b.header.timestamp for b in [self.b.genesis] + self.base)[2]
+        self.assertRejected(self.b.make_block(self.parent, timestamp=median), "timestamp_too_old")
+
+    def test_timestamp_in_future(self):
+        block = self.b.make_block(self.parent)
+        error = self.assertRejected(block, "timestamp_in_future", now=block.header.timestamp - 30_001)
+        self.assertIn("ahead", str(error))
+        # 30 s ahead is still fine.
+        self.assertEqual(self.chain.add_block(block, block.header.timestamp - 30_000).status, ADDED_TIP)
+
+    def test_bad_difficulty(self):
+        self.assertRejected(
+            self.tampered(lambda h: dataclasses.replace(h, difficulty=h.difficulty + 1)), "bad_difficulty"
+        )
+
+    def test_bad_vdf_output(self):
+        def edit(h):
+            segments = list(h.vdf)
+            segments[-1] = vdf.Segment(flip(segments[-1].output, 50), segments[-1].proof)
+            return dataclasses.replace(h, vdf=tuple(segments))
+
+        self.assertRejected(self.tampered(edit), "bad_vdf")
+
+    def test_bad_vdf_proof(self):
+        def edit(h):
+            segments = list(h.vdf)
+            segments[0] = vdf.Segment(segments[0].output, flip(segments[0].proof, 3))
+            return dataclasses.replace(h, vdf=tuple(segments))
+
+        self.assertRejected(self.tampered(edit), "bad_vdf")
+
+    def test_vdf_of_another_parent(self):
+        other = self.base[-2]
+        self.assertRejected(self.tampered(lambda h: dataclasses.replace(h, vdf=other.header.vdf)), "bad_vdf")
+
+    def test_bad_proof_of_space(self):
+        edits = {
+            "flipped byte": lambda p: dataclasses.replace(p, proof=flip(p.proof, 7)),
+            "other nonce": lambda p: dataclasses.replace(p, plot_nonce=flip(p.plot_nonce)),
+            "k too small": lambda p: dataclasses.replace(p, k=17, proof=p.proof[:8 * 17]),
+            "wrong length": lambda p: dataclasses.replace(p, proof=p.proof[:-1]),
+        }
+        for name, edit in edits.items():
+            with self.subTest(name):
+                block = self.tampered(lambda h: dataclasses.replace(h, proof_of_space=edit(h.proof_of_space)))
+                self.assertRejected(block, "bad_proof_of_space")
+
+    def test_proof_bound_to_another_farmer(self):
+        # The same plot and proof claimed under another farmer key (which also signs):
+        # the plot id no longer matches, so the proof fails.
+        thief = PrivateKey.from_secret(b"thief")
+        good = self.b.make_block(self.parent)
+        pos_ = dataclasses.replace(good.header.proof_of_space, farmer_public_key=thief.public_key)
+        header = dataclasses.replace(good.header, proof_of_space=pos_, reward_address=thief.address)
+        self.assertRejected(Block(sign_header(header, thief)), "bad_proof_of_space")
+
+    def test_plot_filter(self):
+        chain = open_chain(self)
+        chain.params = dataclasses.replace(PARAMS, plot_filter_bits=8)
+        for candidate in self.b.extend(self.b.genesis, 30, timestamp=None):
+            header = candidate.header
+            seed = child_seed(self.b.blocks[header.parent_hash].header, PARAMS)
+            challenge = vdf.signage_challenge(seed, header.vdf[-1].output)
+            pid = pos.plot_id(header.proof_of_space.farmer_public_key, header.proof_of_space.plot_nonce)
+            if not pos.passes_filter(pid, challenge, 8):
+                break
+            chain.add_block(candidate, now_ms())
+        else:
+            self.fail("every block passed an 8-bit filter")
+        self.assertRejected(candidate, "plot_filter", chain)
+
+    def test_insufficient_quality(self):
+        # A branch of quick blocks raises the difficulty above 1; then a proof that would
+        # win at difficulty 1 but not at the expected difficulty is offered.
+        chain = open_chain(self)
+        parent = self.b.genesis
+        for _ in range(3):
+            parent = self.b.make_block(parent, timestamp=parent.header.timestamp + 50)
+            chain.add_block(parent, now_ms())
+        difficulty = chain.next_difficulty(parent.hash)
+        self.assertGreater(difficulty, 1)
+        block = self._losing_block(parent, difficulty)
+        self.assertRejected(block, "insufficient_quality", chain)
+
+    def _losing_block(self, parent, difficulty):
+        seed = child_seed(parent.header, PARAMS)
+        start, segments = vdf.GENERATOR, []
+        for _ in range(50):
+            segment = vdf.prove_segment(seed, start, PARAMS.discriminant_bits, PARAMS.vdf_iterations)
+            segments.append(segment)
+            start = segment.output
+            challenge = vdf.signage_challenge(seed, segment.output)
+            for key, plot in self.b.farmers:
+                for index, quality in enumerate(plot.qualities(challenge)):
+                    if not pos.wins(quality, challenge, plot.k, difficulty, PARAMS.k_min):
+                        header = Header(
+                            height=parent.height + 1, parent_hash=parent.hash,
+                            timestamp=parent.header.timestamp + PARAMS.target_block_time_ms,
+                            difficulty=difficulty, vdf=tuple(segments),
+                            proof_of_space=plot.proof(challenge, index), reward_address=key.address,
+                            reward=PARAMS.block_reward, tx_root=tx_root(()),
+                        )
+                        return Block(sign_header(header, key))
+        self.fail("no losing quality found")
+
+    def test_bad_farmer_signature(self):
+        good = self.b.make_block(self.parent)
+        stranger = PrivateKey.from_secret(b"stranger")
+        forged = Block(dataclasses.replace(good.header, farmer_signature=stranger.sign(good.header.signing_bytes)))
+        self.assertRejected(forged, "bad_farmer_signature")
+
+    def test_relay_cannot_redirect_reward(self):
+        good = self.b.make_block(self.parent)
+        redirected = Block(dataclasses.replace(good.header, reward_address=BOB.address))
+        self.assertNotEqual(redirected.hash, good.hash)
+        self.assertRejected(redirected, "bad_farmer_signature")
+
+    def test_bad_reward_address(self):
+        self.assertRejected(
+            self.tampered(lambda h: dataclasses.replace(h, reward_address="arcv1nope")), "bad_reward_address"
+        )
+
+    def test_bad_reward(self):
+        self.assertRejected(self.tampered(lambda h: dataclasses.replace(h, reward=h.reward + 1)), "bad_reward")
+
+    def test_bad_tx_root(self):
+        self.assertRejected(
+            self.tampered(lambda h: dataclasses.replace(h, tx_root=b"\x00" * 32)), "bad_tx_root"
+        )
+
+    def test_content_changed_after_signing(self):
+        tx = sign_transfer(ALICE, PARAMS, BOB.address, COIN, PARAMS.min_fee, 0)
+        good = self.b.make_block(self.parent, [tx])
+        self.assertRejected(Block(good.header, ()), "bad_tx_root")
+
+    def test_child_of_invalid_block(self):
+        overspend = sign_transfer(ALICE, PARAMS, BOB.address, 5000 * COIN, PARAMS.min_fee, 0)
+        bad = self.b.make_block(self.parent, [overspend])
+        with self.assertRaises(BlockRejected):
+            self.chain.add_block(bad, now_ms())
+        before = snapshot(self.chain)
+        child = self.b.make_block(bad)
+        with self.assertRaises(BlockRejected) as cm:
+            self.chain.add_block(child, now_ms())
+        self.assertEqual(cm.exception.reason, "invalid_ancestor")
+        self.assertEqual(snapshot(self.chain), before)
+
+    def test_unknown_parent_is_an_orphan(self):
+        detached = self.b.extend(self.parent, 2)[1]
+        before = snapshot(self.chain)
+        self.assertEqual(self.chain.add_block(detached, now_ms()).status, ORPHAN)
+        self.assertEqual(snapshot(self.chain), before)
+
+    def test_every_reason_is_tested(self):
+        names = {n[len("test_"):] for n in dir(self) if n.startswith("test_")}
+        covered = {r for r in REASONS if any(n.startswith(r) or r in n for n in names)}
+        # bad_transaction lives in test_transactions; invalid_ancestor is test_child_of_invalid_block.
+        self.assertEqual(set(REASONS) - covered, {"bad_transaction", "invalid_ancestor"})
+
+
+class DecodeTests(unittest.TestCase):
+    def test_round_trip(self):
+        block = builder().make_block(builder().genesis)
+        import json
+
+        self.assertEqual(Block.from_json(json.loads(block.encode())), block)
+
+    def test_malformed_blocks_raise_decode_error(self):
+        import json
+
+        good = json.loads(builder().make_block(builder().genesis).encode())
+        header = good["header"]
+        cases = [
+            None, [], {}, {"header": header}, {"header": [], "transactions": []},
+            {**good, "transactions": [{"nope": 1}]},
+            {**good, "header": {**header, "height": -1}},
+            {**good, "header": {**header, "vdf": [{"output": "00", "proof": "00"}]}},
+            {**good, "header": {**header, "parentHash": "ab"}},
+            {**good, "header": {**header, "proofOfSpace": {"k": 18}}},
+            {**good, "header": {**header, "timestamp": 1.5}},
+            {**good, "allocation": "x"},
+        ]
+        for doc in cases:
+            with self.assertRaises(DecodeError, msg=repr(doc)[:80]):
+                Block.from_json(doc)
+
+
+class GenesisTests(unittest.TestCase):
+    def test_deterministic_per_network_and_allocation(self):
+        from archivas.chain import params
+
+        devnet, fastnet = params.load("devnet"), params.load("fastnet")
+        self.assertEqual(genesis_block(devnet).hash, genesis_block(params.load("devnet")).hash)
+        self.assertNotEqual(genesis_block(devnet).hash, genesis_block(fastnet).hash)
+        self.assertNotEqual(genesis_block(PARAMS).hash, genesis_block(fastnet).hash)
+
+    def test_allocation_credited(self):
+        chain = open_chain(self)
+        self.assertEqual(chain.account(ALICE.address), (1000 * COIN, 0))
+        self.assertEqual(chain.height, 0)
+        self.assertEqual(chain.block_at(0).hash, genesis_block(PARAMS).hash)
+
+    def test_side_block_status(self):
+        b = builder()
+        chain = open_chain(self)
+        main = b.extend(b.genesis, 2)
+        for block in main:
+            chain.add_block(block, now_ms())
+        side = b.make_block(b.genesis, farmer=1, timestamp=b.genesis.header.timestamp + 1000)
+        self.assertEqual(chain.add_block(side, now_ms()).status, ADDED_SIDE)
+        self.assertEqual(chain.tip.hash, main[-1].hash)
