@@ -1,0 +1,78 @@
+"""Opening databases: another network, corruption, a second opener, persistence."""
+
+import os
+import sqlite3
+
+from twisted.trial import unittest
+
+from archivas.chain import params as network_params
+from archivas.chain.blockchain import Chain
+from archivas.chain.storage import DB_FILE, Storage, StorageError
+from tests.common import PARAMS, builder, now_ms, open_chain
+
+
+class OpenTests(unittest.TestCase):
+    def test_wal_mode(self):
+        chain = open_chain(self)
+        self.assertEqual(chain.storage.db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
+
+    def test_database_of_another_network_is_refused(self):
+        directory = self.mktemp()
+        Chain.open(directory, PARAMS).close()
+        with self.assertRaises(StorageError) as cm:
+            Chain.open(directory, network_params.load("devnet"))
+        self.assertIn("belongs to network fastnet", str(cm.exception))
+        # Same network name, other genesis (another allocation): refused as well.
+        with self.assertRaisesRegex(StorageError, "genesis"):
+            Chain.open(directory, network_params.load("fastnet"))
+        Chain.open(directory, PARAMS).close()  # and the lock was released each time
+
+    def test_second_opener_is_refused(self):
+        directory = self.mktemp()
+        open_chain(self, directory)
+        with self.assertRaisesRegex(StorageError, f"in use by pid {os.getpid()}"):
+            Chain.open(directory, PARAMS)
+
+    def test_garbage_file_is_refused(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        with open(os.path.join(directory, DB_FILE), "wb") as f:
+            f.write(b"this is not sqlite" * 1000)
+        with self.assertRaisesRegex(StorageError, "corrupt or not an Archivas database"):
+            Chain.open(directory, PARAMS)
+
+    def test_foreign_sqlite_is_refused(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        db = sqlite3.connect(os.path.join(directory, DB_FILE))
+        db.execute("CREATE TABLE other (x)")
+        db.commit()
+        db.close()
+        with self.assertRaisesRegex(StorageError, "tables missing"):
+            Chain.open(directory, PARAMS)
+
+    def test_tip_off_the_main_chain_is_corrupt(self):
+        directory = self.mktemp()
+        chain = Chain.open(directory, PARAMS)
+        for block in builder().extend(builder().genesis, 2):
+            chain.add_block(block, now_ms())
+        chain.storage.db.execute("DELETE FROM main_chain WHERE height = 2")
+        chain.close()
+        with self.assertRaisesRegex(StorageError, "corrupt"):
+            Chain.open(directory, PARAMS)
+
+    def test_directory_that_cannot_be_made(self):
+        blocker = self.mktemp()
+        with open(blocker, "w") as f:
+            f.write("a file, not a directory")
+        with self.assertRaisesRegex(StorageError, "cannot create database directory"):
+            Storage(os.path.join(blocker, "db"))
+
+    def test_failed_transaction_leaves_nothing(self):
+        chain = open_chain(self)
+        before = chain.accounts()
+        with self.assertRaises(RuntimeError):
+            with chain.storage.transaction():
+                chain.storage.set_accounts({"arcv1x": (5, 0)})
+                raise RuntimeError("boom")
+        self.assertEqual(chain.accounts(), before)
