@@ -122,16 +122,14 @@ class Chain:
         block = self.storage.block(block_hash)
         return None if block is None else block.header
 
-    def ancestors(self, block_hash: bytes, count: int) -> list[Header]:
-        """Up to `count` headers ending at `block_hash`, oldest first."""
-        out: list[Header] = []
-        current: Optional[bytes] = block_hash
-        while current is not None and len(out) < count:
-            header = self.header(current)
-            if header is None:
-                break
-            out.append(header)
-            current = header.parent_hash if header.height > 0 else None
+    def ancestors(self, block_hash: bytes, count: int) -> list[BlockMeta]:
+        """Up to `count` stored blocks ending at `block_hash`, oldest first (no decoding:
+        what the timestamp and difficulty rules need)."""
+        out: list[BlockMeta] = []
+        meta = self.storage.block_meta(block_hash)
+        while meta is not None and len(out) < count:
+            out.append(meta)
+            meta = self.storage.block_meta(meta.parent) if meta.height > 0 else None
         out.reverse()
         return out
 
@@ -168,10 +166,11 @@ class Chain:
             return AddResult(ORPHAN)
         if parent.invalid:
             raise BlockRejected("invalid_ancestor", f"parent {parent.hash.hex()[:16]} is invalid")
-        ancestors = self.ancestors(parent.hash, self._context_depth())
-        check_context(block.header, ancestors, self.params, now_ms)
+        check_context(block.header, self.ancestors(parent.hash, self._context_depth()), self.params, now_ms)
         if score is None:
-            score = check_standalone(block, ancestors[-1], self.params)
+            parent_header = self.header(parent.hash)
+            assert parent_header is not None
+            score = check_standalone(block, parent_header, self.params)
 
         weight = parent.weight + block.header.difficulty
         candidate = BlockMeta(block.hash, block.height, parent.hash, block.header.timestamp,

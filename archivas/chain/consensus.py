@@ -10,13 +10,21 @@ Validation has three parts so that the costly one can run in threads:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from archivas.chain import keys, pos, vdf
 from archivas.chain.block import Block, Header, child_seed, tx_root
 from archivas.chain.difficulty import median_time, next_difficulty
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, check_stateless
+
+
+class Ancestor(Protocol):
+    """What the context rules need of an ancestor (a Header or a stored BlockMeta)."""
+
+    height: int
+    timestamp: int
+    difficulty: int
 
 
 class BlockRejected(ValueError):
@@ -111,7 +119,7 @@ def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int
     return pos.score(quality, challenge)
 
 
-def expected_difficulty(ancestors: Sequence[Header], params: NetworkParams) -> int:
+def expected_difficulty(ancestors: Sequence[Ancestor], params: NetworkParams) -> int:
     """Difficulty of a child of ancestors[-1]; `ancestors` oldest first, genesis allowed."""
     window = [(h.timestamp, h.difficulty) for h in ancestors if h.height > 0]
     window = window[-(params.difficulty_window + 1):]
@@ -121,7 +129,7 @@ def expected_difficulty(ancestors: Sequence[Header], params: NetworkParams) -> i
 
 
 def check_context(
-    header: Header, ancestors: Sequence[Header], params: NetworkParams, now_ms: int
+    header: Header, ancestors: Sequence[Ancestor], params: NetworkParams, now_ms: int
 ) -> None:
     """Height, timestamp and difficulty rules against the ancestors (oldest first, the
     parent last, at least max(difficulty_window, 11) + 1 of them when the chain has them)."""
