@@ -6,7 +6,7 @@ from twisted.trial import unittest
 
 from archivas.chain import pos, vdf
 from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_header, tx_root
-from archivas.chain.blockchain import ADDED_SIDE, ADDED_TIP, KNOWN, ORPHAN, Chain
+from archivas.chain.blockchain import ADDED_SIDE, ADDED_TIP, KNOWN, ORPHAN
 from archivas.chain.consensus import REASONS, BlockRejected
 from archivas.chain.encoding import DecodeError
 from archivas.chain.keys import PrivateKey
@@ -127,7 +127,7 @@ class RejectionTests(unittest.TestCase):
         }
         for name, edit in edits.items():
             with self.subTest(name):
-                block = self.tampered(lambda h: dataclasses.replace(h, proof_of_space=edit(h.proof_of_space)))
+                block = self.tampered(lambda h, edit=edit: dataclasses.replace(h, proof_of_space=edit(h.proof_of_space)))
                 self.assertRejected(block, "bad_proof_of_space")
 
     def test_proof_bound_to_another_farmer(self):
