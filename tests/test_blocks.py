@@ -127,7 +127,9 @@ class RejectionTests(unittest.TestCase):
         }
         for name, edit in edits.items():
             with self.subTest(name):
-                block = self.tampered(lambda h, edit=edit: dataclasses.replace(h, proof_of_space=edit(h.proof_of_space)))
+                block = self.tampered(
+                    lambda h, edit=edit: dataclasses.replace(h, proof_of_space=edit(h.proof_of_space))
+                )
                 self.assertRejected(block, "bad_proof_of_space")
 
     def test_proof_bound_to_another_farmer(self):
