@@ -22,9 +22,12 @@ from archivas.chain.transactions import InvalidTransaction, check_stateless
 class Ancestor(Protocol):
     """What the context rules need of an ancestor (a Header or a stored BlockMeta)."""
 
-    height: int
-    timestamp: int
-    difficulty: int
+    @property
+    def height(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def difficulty(self) -> int: ...
 
 
 class BlockRejected(ValueError):

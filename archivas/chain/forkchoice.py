@@ -10,10 +10,14 @@ from typing import Protocol
 
 
 class Tip(Protocol):
-    weight: int
-    segments: int
-    score: int
-    hash: bytes
+    @property
+    def weight(self) -> int: ...
+    @property
+    def segments(self) -> int: ...
+    @property
+    def score(self) -> int: ...
+    @property
+    def hash(self) -> bytes: ...
 
 
 def key(tip: Tip) -> tuple[int, int, int, int]:

@@ -23,6 +23,7 @@ class KeyFileError(ValueError):
 def address_of(public_key: bytes) -> str:
     """bech32(hrp `arcv`, first 20 bytes of sha256(public key))."""
     data = bech32.convertbits(sha256(public_key)[:20], 8, 5)
+    assert data is not None  # 8-to-5 bit conversion with padding cannot fail
     return bech32.bech32_encode(HRP, data)
 
 

@@ -62,7 +62,7 @@ class ChainBuilder:
         self._vdf_cache: dict[tuple[bytes, bytes], vdf.Segment] = {}
 
     def ancestors(self, block_hash: bytes, count: int) -> list[Header]:
-        out = []
+        out: list[Header] = []
         block: Optional[Block] = self.blocks[block_hash]
         while block is not None and len(out) < count:
             out.append(block.header)
