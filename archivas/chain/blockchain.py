@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Iterable, Optional
+from typing import Any, Iterable, Optional
 
 from twisted.logger import Logger
 
@@ -50,8 +50,8 @@ class Chain:
         self._open()
 
     @classmethod
-    def open(cls, directory: str | os.PathLike[str], params: NetworkParams) -> "Chain":
-        storage = Storage(directory)
+    def open(cls, directory: str | os.PathLike[str], params: NetworkParams, **storage_options: Any) -> "Chain":
+        storage = Storage(directory, **storage_options)
         try:
             return cls(storage, params)
         except BaseException:
@@ -66,6 +66,7 @@ class Chain:
         genesis_hash = self.genesis.hash.hex()
         if s.fresh:
             with s.transaction():
+                s.create_schema()
                 s.set_meta("schema", "1")
                 s.set_meta("network", self.params.name)
                 s.set_meta("genesis", genesis_hash)

@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from archivas.chain.block import Block
 from archivas.chain.encoding import DecodeError
@@ -74,7 +74,13 @@ def _meta(row: tuple) -> BlockMeta:
 
 
 class Storage:
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    """`connect` opens the SQLite connection (tests inject a tracing one)."""
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
+    ) -> None:
         self.directory = Path(directory)
         self._lock: Optional[int] = None
         self.db: sqlite3.Connection = None  # type: ignore[assignment]
@@ -85,7 +91,7 @@ class Storage:
         self._lock = self._take_lock()
         path = self.directory / DB_FILE
         try:
-            self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            self.db = connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=OFF")
@@ -93,10 +99,10 @@ class Storage:
         except sqlite3.DatabaseError as e:
             self.close()
             raise StorageError(f"database {path} is corrupt or not an Archivas database ({e})") from None
+        # A new database gets its tables in the same transaction as its genesis block
+        # (create_schema), so a process killed while creating it leaves no tables.
         self.fresh = not tables
-        if self.fresh:
-            self.db.executescript(SCHEMA)
-        elif not {"meta", "blocks", "main_chain", "accounts", "undo"} <= tables:
+        if not self.fresh and not {"meta", "blocks", "main_chain", "accounts", "undo"} <= tables:
             self.close()
             raise StorageError(f"database {path} is not an Archivas database (tables missing)")
         self._depth = 0
@@ -143,6 +149,12 @@ class Storage:
             self.db.execute("COMMIT")
         finally:
             self._depth = 0
+
+    def create_schema(self) -> None:
+        """The tables, inside the caller's transaction (no executescript: it commits)."""
+        for statement in SCHEMA.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
 
     # meta
 
