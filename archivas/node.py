@@ -1,0 +1,351 @@
+"""The node: chain, mempool, timelord output and the peer layer, joined.
+
+Blocks from anywhere (peers, sync, the local farmer) go through one pipeline: the costly
+proof and signature checks run in a small thread pool (chiavdf and pynacl release the GIL),
+then the short context/state check and SQLite commit run on the reactor thread. A block is
+relayed only after it validated and became the tip, to peers not known to have it, once.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Optional
+
+from twisted.internet import defer, threads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from archivas import __version__
+from archivas.chain import vdf
+from archivas.chain.block import Block, Header
+from archivas.chain.blockchain import ADDED_TIP, KNOWN, ORPHAN, AddResult, Chain
+from archivas.chain.consensus import BlockRejected, check_standalone
+from archivas.chain.encoding import sha256
+from archivas.chain.mempool import Mempool
+from archivas.chain.transactions import InvalidTransaction, Transaction
+from archivas.protocols import wire
+from archivas.protocols.manager import PeerManager
+from archivas.protocols.orphans import OrphanPool
+from archivas.protocols.peer import BoundedSet, PeerProtocol
+from archivas.protocols.sync import Syncer
+
+log = Logger()
+
+VERIFY_THREADS = 2
+ORPHAN_FETCH_GAP = 32  # an orphan further above our tip than this starts a sync instead
+MAX_BLOCKS_REPLY_BYTES = 2 * 1024 * 1024
+FORGERY_REASONS = ("malformed", "bad_signature", "wrong_chain", "key_mismatch", "bad_address")
+
+
+class Node:
+    def __init__(
+        self,
+        chain: Chain,
+        reactor: Any,
+        node_id: Optional[bytes] = None,
+        listen_port: int = 0,
+        verify_threads: int = VERIFY_THREADS,
+        **manager_options: Any,
+    ) -> None:
+        self.chain = chain
+        self.params = chain.params
+        self.reactor = reactor
+        self.genesis_hash = chain.genesis.hash
+        self.node_id = node_id or os.urandom(16)
+        self.mempool = Mempool(self.params)
+        self.orphans = OrphanPool()
+        self.peers = PeerManager(self, reactor, self.node_id, listen_port, **manager_options)
+        self.sync = Syncer(self)
+        self.threadpool = ThreadPool(minthreads=0, maxthreads=verify_threads, name="archivas-verify")
+        self._in_progress: set[bytes] = set()
+        self._seen_txs = BoundedSet(16384)
+        # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
+        self.vdf_parent: bytes = chain.tip.hash
+        self.vdf_segments: list[vdf.Segment] = []
+        self.on_tip: list[Callable[[Block], None]] = []
+        self.on_vdf: list[Callable[[bytes, int, vdf.Segment], None]] = []
+        self.rejected_blocks = 0
+
+    def start(self) -> None:
+        self.threadpool.start()
+        self.peers.start()
+
+    def stop(self) -> defer.Deferred:
+        """Close every connection (fires when they are gone), then the thread pool."""
+        self.sync.stop()
+        d = self.peers.stop()
+        d.addBoth(lambda _: self.threadpool.stop())
+        return d
+
+    def now_ms(self) -> int:
+        return int(self.reactor.seconds() * 1000)
+
+    def status(self) -> wire.Status:
+        tip = self.chain.tip
+        return wire.Status(
+            height=tip.height, difficulty=tip.difficulty, tip_hash=tip.hash, weight=tip.weight,
+            genesis_hash=self.genesis_hash, network=self.params.name, version=wire.PROTOCOL_VERSION,
+            capabilities=wire.CAPABILITIES,
+        )
+
+    # peers
+
+    def peer_updated(self, proto: PeerProtocol) -> None:
+        self.sync.peer_updated(proto)
+
+    def peer_lost(self, proto: PeerProtocol) -> None:
+        self.sync.peer_lost(proto)
+
+    def message_received(self, proto: PeerProtocol, message: wire.Message) -> None:
+        handler = getattr(self, f"_on_{type(message).__name__}")
+        handler(proto, message)
+
+    def _on_NewBlock(self, proto: PeerProtocol, message: wire.NewBlock) -> None:
+        info = proto.info
+        assert info is not None
+        info.known_blocks.add(message.hash)
+        if message.height > info.height:
+            info.height = message.height
+        if self.chain.has_block(message.hash) or message.hash in self._in_progress or message.hash in self.orphans:
+            return
+        if message.height > self.chain.height + ORPHAN_FETCH_GAP:
+            self.sync.peer_updated(proto)
+        else:
+            self._request_block(proto, message.height)
+
+    def _request_block(self, proto: PeerProtocol, height: int) -> None:
+        if proto.info is not None and proto.info.can("blocks"):
+            proto.send(wire.GetBlocks(height, 1))
+        else:
+            proto.send(wire.GetBlock(height))
+
+    def _on_GetBlock(self, proto: PeerProtocol, message: wire.GetBlock) -> None:
+        block = self.chain.block_at(message.height) if message.height <= self.chain.height else None
+        if block is not None:
+            proto.send(wire.BlockData(message.height, block))
+
+    def _on_GetBlocks(self, proto: PeerProtocol, message: wire.GetBlocks) -> None:
+        blocks: list[Block] = []
+        size = 0
+        for height in range(message.start, min(message.start + message.count, self.chain.height + 1)):
+            block = self.chain.block_at(height)
+            if block is None:
+                break
+            size += len(block.encode())
+            if blocks and size > MAX_BLOCKS_REPLY_BYTES:
+                break
+            blocks.append(block)
+        proto.send(wire.Blocks(message.start, tuple(blocks)))
+
+    def _on_GetHashes(self, proto: PeerProtocol, message: wire.GetHashes) -> None:
+        hashes = []
+        for height in range(message.start, min(message.start + message.count, self.chain.height + 1)):
+            h = self.chain.storage.main_hash(height)
+            if h is None:
+                break
+            hashes.append(h)
+        proto.send(wire.Hashes(message.start, tuple(hashes)))
+
+    def _on_BlockData(self, proto: PeerProtocol, message: wire.BlockData) -> None:
+        if not self.sync.block_data(proto, message):
+            self.receive_block(message.block, proto)
+
+    def _on_Blocks(self, proto: PeerProtocol, message: wire.Blocks) -> None:
+        if not self.sync.blocks(proto, message):
+            for block in message.blocks:
+                self.receive_block(block, proto)
+
+    def _on_Hashes(self, proto: PeerProtocol, message: wire.Hashes) -> None:
+        self.sync.hashes(proto, message)
+
+    def _on_PushBlock(self, proto: PeerProtocol, message: wire.PushBlock) -> None:
+        self.receive_block(message.block, proto)
+
+    def _on_NewTransaction(self, proto: PeerProtocol, message: wire.NewTransaction) -> None:
+        try:
+            self.submit_transaction(message.tx, proto)
+        except InvalidTransaction as e:
+            if e.reason in FORGERY_REASONS:
+                self.peers.misbehaved(proto, "invalid_transaction", str(e))
+
+    def _on_VdfOutput(self, proto: PeerProtocol, message: wire.VdfOutput) -> None:
+        assert proto.info is not None
+        proto.info.known_blocks.add(_vdf_id(message.parent_hash, message.index))
+        self.add_vdf_output(message.parent_hash, message.index, message.segment, proto)
+
+    # blocks
+
+    def receive_block(self, block: Block, source: Optional[PeerProtocol] = None) -> defer.Deferred:
+        """Validate and add a block from a peer or the local farmer; fires with the
+        AddResult, or None when it was refused or is waiting for its parent."""
+        if source is not None and source.info is not None:
+            source.info.known_blocks.add(block.hash)
+        return defer.ensureDeferred(self._receive(block, source))
+
+    async def _receive(self, block: Block, source: Optional[PeerProtocol]) -> Optional[AddResult]:
+        if block.hash in self._in_progress or self.chain.has_block(block.hash):
+            return AddResult(KNOWN)
+        parent = self.chain.header(block.header.parent_hash)
+        if parent is None:
+            self._hold_orphan(block, source)
+            return None
+        self._in_progress.add(block.hash)
+        try:
+            score = await self.verify(block, parent)
+            result = self.chain.add_block(block, self.now_ms(), score)
+        except BlockRejected as e:
+            self._rejected(block, source, e)
+            return None
+        finally:
+            self._in_progress.discard(block.hash)
+        if result.status == ORPHAN:  # parent vanished meanwhile: cannot happen, but be safe
+            self._hold_orphan(block, source)
+            return None
+        self._accepted(block, result)
+        for child in self.orphans.take_children(block.hash):
+            self.receive_block(child)
+        return result
+
+    def verify(self, block: Block, parent: Header) -> defer.Deferred:
+        """The costly, state-free checks in the thread pool; fires with the score."""
+        return threads.deferToThreadPool(self.reactor, self.threadpool, check_standalone, block, parent, self.params)
+
+    def _hold_orphan(self, block: Block, source: Optional[PeerProtocol]) -> None:
+        self.orphans.add(block)
+        if block.header.parent_hash in self._in_progress or source is None:
+            return
+        if block.height > self.chain.height + ORPHAN_FETCH_GAP:
+            self.sync.peer_updated(source)
+            return
+        root = self.orphans.root_of(block)
+        if root is not None and root.height > 0:
+            self._request_block(source, root.height - 1)
+
+    def _rejected(self, block: Block, source: Optional[PeerProtocol], error: BlockRejected) -> None:
+        self.rejected_blocks += 1
+        if source is None:
+            log.warn("[chain] local block {h} rejected: {e}", h=block.hash.hex()[:16], e=str(error))
+        elif error.reason == "timestamp_in_future":
+            log.info("[chain] block {h} from {peer} is ahead of our clock: {e}", h=block.hash.hex()[:16],
+                     peer=source.info.address if source.info else "?", e=str(error))
+        else:
+            self.peers.misbehaved(source, "invalid_block", f"block at height {block.height}: {error}")
+
+    def _accepted(self, block: Block, result: AddResult) -> None:
+        if result.status != ADDED_TIP:
+            return
+        log.info("[chain] new tip height={height} hash={hash}", height=block.height, hash=block.hash.hex()[:16])
+        self.mempool.update_for_blocks(result.connected, result.disconnected, self.chain.account)
+        self.vdf_parent, self.vdf_segments = block.hash, []
+        if not self.sync.active:
+            self.relay_block(block)
+        for callback in list(self.on_tip):
+            callback(block)
+
+    def relay_block(self, block: Block) -> None:
+        announce = wire.NewBlock(block.height, block.hash)
+        push = wire.PushBlock(block)
+        for proto in self.peers.ready_peers():
+            info = proto.info
+            assert info is not None
+            if block.hash in info.known_blocks:
+                continue
+            info.known_blocks.add(block.hash)
+            proto.send(push if info.can("push") else announce)
+
+    async def import_batch(self, blocks: list[Block], source: Optional[PeerProtocol]) -> int:
+        """Consecutive blocks from sync: every block's proofs checked in parallel (each
+        needs only its parent's header, the previous block in the batch), then added in
+        order. Returns how many were added; stops at the first refusal."""
+        if not blocks:
+            return 0
+        first_parent = self.chain.header(blocks[0].header.parent_hash)
+        if first_parent is None:
+            for block in blocks:
+                self.orphans.add(block)
+            return 0
+        parents = [first_parent] + [b.header for b in blocks[:-1]]
+        checks = [self.verify(b, p) for b, p in zip(blocks, parents)]
+        added = 0
+        try:
+            for block, check in zip(blocks, checks):
+                try:
+                    score = await check
+                    result = self.chain.add_block(block, self.now_ms(), score)
+                except BlockRejected as e:
+                    self._rejected(block, source, e)
+                    return added
+                if result.status == ORPHAN:
+                    return added
+                self._accepted(block, result)
+                added += 1
+        finally:
+            for check in checks:
+                check.addErrback(lambda f: None)
+        return added
+
+    # transactions
+
+    def submit_transaction(self, tx: Transaction, source: Optional[PeerProtocol] = None) -> bytes:
+        """Admit a transfer to the mempool and relay it; InvalidTransaction says why not."""
+        if source is not None and source.info is not None:
+            source.info.known_txs.add(tx.hash)
+        if tx.hash in self.mempool:
+            return tx.hash
+        if source is not None and tx.hash in self._seen_txs:
+            return tx.hash
+        self._seen_txs.add(tx.hash)
+        self.mempool.add(tx, self.chain.account)
+        message = wire.NewTransaction(tx)
+        for proto in self.peers.ready_peers():
+            info = proto.info
+            assert info is not None
+            if info.can("tx") and tx.hash not in info.known_txs:
+                info.known_txs.add(tx.hash)
+                proto.send(message)
+        return tx.hash
+
+    # timelord output
+
+    def add_vdf_output(
+        self, parent_hash: bytes, index: int, segment: vdf.Segment, source: Optional[PeerProtocol] = None
+    ) -> defer.Deferred:
+        """Verify and keep segment `index` of the VDF on our tip, then relay it."""
+        return defer.ensureDeferred(self._add_vdf(parent_hash, index, segment, source))
+
+    async def _add_vdf(self, parent_hash: bytes, index: int, segment: vdf.Segment,
+                       source: Optional[PeerProtocol]) -> bool:
+        if parent_hash != self.vdf_parent or index != len(self.vdf_segments) + 1:
+            return False
+        seed = self.chain.seed_for_child(parent_hash)
+        start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
+        ok = await threads.deferToThreadPool(
+            self.reactor, self.threadpool, vdf.verify_segment, seed, start, segment,
+            self.params.discriminant_bits, self.params.vdf_iterations,
+        )
+        if not ok:
+            if source is not None:
+                self.peers.misbehaved(source, "invalid_block", f"VDF segment {index} does not verify")
+            return False
+        if parent_hash != self.vdf_parent or index != len(self.vdf_segments) + 1:
+            return False  # the tip moved or another copy won the race
+        self.vdf_segments.append(segment)
+        message = wire.VdfOutput(parent_hash, index, segment)
+        key = _vdf_id(parent_hash, index)
+        for proto in self.peers.ready_peers():
+            info = proto.info
+            assert info is not None
+            if info.can("vdf") and key not in info.known_blocks:
+                info.known_blocks.add(key)
+                proto.send(message)
+        for callback in list(self.on_vdf):
+            callback(parent_hash, index, segment)
+        return True
+
+
+def _vdf_id(parent_hash: bytes, index: int) -> bytes:
+    return sha256(b"vdf", parent_hash, index.to_bytes(4, "big"))
+
+
+__all__ = ["Node", "__version__"]

@@ -1,0 +1,1 @@
+"""The peer-to-peer layer: wire format, PeerProtocol, factory, peer manager, sync."""

@@ -1,0 +1,295 @@
+"""Sync: catching up with peers that show more weight.
+
+A round (1) finds the fork point with the best peer: windows of main-chain hashes
+(GET_HASHES) from an Archivas peer, or a walk back with GET_BLOCK from a seed peer;
+(2) fetches the missing heights in batches from every peer on the same tip, several
+requests in flight per peer, a timed-out batch retried elsewhere; (3) imports arrived
+runs in order while later batches are still in flight (proofs checked in parallel), and
+the chain reorganises if the fetched branch is heavier. Then it looks again.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import TYPE_CHECKING, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from archivas.chain.block import Block
+from archivas.protocols import wire
+from archivas.protocols.peer import PeerProtocol, PeerState
+
+if TYPE_CHECKING:
+    from archivas.node import Node
+
+log = Logger()
+
+BATCH = 32  # heights per GET_BLOCKS request
+IN_FLIGHT_PER_PEER = 3  # outstanding batch requests per peer
+LOOKAHEAD_BATCHES = 24  # fetched-but-not-imported batches at most (memory bound)
+REQUEST_TIMEOUT = 15.0  # seconds before a request is retried elsewhere
+MAX_TIMEOUTS = 2  # a peer timing out this often leaves the round
+PROGRESS_EVERY = 2.0  # seconds between progress lines on long syncs
+
+
+class SyncFailed(Exception):
+    pass
+
+
+class Syncer:
+    def __init__(self, node: "Node") -> None:
+        self.node = node
+        self.active = False
+        self._waiting: dict[tuple[int, str, int], tuple[defer.Deferred, object]] = {}
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+        for d, call in list(self._waiting.values()):
+            if call.active():  # type: ignore[attr-defined]
+                call.cancel()  # type: ignore[attr-defined]
+        self._waiting.clear()
+
+    # triggers
+
+    def _ahead(self, proto: PeerProtocol) -> bool:
+        info = proto.info
+        if info is None or info.state is not PeerState.READY:
+            return False
+        tip = self.node.chain.tip
+        if info.weight:
+            if info.weight > tip.weight:
+                return True
+            return (info.weight == tip.weight and info.tip_hash is not None
+                    and not self.node.chain.has_block(info.tip_hash))
+        return info.height > tip.height
+
+    def peer_updated(self, proto: PeerProtocol) -> None:
+        if not self.active and not self._stopped and self._ahead(proto):
+            self.active = True
+            defer.ensureDeferred(self._round(proto)).addErrback(
+                lambda f: log.failure("[sync] round failed", f))
+
+    def peer_lost(self, proto: PeerProtocol) -> None:
+        for key in [k for k in self._waiting if k[0] == id(proto)]:
+            d, call = self._waiting.pop(key)
+            if call.active():  # type: ignore[attr-defined]
+                call.cancel()  # type: ignore[attr-defined]
+            d.errback(SyncFailed("peer disconnected"))
+
+    # replies (True: consumed by a waiting request)
+
+    def _fire(self, proto: PeerProtocol, kind: str, start: int, message: wire.Message) -> bool:
+        entry = self._waiting.pop((id(proto), kind, start), None)
+        if entry is None:
+            return False
+        d, call = entry
+        if call.active():  # type: ignore[attr-defined]
+            call.cancel()  # type: ignore[attr-defined]
+        d.callback(message)
+        return True
+
+    def blocks(self, proto: PeerProtocol, message: wire.Blocks) -> bool:
+        return self._fire(proto, "blocks", message.start, message)
+
+    def block_data(self, proto: PeerProtocol, message: wire.BlockData) -> bool:
+        return self._fire(proto, "block", message.height, message)
+
+    def hashes(self, proto: PeerProtocol, message: wire.Hashes) -> bool:
+        return self._fire(proto, "hashes", message.start, message)
+
+    def _request(self, proto: PeerProtocol, message: wire.Message, kind: str, start: int) -> defer.Deferred:
+        key = (id(proto), kind, start)
+        d: defer.Deferred = defer.Deferred()
+        if key in self._waiting:  # the same request is out already: share its answer
+            def share(result: object) -> object:
+                (d.errback if isinstance(result, Failure) else d.callback)(result)
+                return result
+
+            self._waiting[key][0].addBoth(share)
+            return d
+
+        def expire() -> None:
+            if self._waiting.pop(key, None) is not None:
+                d.errback(defer.TimeoutError(f"{kind} {start} from {proto.info.address if proto.info else '?'}"))
+
+        call = self.node.reactor.callLater(REQUEST_TIMEOUT, expire)
+        self._waiting[key] = (d, call)
+        proto.send(message)
+        return d
+
+    async def fetch_range(self, proto: PeerProtocol, start: int, count: int) -> list[Block]:
+        """Main-chain blocks start.. from one peer (fewer when it has fewer)."""
+        assert proto.info is not None
+        if proto.info.can("blocks"):
+            reply = await self._request(proto, wire.GetBlocks(start, count), "blocks", start)
+            return list(reply.blocks)
+        results = await defer.DeferredList(
+            [self._request(proto, wire.GetBlock(h), "block", h) for h in range(start, start + count)],
+            consumeErrors=True,
+        )
+        out = []
+        for ok, reply in results:
+            if not ok:
+                if out:
+                    break
+                reply.raiseException()
+            out.append(reply.block)
+        return out
+
+    # a round
+
+    async def _round(self, target: PeerProtocol) -> None:
+        chain = self.node.chain
+        try:
+            assert target.info is not None
+            start_height = chain.height
+            fork, held = await self._find_fork(target)
+            goal = target.info.height
+            if goal <= fork:
+                return
+            log.info("[p2p] peers are ahead, need to sync from {ours} to {goal}", ours=start_height, goal=goal)
+            sources = [p for p in self.node.peers.ready_peers()
+                       if p.info is not None and p.info.tip_hash == target.info.tip_hash] or [target]
+            await self._fetch(fork + 1, goal, sources, held)
+            log.info("Synced to tip (height={height})", height=chain.height)
+        except (SyncFailed, defer.TimeoutError, defer.CancelledError) as e:
+            log.info("[sync] round with {peer} ended early: {e}",
+                     peer=target.info.address if target.info else "?", e=str(e) or type(e).__name__)
+        finally:
+            self.active = False
+            tip = chain.block(chain.tip.hash)
+            if tip is not None and tip.height > 0:
+                self.node.relay_block(tip)
+        if not self._stopped:
+            for proto in self.node.peers.ready_peers():
+                if self._ahead(proto):
+                    self.node.reactor.callLater(0, self.peer_updated, proto)
+                    break
+
+    async def _find_fork(self, proto: PeerProtocol) -> tuple[int, dict[int, Block]]:
+        """The highest height where our main chain and the peer's agree, and any blocks
+        above it that the search already fetched."""
+        chain = self.node.chain
+        info = proto.info
+        assert info is not None
+        hi = min(chain.height, info.height)
+        held: dict[int, Block] = {}
+        if info.can("hashes"):
+            window = 64
+            while True:
+                lo = max(0, hi - window + 1)
+                reply = await self._request(proto, wire.GetHashes(lo, hi - lo + 1), "hashes", lo)
+                for i in range(len(reply.hashes) - 1, -1, -1):
+                    if chain.storage.main_hash(lo + i) == reply.hashes[i]:
+                        return lo + i, held
+                if lo == 0:
+                    raise SyncFailed("no common block, not even genesis")
+                hi, window = lo - 1, min(window * 2, wire.MAX_HASHES)
+        for height in range(hi, -1, -1):
+            block = (await self.fetch_range(proto, height, 1))[0]
+            if chain.has_block(block.hash):
+                return height, held
+            held[height] = block
+        raise SyncFailed("no common block, not even genesis")
+
+    async def _fetch(self, first: int, last: int, sources: list[PeerProtocol], held: dict[int, Block]) -> None:
+        node = self.node
+        received: dict[int, Block] = dict(held)
+        queue = collections.deque(
+            (s, min(BATCH, last - s + 1)) for s in range(first, last + 1, BATCH)
+        )
+        in_flight: dict[int, int] = {id(p): 0 for p in sources}
+        timeouts: dict[int, int] = {id(p): 0 for p in sources}
+        live = list(sources)
+        state = {"next": first, "importing": False}
+        finished: defer.Deferred = defer.Deferred()
+        clock = node.reactor
+        started, last_log = clock.seconds(), clock.seconds()
+
+        def fail(reason: str) -> None:
+            if not finished.called:
+                finished.errback(SyncFailed(reason))
+
+        def pump() -> None:
+            while queue and live and not finished.called:
+                if queue[0][0] > state["next"] + LOOKAHEAD_BATCHES * BATCH:
+                    return
+                proto = min(live, key=lambda p: in_flight[id(p)])
+                if in_flight[id(proto)] >= IN_FLIGHT_PER_PEER:
+                    return
+                start, count = queue.popleft()
+                if all(h in received for h in range(start, start + count)):
+                    continue
+                in_flight[id(proto)] += 1
+                d = defer.ensureDeferred(self.fetch_range(proto, start, count))
+                d.addCallbacks(arrived, failed, callbackArgs=(proto, start, count),
+                               errbackArgs=(proto, start, count))
+
+        def arrived(blocks: list[Block], proto: PeerProtocol, start: int, count: int) -> None:
+            in_flight[id(proto)] -= 1
+            for i, block in enumerate(blocks):
+                received[start + i] = block
+            if len(blocks) < count:
+                queue.appendleft((start + len(blocks), count - len(blocks)))
+                if not blocks and proto in live:
+                    live.remove(proto)  # it does not have these heights (any more)
+            if not live and queue:
+                fail("no peer left to fetch from")
+            drain()
+            pump()
+
+        def failed(failure, proto: PeerProtocol, start: int, count: int) -> None:
+            in_flight[id(proto)] -= 1
+            queue.appendleft((start, count))
+            if failure.check(defer.TimeoutError):
+                timeouts[id(proto)] += 1
+                node.peers.misbehaved(proto, "timeout", f"no answer to a block request for {REQUEST_TIMEOUT:.0f} s")
+            if (timeouts[id(proto)] >= MAX_TIMEOUTS or not failure.check(defer.TimeoutError)) and proto in live:
+                live.remove(proto)
+            if not live:
+                fail("no peer left to fetch from")
+            pump()
+
+        def drain() -> None:
+            nonlocal last_log
+            if state["importing"] or finished.called:
+                return
+            run = []
+            h = state["next"]
+            while h in received and len(run) < 2 * BATCH:
+                run.append(received.pop(h))
+                h += 1
+            if not run:
+                return
+            state["importing"] = True
+            d = defer.ensureDeferred(node.import_batch(run, None))
+
+            def imported(added: int) -> None:
+                nonlocal last_log
+                state["importing"] = False
+                state["next"] += added
+                if added < len(run):
+                    fail(f"block at height {state['next']} was refused")
+                    return
+                now = clock.seconds()
+                done = state["next"] - first
+                if now - last_log >= PROGRESS_EVERY:
+                    last_log = now
+                    rate = done / max(now - started, 1e-9)
+                    log.info("[sync] {done}/{total} blocks, height {h}, {rate:.0f} blocks/s",
+                             done=done, total=last - first + 1, h=state["next"] - 1, rate=rate)
+                if state["next"] > last:
+                    if not finished.called:
+                        finished.callback(None)
+                    return
+                drain()
+                pump()
+
+            d.addCallbacks(imported, lambda f: fail(f"import failed: {f.getErrorMessage()}"))
+
+        pump()
+        drain()
+        await finished
