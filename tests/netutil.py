@@ -19,6 +19,16 @@ class NodeHandle:
     def __init__(self, node: Node, port) -> None:
         self.node = node
         self.port = port
+        self.stopped = False
+
+    async def stop(self) -> None:
+        """Stop listening, close every connection, close the database (once)."""
+        if self.stopped:
+            return
+        self.stopped = True
+        await defer.maybeDeferred(self.port.stopListening)
+        await self.node.stop()
+        self.node.chain.close()
 
     @property
     def address(self) -> str:
@@ -40,21 +50,8 @@ def start_node(case: unittest.TestCase, directory: Optional[str] = None, blocks:
     node.peers.listen_port = port.getHost().port
     node.start()
     handle = NodeHandle(node, port)
-
-    async def cleanup() -> None:
-        await port.stopListening()
-        await node.stop()
-        chain.close()
-
-    case.addCleanup(lambda: defer.ensureDeferred(cleanup()))
+    case.addCleanup(lambda: defer.ensureDeferred(handle.stop()))
     return handle
-
-
-async def stop_node(handle: NodeHandle) -> None:
-    """Stop a node early (its cleanup then finds it stopped)."""
-    await handle.port.stopListening()
-    await handle.node.stop()
-    handle.chain.close()
 
 
 async def wait_until(predicate: Callable[[], bool], what: str, deadline: float = DEADLINE) -> float:

@@ -28,3 +28,101 @@ class SeedWalkThrough(unittest.TestCase):
         yield defer.ensureDeferred(wait_until(lambda: b_node.chain.height == 1, "B at height 1"))
         self.assertEqual(b_node.chain.tip.hash, block.hash)
         self.assertEqual(a_node.chain.accounts(), b_node.chain.accounts())
+
+
+async def link(a, b):
+    """a dials b and both see the handshake."""
+    a.node.peers.dial(b.address)
+    await wait_until(lambda: connected(a, b) and connected(b, a), f"{a.address} <-> {b.address}")
+
+
+class MoreNodes(unittest.TestCase):
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_2_three_nodes_converge_and_see_timelord_output(self):
+        from archivas.chain import vdf
+        from archivas.chain.block import child_seed
+
+        b = builder()
+        a_node, b_node, c_node = start_node(self), start_node(self), start_node(self)
+        yield defer.ensureDeferred(link(b_node, a_node))
+        yield defer.ensureDeferred(link(c_node, a_node))
+        blocks = b.extend(b.genesis, 5)
+        for block in blocks:
+            yield a_node.node.receive_block(block)
+        yield defer.ensureDeferred(wait_until(lambda: same_tip(a_node, b_node, c_node)
+                                              and c_node.chain.height == 5, "B and C at A's tip"))
+        # Timelord output on A's tip reaches B and C.
+        tip = blocks[-1]
+        seed = child_seed(tip.header, b.params)
+        segment = vdf.prove_segment(seed, vdf.GENERATOR, b.params.discriminant_bits, b.params.vdf_iterations)
+        seen = {h: [] for h in ("b", "c")}
+        b_node.node.on_vdf.append(lambda p, i, s: seen["b"].append((p, i)))
+        c_node.node.on_vdf.append(lambda p, i, s: seen["c"].append((p, i)))
+        accepted = yield a_node.node.add_vdf_output(tip.hash, 1, segment)
+        self.assertTrue(accepted)
+        yield defer.ensureDeferred(wait_until(lambda: seen["b"] and seen["c"], "timelord output on B and C"))
+        self.assertEqual(seen, {"b": [(tip.hash, 1)], "c": [(tip.hash, 1)]})
+        self.assertEqual(b_node.node.vdf_segments, [segment])
+
+    @defer.inlineCallbacks
+    def test_3_restarted_node_catches_up_from_its_database(self):
+        b = builder()
+        a_node = start_node(self)
+        b_dir = self.mktemp()
+        b_node = start_node(self, b_dir)
+        yield defer.ensureDeferred(link(b_node, a_node))
+        blocks = b.extend(b.genesis, 3)
+        for block in blocks:
+            yield a_node.node.receive_block(block)
+        yield defer.ensureDeferred(wait_until(lambda: b_node.chain.height == 3, "B at 3"))
+        yield defer.ensureDeferred(b_node.stop())
+        more = b.extend(blocks[-1], 12)
+        for block in more:
+            yield a_node.node.receive_block(block)
+        b_again = start_node(self, b_dir)
+        self.assertEqual(b_again.chain.height, 3)  # from its database
+        yield defer.ensureDeferred(link(b_again, a_node))
+        yield defer.ensureDeferred(wait_until(lambda: b_again.chain.height == 15, "B caught up to 15"))
+        self.assertTrue(same_tip(a_node, b_again))
+        self.assertEqual(a_node.chain.accounts(), b_again.chain.accounts())
+
+    @defer.inlineCallbacks
+    def test_partition_and_heal(self):
+        b = builder()
+        nodes = [start_node(self) for _ in range(4)]
+        left, right = nodes[:2], nodes[2:]
+        yield defer.ensureDeferred(link(left[1], left[0]))
+        yield defer.ensureDeferred(link(right[1], right[0]))
+        common = b.extend(b.genesis, 2)
+        for block in common:
+            yield left[0].node.receive_block(block)
+            yield right[0].node.receive_block(block)
+        # Each half extends its own branch: the right one is heavier (longer).
+        for block in b.extend(common[-1], 3, farmer=0):
+            yield left[0].node.receive_block(block)
+        heavier = b.extend(common[-1], 5, farmer=1)
+        for block in heavier:
+            yield right[0].node.receive_block(block)
+        yield defer.ensureDeferred(wait_until(lambda: same_tip(*left) and same_tip(*right), "halves settled"))
+        self.assertNotEqual(left[0].chain.tip.hash, right[0].chain.tip.hash)
+        # Heal: one link across.
+        yield defer.ensureDeferred(link(left[1], right[1]))
+        yield defer.ensureDeferred(wait_until(lambda: same_tip(*nodes), "every node on one tip"))
+        self.assertEqual(nodes[0].chain.tip.hash, heavier[-1].hash)
+        accounts = nodes[0].chain.accounts()
+        for handle in nodes[1:]:
+            self.assertEqual(handle.chain.accounts(), accounts)
+
+    @defer.inlineCallbacks
+    def test_ten_node_line(self):
+        b = builder()
+        nodes = [start_node(self) for _ in range(10)]
+        for left, right in zip(nodes, nodes[1:]):
+            yield defer.ensureDeferred(link(right, left))
+        block = b.make_block(b.genesis)
+        yield nodes[0].node.receive_block(block)
+        seconds = yield defer.ensureDeferred(wait_until(lambda: nodes[-1].chain.tip.hash == block.hash,
+                                                        "the block at the far end"))
+        print(f"\n[line] a block crossed 10 nodes (9 hops) in {seconds * 1000:.0f} ms")
