@@ -12,7 +12,6 @@ import os
 from typing import Any, Callable, Optional
 
 from twisted.internet import defer, threads
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -46,6 +45,7 @@ class Node:
         node_id: Optional[bytes] = None,
         listen_port: int = 0,
         verify_threads: int = VERIFY_THREADS,
+        threaded: bool = True,
         **manager_options: Any,
     ) -> None:
         self.chain = chain
@@ -57,6 +57,9 @@ class Node:
         self.orphans = OrphanPool()
         self.peers = PeerManager(self, reactor, self.node_id, listen_port, **manager_options)
         self.sync = Syncer(self)
+        # threaded=False checks proofs on the calling thread: for reactors without threads
+        # (task.Clock, MemoryReactor) in unit tests.
+        self.threaded = threaded
         self.threadpool = ThreadPool(minthreads=0, maxthreads=verify_threads, name="archivas-verify")
         self._in_progress: set[bytes] = set()
         self._seen_txs = BoundedSet(16384)
@@ -68,14 +71,16 @@ class Node:
         self.rejected_blocks = 0
 
     def start(self) -> None:
-        self.threadpool.start()
+        if self.threaded:
+            self.threadpool.start()
         self.peers.start()
 
     def stop(self) -> defer.Deferred:
         """Close every connection (fires when they are gone), then the thread pool."""
         self.sync.stop()
         d = self.peers.stop()
-        d.addBoth(lambda _: self.threadpool.stop())
+        if self.threaded:
+            d.addBoth(lambda _: self.threadpool.stop())
         return d
 
     def now_ms(self) -> int:
@@ -209,7 +214,12 @@ class Node:
 
     def verify(self, block: Block, parent: Header) -> defer.Deferred:
         """The costly, state-free checks in the thread pool; fires with the score."""
-        return threads.deferToThreadPool(self.reactor, self.threadpool, check_standalone, block, parent, self.params)
+        return self._in_thread(check_standalone, block, parent, self.params)
+
+    def _in_thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+        if not self.threaded:
+            return defer.maybeDeferred(f, *args)
+        return threads.deferToThreadPool(self.reactor, self.threadpool, f, *args)
 
     def _hold_orphan(self, block: Block, source: Optional[PeerProtocol]) -> None:
         self.orphans.add(block)
@@ -320,10 +330,8 @@ class Node:
             return False
         seed = self.chain.seed_for_child(parent_hash)
         start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
-        ok = await threads.deferToThreadPool(
-            self.reactor, self.threadpool, vdf.verify_segment, seed, start, segment,
-            self.params.discriminant_bits, self.params.vdf_iterations,
-        )
+        ok = await self._in_thread(vdf.verify_segment, seed, start, segment,
+                                   self.params.discriminant_bits, self.params.vdf_iterations)
         if not ok:
             if source is not None:
                 self.peers.misbehaved(source, "invalid_block", f"VDF segment {index} does not verify")

@@ -1,0 +1,269 @@
+"""The peer protocol without sockets: each message and lifecycle step with StringTransport
+and task.Clock, and protocol pairs over iosim."""
+
+import json
+
+from twisted.internet import task
+from twisted.internet.testing import StringTransport
+from twisted.test import iosim
+from twisted.trial import unittest
+
+from archivas.node import Node
+from archivas.protocols import manager, wire
+from archivas.protocols.peer import MAX_LINE_BYTES, RATE_BURST, PeerState
+from tests.common import builder, now_ms, open_chain
+
+OTHER_GENESIS = b"\x07" * 32
+
+
+class Harness:
+    """A node on a task.Clock and one inbound connection on a StringTransport."""
+
+    def __init__(self, case, blocks=(), **options):
+        self.clock = task.Clock()
+        self.clock.advance(1_800_000_000)  # wall-clock-like seconds, so block times are in the past
+        chain = open_chain(case)
+        for block in blocks:
+            chain.add_block(block, now_ms())
+        self.node = Node(chain, self.clock, threaded=False, **options)
+        self.node.start()
+        # StringTransport never reports connectionLost: stop without waiting for it.
+        case.addCleanup(lambda: self.node.stop() and None)
+
+    def connect(self, direction="inbound", host="10.0.0.1"):
+        factory = self.node.peers.inbound_factory if direction == "inbound" else self.node.peers.outbound_factory
+        proto = factory.buildProtocol(None)
+        transport = StringTransport(peerAddress=_addr(host))
+        proto.makeConnection(transport)
+        return proto, transport
+
+
+def _addr(host):
+    from twisted.internet.address import IPv4Address
+
+    return IPv4Address("TCP", host, 40000)
+
+
+def sent(transport):
+    """Messages written so far (and clear the transport)."""
+    lines = transport.value().split(b"\n")
+    transport.clear()
+    return [wire.decode(line) for line in lines if line]
+
+
+def feed(proto, message):
+    proto.dataReceived(wire.encode(message) + b"\n")
+
+
+def hello(node_id=b"\x01" * 16, genesis=None, network="fastnet"):
+    return wire.Hello(network, genesis, wire.PROTOCOL_VERSION, node_id, 9999, wire.CAPABILITIES)
+
+
+class WireTests(unittest.TestCase):
+    def test_every_message_round_trips(self):
+        from archivas.chain.vdf import Segment
+
+        b = builder()
+        block = b.make_block(b.genesis)
+        tx = b.transfer(b.farmers[0][0], b.farmers[1][0].address, 5, 0)
+        messages = [
+            wire.Ping(1), wire.Pong(2.5), wire.NewBlock(1, block.hash), wire.GetBlock(1),
+            wire.BlockData(1, block), wire.GetStatus(), wire.Status(1, 1, block.hash),
+            wire.Status(1, 1, block.hash, 5, block.hash, "fastnet", 1, ("hello",)),
+            hello(genesis=block.hash), wire.GetBlocks(1, 2), wire.Blocks(1, (block,)),
+            wire.NewTransaction(tx), wire.VdfOutput(block.hash, 1, Segment(b"\x01" * 100, b"\x02" * 100)),
+            wire.GetPeers(), wire.Peers(("127.0.0.1:9090",)), wire.GetHashes(0, 3),
+            wire.Hashes(0, (block.hash,)), wire.PushBlock(block),
+        ]
+        self.assertEqual({type(m) for m in messages}, set(wire.MESSAGES.values()))
+        for message in messages:
+            line = wire.encode(message)
+            self.assertTrue(line.startswith(b'{"type":%d,' % message.TYPE))
+            self.assertEqual(wire.decode(line), message)
+
+    def test_status_readers_ignore_unknown_fields(self):
+        line = json.dumps({"type": 7, "payload": {"height": 1, "difficulty": 2, "tipHash": "ab" * 32,
+                                                  "somethingNew": [1, 2]}}).encode()
+        self.assertEqual(wire.decode(line), wire.Status(1, 2, bytes.fromhex("ab" * 32)))
+
+    def test_bad_lines(self):
+        cases = {
+            b"nope": "bad_json", b"[]": "bad_shape", b'{"type": true}': "bad_shape",
+            b'{"type": 1, "payload": []}': "bad_shape", b'{"type": 77}': "unknown_type",
+            b'{"type": 1, "payload": {"timestamp": -1}}': "bad_payload",
+            b'{"type": 9, "payload": {"start": 0, "count": 1000}}': "bad_payload",
+            b'{"type": 5, "payload": {"height": 2, "blockData": {}}}': "bad_payload",
+            b"[" * 100000: "bad_json",
+        }
+        for line, reason in cases.items():
+            with self.assertRaises(wire.WireError) as cm:
+                wire.decode(line)
+            self.assertEqual(cm.exception.reason, reason, line[:40])
+
+
+class LifecycleTests(unittest.TestCase):
+    def setUp(self):
+        b = builder()
+        self.blocks = b.extend(b.genesis, 2)
+        self.h = Harness(self, self.blocks)
+
+    def test_connect_sends_get_status_and_answers_ping_and_status(self):
+        proto, transport = self.h.connect()
+        self.assertEqual(sent(transport), [wire.GetStatus()])
+        feed(proto, wire.Ping(42))
+        feed(proto, wire.GetStatus())
+        pong, status = sent(transport)
+        self.assertEqual(pong, wire.Pong(42))
+        self.assertEqual((status.height, status.tip_hash), (2, self.blocks[-1].hash))
+        self.assertEqual(status.genesis_hash, self.h.node.genesis_hash)
+        self.assertIn("hello", status.capabilities)
+
+    def test_seed_peer_is_ready_after_its_status(self):
+        proto, transport = self.h.connect()
+        feed(proto, wire.Status(1, 1, self.blocks[0].hash))
+        self.assertIs(proto.info.state, PeerState.READY)
+        self.assertEqual(proto.info.capabilities, frozenset())
+        self.assertNotIn(wire.Hello, [type(m) for m in sent(transport)])  # no extension to a seed peer
+
+    def test_handshake(self):
+        proto, transport = self.h.connect()
+        sent(transport)
+        feed(proto, wire.Status(2, 1, self.blocks[-1].hash, 3, self.h.node.genesis_hash, "fastnet", 1,
+                                wire.CAPABILITIES))
+        (our_hello,) = sent(transport)
+        self.assertEqual((our_hello.node_id, our_hello.genesis_hash), (self.h.node.node_id, self.h.node.genesis_hash))
+        self.assertIs(proto.info.state, PeerState.CONNECTED)
+        feed(proto, hello(genesis=self.h.node.genesis_hash))
+        self.assertIs(proto.info.state, PeerState.READY)
+        self.assertEqual(proto.info.node_id, b"\x01" * 16)
+        self.assertEqual(proto.info.listen_address, "10.0.0.1:9999")
+
+    def test_other_genesis_or_network_refused(self):
+        for message in (wire.Status(1, 1, b"\x00" * 32, genesis_hash=OTHER_GENESIS),
+                        wire.Status(1, 1, b"\x00" * 32, network="devnet"),
+                        hello(genesis=OTHER_GENESIS), hello(genesis=b"\x00" * 32, network="devnet")):
+            proto, transport = self.h.connect()
+            with self.subTest(message=type(message).__name__):
+                feed(proto, message)
+                self.assertTrue(transport.disconnecting)
+                self.assertIs(proto.info.state, PeerState.CLOSED)
+
+    def test_self_connection_dropped(self):
+        proto, transport = self.h.connect()
+        feed(proto, hello(node_id=self.h.node.node_id, genesis=self.h.node.genesis_hash))
+        self.assertTrue(transport.disconnecting)
+
+    def test_duplicate_connection_dropped(self):
+        first, t1 = self.h.connect()
+        feed(first, hello(genesis=self.h.node.genesis_hash))
+        second, t2 = self.h.connect(host="10.0.0.2")
+        feed(second, hello(genesis=self.h.node.genesis_hash))
+        self.assertFalse(t1.disconnecting)
+        self.assertTrue(t2.disconnecting)
+
+    def test_heartbeat_pings_then_drops_a_silent_peer(self):
+        proto, transport = self.h.connect()
+        sent(transport)
+        self.h.clock.advance(manager.PING_INTERVAL)
+        self.assertEqual([type(m) for m in sent(transport)], [wire.Ping])
+        feed(proto, wire.Pong(0))  # alive
+        self.h.clock.advance(manager.PING_INTERVAL * 2)
+        self.assertFalse(transport.disconnecting)
+        self.h.clock.advance(manager.PEER_TIMEOUT)
+        self.assertTrue(transport.disconnecting)
+
+    def test_line_too_long_bans(self):
+        proto, transport = self.h.connect()
+        proto.dataReceived(b"x" * (MAX_LINE_BYTES + 1))
+        self.assertTrue(transport.disconnecting)
+        self.assertTrue(self.h.node.peers.is_banned("10.0.0.1"))
+        self.h.clock.advance(manager.BAN_SECONDS + 1)
+        self.assertFalse(self.h.node.peers.is_banned("10.0.0.1"))
+
+    def test_rate_limit_refills_with_time(self):
+        proto, transport = self.h.connect()
+        for _ in range(int(RATE_BURST) - 1):
+            feed(proto, wire.Ping(1))
+        self.assertFalse(transport.disconnecting)
+        self.h.clock.advance(1)
+        for _ in range(100):
+            feed(proto, wire.Ping(1))
+        self.assertFalse(transport.disconnecting)
+        for _ in range(int(RATE_BURST)):
+            feed(proto, wire.Ping(1))
+        self.assertTrue(transport.disconnecting)
+
+    def test_banned_host_refused_at_connect(self):
+        self.h.node.peers.bans["10.0.0.9"] = self.h.clock.seconds() + 60
+        proto, transport = self.h.connect(host="10.0.0.9")
+        self.assertTrue(transport.disconnecting)
+        self.assertEqual(self.h.node.peers.peers, [])
+
+    def test_inbound_limit(self):
+        h = Harness(self, max_inbound=1)
+        _, t1 = h.connect()
+        _, t2 = h.connect(host="10.0.0.2")
+        self.assertFalse(t1.disconnecting)
+        self.assertTrue(t2.disconnecting)
+
+    def test_get_block_blocks_and_hashes(self):
+        proto, transport = self.h.connect()
+        sent(transport)
+        feed(proto, wire.GetBlock(2))
+        feed(proto, wire.GetBlock(7))  # above the tip: no answer, no disconnect
+        feed(proto, wire.GetBlocks(1, 64))
+        feed(proto, wire.GetHashes(0, 10))
+        data, blocks, hashes = sent(transport)
+        self.assertEqual(data, wire.BlockData(2, self.blocks[1]))
+        self.assertEqual(blocks.blocks, tuple(self.blocks))
+        self.assertEqual(hashes.hashes, (self.h.node.genesis_hash,) + tuple(b.hash for b in self.blocks))
+        self.assertFalse(transport.disconnecting)
+
+    def test_new_block_above_tip_is_fetched_from_a_seed_peer(self):
+        proto, transport = self.h.connect()
+        feed(proto, wire.Status(2, 1, self.blocks[-1].hash))
+        sent(transport)
+        new = builder().make_block(self.blocks[-1])
+        feed(proto, wire.NewBlock(3, new.hash))
+        self.assertEqual(sent(transport), [wire.GetBlock(3)])
+        feed(proto, wire.BlockData(3, new))
+        self.assertEqual(self.h.node.chain.tip.hash, new.hash)
+
+    def test_peer_exchange(self):
+        first, _ = self.h.connect()
+        feed(first, hello(genesis=self.h.node.genesis_hash))
+        second, t2 = self.h.connect(host="10.0.0.2")
+        feed(second, hello(node_id=b"\x02" * 16, genesis=self.h.node.genesis_hash))
+        sent(t2)
+        feed(second, wire.GetPeers())
+        self.assertEqual(sent(t2), [wire.Peers(("10.0.0.1:9999",))])
+
+
+class PairTests(unittest.TestCase):
+    """Two nodes joined by iosim: handshake, gossip and sync with no sockets or threads."""
+
+    def pair(self, a_blocks=(), b_blocks=()):
+        a, b = Harness(self, a_blocks), Harness(self, b_blocks)
+        server = a.node.peers.inbound_factory.buildProtocol(None)
+        client = b.node.peers.outbound_factory.buildProtocol(None)
+        c, s, pump = iosim.connectedServerAndClient(lambda: server, lambda: client)
+        pump.flush()
+        return a, b, pump
+
+    def test_handshake_and_gossip(self):
+        a, b, pump = self.pair()
+        self.assertEqual([p.info.state for p in a.node.peers.peers + b.node.peers.peers], [PeerState.READY] * 2)
+        blocks = builder().extend(builder().genesis, 3)
+        for block in blocks:
+            a.node.receive_block(block)
+            pump.flush()
+        self.assertEqual(b.node.chain.tip.hash, blocks[-1].hash)
+
+    def test_sync_on_connect(self):
+        blocks = builder().extend(builder().genesis, 40)
+        a, b, pump = self.pair(a_blocks=blocks)
+        for _ in range(50):
+            pump.flush()
+            if b.node.chain.height == 40:
+                break
+        self.assertEqual(b.node.chain.tip.hash, blocks[-1].hash)

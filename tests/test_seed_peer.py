@@ -1,0 +1,167 @@
+"""A peer that speaks only the seed's seven messages, over a plain socket, and peers that
+send bad input: the node answers the first exactly as SPEC §2 says, and shrugs off the
+second while serving everyone else with its chain unchanged."""
+
+import json
+import socket
+
+from twisted.internet import defer, threads
+from twisted.trial import unittest
+
+from tests.common import builder
+from tests.netutil import start_node, wait_until
+
+
+class PlainPeer:
+    """A blocking socket speaking newline-delimited JSON (run its calls in a thread)."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20, source_address=(source, 0))
+        self.buffer = b""
+
+    def send(self, kind: int, payload=None) -> None:
+        self.send_raw(json.dumps({"type": kind, "payload": payload or {}}).encode() + b"\n")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def receive(self, kind: int) -> dict:
+        """The next message of type `kind` (others, such as the node's GET_STATUS, skipped)."""
+        while True:
+            while b"\n" not in self.buffer:
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed by the node")
+                self.buffer += chunk
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            message = json.loads(line)
+            if message["type"] == kind:
+                return message["payload"]
+
+    def closed(self) -> bool:
+        """True once the node has closed the connection (reads until EOF)."""
+        try:
+            while self.sock.recv(65536):
+                pass
+        except (ConnectionError, socket.timeout):
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def in_thread(f, *args):
+    return threads.deferToThread(f, *args)
+
+
+class SeedOnlyPeer(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_seed_messages_are_served(self):
+        b = builder()
+        blocks = b.extend(b.genesis, 3)
+        node = start_node(self, blocks=blocks)
+        peer = yield in_thread(PlainPeer, node.port.getHost().port)
+        self.addCleanup(peer.close)
+
+        yield in_thread(peer.send, 6)  # GET_STATUS, before any handshake
+        status = yield in_thread(peer.receive, 7)
+        self.assertEqual((status["height"], status["tipHash"]), (3, blocks[-1].hash.hex()))
+        self.assertEqual(status["difficulty"], blocks[-1].header.difficulty)
+
+        yield in_thread(peer.send, 1, {"timestamp": 1700000000})
+        pong = yield in_thread(peer.receive, 2)
+        self.assertEqual(pong, {"timestamp": 1700000000})
+
+        yield in_thread(peer.send, 4, {"height": 2})
+        data = yield in_thread(peer.receive, 5)
+        self.assertEqual(data["height"], 2)
+        self.assertEqual(data["blockData"], blocks[1].to_json())
+
+        # An unknown height: no answer, no disconnect (a PING still gets its PONG).
+        yield in_thread(peer.send, 4, {"height": 99})
+        yield in_thread(peer.send, 1, {"timestamp": 5})
+        self.assertEqual((yield in_thread(peer.receive, 2)), {"timestamp": 5})
+
+        # NEW_BLOCK for an unknown block above the tip: the node asks GET_BLOCK for it.
+        new = b.make_block(blocks[-1])
+        yield in_thread(peer.send, 3, {"height": 4, "hash": new.hash.hex()})
+        request = yield in_thread(peer.receive, 4)
+        self.assertEqual(request, {"height": 4})
+        yield in_thread(peer.send, 5, {"height": 4, "blockData": new.to_json()})
+        yield defer.ensureDeferred(wait_until(lambda: node.chain.height == 4, "the announced block applied"))
+        self.assertEqual(node.chain.tip.hash, new.hash)
+
+
+class BadInput(unittest.TestCase):
+    """Each case: a bad peer (its own loopback address, so a ban does not touch the good
+    peer), then a good peer that is still served, and the chain as it was."""
+
+    timeout = 120
+    CASES = {
+        "malformed line": [b"{this is not json\n"] * 12,
+        "unknown type": [b'{"type": 99, "payload": {}}\n'] * 25,
+        "wrong shapes": [b'{"type": 4, "payload": {"height": "two"}}\n', b'[1, 2]\n',
+                         b'{"type": 3, "payload": {"height": 1, "hash": "zz"}}\n',
+                         b'{"type": "1"}\n', b'{"type": 5, "payload": []}\n'] * 3,
+        "oversized line": [b"x" * (5 * 1024 * 1024)],
+        "flood": [b'{"type": 1, "payload": {"timestamp": 1}}\n'] * 3000,
+    }
+
+    @defer.inlineCallbacks
+    def test_bad_input_changes_nothing(self):
+        b = builder()
+        node = start_node(self, blocks=b.extend(b.genesis, 2))
+        port = node.port.getHost().port
+        before = (node.chain.tip, node.chain.accounts())
+        for i, (name, lines) in enumerate(self.CASES.items()):
+            bad = yield in_thread(PlainPeer, port, f"127.0.0.{10 + i}")
+            self.addCleanup(bad.close)
+            for line in lines:
+                try:
+                    yield in_thread(bad.send_raw, line)
+                except OSError:
+                    break  # the node already hung up on it
+            yield defer.ensureDeferred(self.assert_still_serving(port, name))
+            self.assertEqual((node.chain.tip, node.chain.accounts()), before, name)
+        counts = node.node.peers.misbehaviour_counts
+        for reason in ("bad_json", "unknown_type", "bad_shape", "bad_payload", "line_too_long", "rate_limit"):
+            self.assertGreater(counts.get(reason, 0), 0, reason)
+        # Every bad peer was dropped (and the good ones closed their side).
+        yield defer.ensureDeferred(wait_until(lambda: node.node.peers.count("inbound") == 0, "no peers left"))
+        self.assertEqual(len(node.node.peers.bans), len(self.CASES))
+
+    async def assert_still_serving(self, port, name):
+        good = await in_thread(PlainPeer, port)
+        try:
+            await in_thread(good.send, 6)
+            status = await in_thread(good.receive, 7)
+            self.assertEqual(status["height"], 2, name)
+        finally:
+            good.close()
+
+    @defer.inlineCallbacks
+    def test_invalid_block_is_refused_and_the_sender_dropped(self):
+        import dataclasses
+
+        b = builder()
+        base = b.extend(b.genesis, 2)
+        node = start_node(self, blocks=base)
+        port = node.port.getHost().port
+        before = (node.chain.tip, node.chain.accounts())
+        bad_block = b.make_block(base[-1], tamper=lambda h: dataclasses.replace(h, reward=h.reward + 1))
+        bad = yield in_thread(PlainPeer, port, "127.0.0.30")
+        self.addCleanup(bad.close)
+        for _ in range(2):  # 50 points each: the second one bans
+            yield in_thread(bad.send, 5, {"height": 3, "blockData": bad_block.to_json()})
+        self.assertTrue((yield in_thread(bad.closed)))
+        self.assertEqual((node.chain.tip, node.chain.accounts()), before)
+        self.assertTrue(node.node.peers.is_banned("127.0.0.30"))
+        self.assertEqual(node.node.rejected_blocks, 2)
+        yield defer.ensureDeferred(self.assert_still_serving(port, "invalid block"))
+        # A banned host is refused at once when it comes back.
+        again = yield in_thread(PlainPeer, port, "127.0.0.30")
+        self.addCleanup(again.close)
+        self.assertTrue((yield in_thread(again.closed)))
