@@ -15,7 +15,7 @@ $(STAMP): $(BIN)/python setup.py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/validation_throughput.py

@@ -63,6 +63,7 @@ class Node:
         self.threadpool = ThreadPool(minthreads=0, maxthreads=verify_threads, name="archivas-verify")
         self._in_progress: set[bytes] = set()
         self._seen_txs = BoundedSet(16384)
+        self._invalid_blocks = BoundedSet(4096)  # refused for good: not verified again
         # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
         self.vdf_parent: bytes = chain.tip.hash
         self.vdf_segments: list[vdf.Segment] = []
@@ -189,6 +190,10 @@ class Node:
         return defer.ensureDeferred(self._receive(block, source))
 
     async def _receive(self, block: Block, source: Optional[PeerProtocol]) -> Optional[AddResult]:
+        if block.hash in self._invalid_blocks:
+            if source is not None:
+                self.peers.misbehaved(source, "invalid_block", f"resent invalid block {block.hash.hex()[:16]}")
+            return None
         if block.hash in self._in_progress or self.chain.has_block(block.hash):
             return AddResult(KNOWN)
         parent = self.chain.header(block.header.parent_hash)
@@ -234,6 +239,8 @@ class Node:
 
     def _rejected(self, block: Block, source: Optional[PeerProtocol], error: BlockRejected) -> None:
         self.rejected_blocks += 1
+        if error.reason != "timestamp_in_future":  # that one may become valid later
+            self._invalid_blocks.add(block.hash)
         if source is None:
             log.warn("[chain] local block {h} rejected: {e}", h=block.hash.hex()[:16], e=str(error))
         elif error.reason == "timestamp_in_future":

@@ -43,7 +43,7 @@ from archivas.chain.encoding import DecodeError
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import COIN, NetworkParams
 from archivas.chain.transactions import check_stateless
-from archivas.testing.chainbuilder import ChainBuilder, test_plots
+from archivas.testing.chainbuilder import ChainBuilder, shared_plots
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE_DIR = ROOT / "bench" / ".cache"
@@ -119,7 +119,7 @@ def build_chain(params: NetworkParams, tx_per_block: int, count: int) -> list[Bl
         return blocks[:count]
     print(f"building {count - len(blocks)} {params.name} blocks with {tx_per_block} tx "
           f"(once; cached in {path.relative_to(ROOT)})", file=sys.stderr, flush=True)
-    builder = ChainBuilder(params, test_plots(2))
+    builder = ChainBuilder(params, shared_plots(2))
     builder.blocks.update((b.hash, b) for b in blocks)
     parent = blocks[-1] if blocks else builder.genesis
     pairs = senders(tx_per_block)

@@ -12,7 +12,7 @@ from archivas.chain.encoding import sha256
 from archivas.chain.keys import PrivateKey
 from archivas.farmer.plots import Plot, best_win, load_plots
 from archivas.farmer.plotter import PlotError, create_plot
-from archivas.testing.chainbuilder import test_plots
+from archivas.testing.chainbuilder import shared_plots
 
 
 def challenge_with_quality(plot):
@@ -26,7 +26,7 @@ def challenge_with_quality(plot):
 
 class ProofTests(unittest.TestCase):
     def setUp(self):
-        self.key, self.plot = test_plots(2)[0]
+        self.key, self.plot = shared_plots(2)[0]
 
     def test_plot_is_bound_to_farmer_key(self):
         self.assertEqual(self.plot.farmer_public_key, self.key.public_key)
@@ -60,7 +60,7 @@ class ProofTests(unittest.TestCase):
         self.assertIsNotNone(pos.verify(self.plot.id, 18, challenge, proof))
 
     def test_best_win_picks_lowest_score(self):
-        plots = [p for _, p in test_plots(2)]
+        plots = [p for _, p in shared_plots(2)]
         challenge, _ = challenge_with_quality(plots[0])
         win = best_win(plots, challenge, 1, 18, 0)
         scores = [pos.score(q, challenge) for p in plots for q in p.qualities(challenge)]

@@ -184,7 +184,7 @@ class Chain:
         try:
             with s.transaction():
                 s.put_block(block, weight, score)
-                return self._switch_to(candidate, tip)
+                return self._switch_to(candidate, tip, block)
         except _BranchInvalid as bad:
             with s.transaction():
                 s.put_block(block, weight, score)
@@ -195,7 +195,7 @@ class Chain:
     def add_blocks(self, blocks: Iterable[Block], now_ms: int) -> list[AddResult]:
         return [self.add_block(b, now_ms) for b in blocks]
 
-    def _switch_to(self, new_tip: BlockMeta, old_tip: BlockMeta) -> AddResult:
+    def _switch_to(self, new_tip: BlockMeta, old_tip: BlockMeta, new_block: Block) -> AddResult:
         """Roll back to the fork point and apply the new branch, inside the caller's
         transaction. Raises _BranchInvalid (the transaction then rolls back)."""
         s = self.storage
@@ -224,7 +224,7 @@ class Chain:
                     [m.hash for m in branch[i:]],
                     BlockRejected("invalid_ancestor", f"block {meta.hash.hex()[:16]} is invalid"),
                 )
-            block = s.block(meta.hash)
+            block = new_block if meta.hash == new_block.hash else s.block(meta.hash)
             assert block is not None
             delta = StateDelta(s)
             try:

@@ -20,9 +20,14 @@ class KeyFileError(ValueError):
     """A key file is missing, unreadable or inconsistent."""
 
 
+def address_hash(public_key: bytes) -> bytes:
+    """The 20 bytes an address carries: the start of sha256(public key)."""
+    return sha256(public_key)[:20]
+
+
 def address_of(public_key: bytes) -> str:
     """bech32(hrp `arcv`, first 20 bytes of sha256(public key))."""
-    data = bech32.convertbits(sha256(public_key)[:20], 8, 5)
+    data = bech32.convertbits(address_hash(public_key), 8, 5)
     assert data is not None  # 8-to-5 bit conversion with padding cannot fail
     return bech32.bech32_encode(HRP, data)
 

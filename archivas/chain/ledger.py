@@ -42,18 +42,24 @@ class StateDelta:
         self.base = base
         self.changes: dict[str, Account] = {}
         self.before: dict[str, Optional[Account]] = {}
+        self._read: dict[str, Optional[Account]] = {}  # base values read so far
+
+    def _base(self, address: str) -> Optional[Account]:
+        if address not in self._read:
+            self._read[address] = self.base.get_account(address)
+        return self._read[address]
 
     def get_account(self, address: str) -> Optional[Account]:
         if address in self.changes:
             return self.changes[address]
-        return self.base.get_account(address)
+        return self._base(address)
 
     def account(self, address: str) -> Account:
         return self.get_account(address) or (0, 0)
 
     def _set(self, address: str, account: Account) -> None:
         if address not in self.before:
-            self.before[address] = self.base.get_account(address)
+            self.before[address] = self._base(address)
         self.changes[address] = account
 
     def credit(self, address: str, amount: int) -> None:

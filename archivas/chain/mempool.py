@@ -20,7 +20,8 @@ AccountLookup = Callable[[str], Account]
 
 
 class HasTransactions(Protocol):
-    transactions: tuple[Transaction, ...]
+    @property
+    def transactions(self) -> tuple[Transaction, ...]: ...
 
 MAX_TRANSACTIONS = 5000
 MAX_PER_SENDER = 64

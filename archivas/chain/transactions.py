@@ -105,12 +105,13 @@ def check_stateless(tx: Transaction, params: NetworkParams) -> None:
     """Every rule that needs no account state; raises InvalidTransaction."""
     if tx.chain_id != params.chain_id:
         raise InvalidTransaction("wrong_chain", f"chain id {tx.chain_id}, this chain is {params.chain_id}")
+    decoded = {}
     for role, address in (("from", tx.sender), ("to", tx.recipient)):
         try:
-            keys.decode_address(address)
+            decoded[role] = keys.decode_address(address)
         except ValueError as e:
             raise InvalidTransaction("bad_address", f"{role}: {e}") from None
-    if keys.address_of(tx.public_key) != tx.sender:
+    if keys.address_hash(tx.public_key) != decoded["from"]:
         raise InvalidTransaction("key_mismatch", f"public key does not belong to {tx.sender}")
     if tx.amount <= 0:
         raise InvalidTransaction("non_positive_amount", f"amount {tx.amount} must be > 0")

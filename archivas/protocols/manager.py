@@ -17,7 +17,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from archivas.protocols import wire
-from archivas.protocols.peer import PeerInfo, PeerProtocol, PeerState
+from archivas.protocols.peer import PeerProtocol, PeerState
 
 if TYPE_CHECKING:
     from archivas.node import Node
@@ -223,14 +223,15 @@ class PeerManager:
         if message.node_id == self.node_id:
             log.info("[p2p] {peer} is this node itself: dropping it", peer=info.address)
             if info.direction == "outbound":
-                for address, service in list(self.dialers.items()):
+                for address in list(self.dialers):
                     if address.endswith(f":{info.port}"):
                         self.forget(address)
             proto.disconnect("connection to ourselves")
             return
         twin = next((p for p in self.ready_peers() if p.info and p.info.node_id == message.node_id), None)
         if twin is not None:
-            proto.disconnect(f"already connected to node {message.node_id.hex()[:12]} as {twin.info.address}")
+            where = twin.info.address if twin.info else "?"
+            proto.disconnect(f"already connected to node {message.node_id.hex()[:12]} as {where}")
             return
         info.node_id = message.node_id
         info.listen_port = message.listen_port
@@ -280,7 +281,8 @@ class PeerManager:
                 continue
             if self.is_banned(host):
                 continue
-            log.info("[p2p] learned peer {address} from {peer}", address=address, peer=proto.info.address)
+            log.info("[p2p] learned peer {address} from {peer}", address=address,
+                     peer=proto.info.address if proto.info else "?")
             self._connect_once(host, int(port))
 
     def _connect_once(self, host: str, port: int) -> None:

@@ -11,7 +11,7 @@ the chain reorganises if the fetched branch is heavier. Then it looks again.
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -47,7 +47,7 @@ class Syncer:
 
     def stop(self) -> None:
         self._stopped = True
-        for d, call in list(self._waiting.values()):
+        for _, call in list(self._waiting.values()):
             if call.active():  # type: ignore[attr-defined]
                 call.cancel()  # type: ignore[attr-defined]
         self._waiting.clear()
@@ -105,7 +105,10 @@ class Syncer:
         d: defer.Deferred = defer.Deferred()
         if key in self._waiting:  # the same request is out already: share its answer
             def share(result: object) -> object:
-                (d.errback if isinstance(result, Failure) else d.callback)(result)
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(result)
                 return result
 
             self._waiting[key][0].addBoth(share)
@@ -130,7 +133,7 @@ class Syncer:
             [self._request(proto, wire.GetBlock(h), "block", h) for h in range(start, start + count)],
             consumeErrors=True,
         )
-        out = []
+        out: list[Block] = []
         for ok, reply in results:
             if not ok:
                 if out:
@@ -257,7 +260,7 @@ class Syncer:
             nonlocal last_log
             if state["importing"] or finished.called:
                 return
-            run = []
+            run: list[Block] = []
             h = state["next"]
             while h in received and len(run) < 2 * BATCH:
                 run.append(received.pop(h))

@@ -1,8 +1,9 @@
 """Makes valid chains fast: real plots, real VDF segments, synthetic timestamps.
 
-Blocks are spaced exactly one target block time apart, so the difficulty stays at the
-network's initial value (1 on fastnet: the first signage point with a quality wins, one
-VDF segment per block). Competing forks come from building on any earlier block; a
+Blocks are spaced exactly one target block time apart. On fastnet (initial difficulty 1)
+the difficulty then stays 1: the first signage point with a quality wins, about one VDF
+segment per block. Elsewhere the retarget's (n-1)/n correction lets it drift somewhat
+below the initial value. Competing forks come from building on any earlier block; a
 branch differs from its sibling by its timestamp, farmer or transactions.
 """
 
@@ -31,7 +32,7 @@ def farmer_key(i: int) -> PrivateKey:
     return PrivateKey.from_secret(b"archivas-test-farmer-%d" % i)
 
 
-def test_plots(count: int = 2, k: int = 18) -> list[tuple[PrivateKey, Plot]]:
+def shared_plots(count: int = 2, k: int = 18) -> list[tuple[PrivateKey, Plot]]:
     """`count` plots of size k, one per test farmer, made once per process."""
     global _plot_dir
     if (count, k) in _plot_cache:
@@ -55,7 +56,7 @@ class ChainBuilder:
         farmers: Optional[Sequence[tuple[PrivateKey, Plot]]] = None,
     ) -> None:
         self.params = params
-        self.farmers = list(farmers if farmers is not None else test_plots())
+        self.farmers = list(farmers if farmers is not None else shared_plots())
         self.keys_by_pk = {key.public_key: key for key, _ in self.farmers}
         self.genesis = genesis_block(params)
         self.blocks: dict[bytes, Block] = {self.genesis.hash: self.genesis}
