@@ -1,6 +1,7 @@
 """Real nodes on loopback TCP: the seed's walk-through and partitions."""
 
 from twisted.internet import defer
+from twisted.logger import formatEvent, globalLogPublisher
 from twisted.trial import unittest
 
 from tests.common import builder
@@ -83,8 +84,14 @@ class MoreNodes(unittest.TestCase):
             yield a_node.node.receive_block(block)
         b_again = start_node(self, b_dir)
         self.assertEqual(b_again.chain.height, 3)  # from its database
+        lines = []
+        observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         yield defer.ensureDeferred(link(b_again, a_node))
         yield defer.ensureDeferred(wait_until(lambda: b_again.chain.height == 15, "B caught up to 15"))
+        self.assertIn("[p2p] peers are ahead, need to sync from 3 to 15", lines)
+        self.assertIn("Synced to tip (height=15)", lines)
         self.assertTrue(same_tip(a_node, b_again))
         self.assertEqual(a_node.chain.accounts(), b_again.chain.accounts())
 
@@ -126,3 +133,27 @@ class MoreNodes(unittest.TestCase):
         seconds = yield defer.ensureDeferred(wait_until(lambda: nodes[-1].chain.tip.hash == block.hash,
                                                         "the block at the far end"))
         print(f"\n[line] a block crossed 10 nodes (9 hops) in {seconds * 1000:.0f} ms")
+
+    @defer.inlineCallbacks
+    def test_transfers_gossip_once_and_leave_mempools_when_mined(self):
+        from archivas.chain.params import COIN
+        from tests.common import ALICE, CAROL
+
+        b = builder()
+        nodes = [start_node(self) for _ in range(3)]
+        yield defer.ensureDeferred(link(nodes[1], nodes[0]))
+        yield defer.ensureDeferred(link(nodes[2], nodes[1]))
+        yield defer.ensureDeferred(link(nodes[2], nodes[0]))  # a triangle: echoes would show
+        tx = b.transfer(ALICE, CAROL.address, COIN, 0)
+        nodes[1].node.submit_transaction(tx)
+        yield defer.ensureDeferred(wait_until(lambda: all(tx.hash in n.node.mempool for n in nodes),
+                                              "the transfer in every mempool"))
+        for handle in nodes:
+            for proto in handle.node.peers.ready_peers():
+                self.assertIn(tx.hash, proto.info.known_txs)
+        block = b.make_block(b.genesis, [tx])
+        yield nodes[0].node.receive_block(block)
+        yield defer.ensureDeferred(wait_until(lambda: all(n.chain.tip.hash == block.hash for n in nodes),
+                                              "the block everywhere"))
+        self.assertEqual([len(n.node.mempool) for n in nodes], [0, 0, 0])
+        self.assertEqual({n.chain.account(CAROL.address) for n in nodes}, {(COIN, 0)})

@@ -1,0 +1,107 @@
+"""Sync and orphans with scripted peers on a task.Clock: batches spread over several
+peers, a silent peer's requests retried elsewhere, orphans resolved through their parent."""
+
+from twisted.trial import unittest
+
+from archivas.protocols import sync, wire
+from tests.common import builder
+from tests.test_protocol import Harness, feed, hello, sent
+
+
+class ScriptedPeer:
+    """An Archivas peer on a StringTransport that answers from a list of blocks."""
+
+    def __init__(self, harness, host, blocks, node_id, weight=10**6):
+        self.blocks = blocks  # index = height - 1
+        self.proto, self.transport = harness.connect(host=host)
+        self.genesis = harness.node.genesis_hash
+        self.requests = []
+        tip = blocks[-1]
+        sent(self.transport)
+        feed(self.proto, wire.Status(tip.height, tip.header.difficulty, tip.hash, weight=weight,
+                                     genesis_hash=self.genesis, network="fastnet", version=1,
+                                     capabilities=wire.CAPABILITIES))
+        feed(self.proto, hello(node_id=node_id, genesis=self.genesis))
+
+    def answer(self):
+        """Answer every request written since the last call; returns how many."""
+        count = 0
+        for message in sent(self.transport):
+            self.requests.append(message)
+            if isinstance(message, wire.GetHashes):
+                hashes = [self.genesis] + [b.hash for b in self.blocks]
+                feed(self.proto, wire.Hashes(message.start,
+                                             tuple(hashes[message.start:message.start + message.count])))
+            elif isinstance(message, wire.GetBlocks):
+                chunk = self.blocks[message.start - 1:message.start - 1 + message.count]
+                feed(self.proto, wire.Blocks(message.start, tuple(chunk)))
+            else:
+                continue
+            count += 1
+        return count
+
+
+class SyncTests(unittest.TestCase):
+    def setUp(self):
+        b = builder()
+        self.blocks = b.extend(b.genesis, 150)
+
+    def test_batches_from_several_peers_and_a_silent_one_is_retried_elsewhere(self):
+        h = Harness(self)
+        first = ScriptedPeer(h, "10.0.0.1", self.blocks, b"\x01" * 16)
+        silent = ScriptedPeer(h, "10.0.0.2", self.blocks, b"\x02" * 16)
+        third = ScriptedPeer(h, "10.0.0.3", self.blocks, b"\x03" * 16)
+        self.assertTrue(h.node.sync.active)
+        for _ in range(30):
+            first.answer()
+            third.answer()
+            sent(silent.transport)  # swallowed: never answered
+            if h.node.chain.height == 150:
+                break
+            h.clock.advance(sync.REQUEST_TIMEOUT)
+        self.assertEqual(h.node.chain.tip.hash, self.blocks[-1].hash)
+        served = {p: [m for m in p.requests if isinstance(m, wire.GetBlocks)] for p in (first, third)}
+        self.assertTrue(served[first] and served[third], "batches went to both answering peers")
+        self.assertFalse(h.node.sync.active)
+        self.assertGreater(silent.proto.info.misbehaviour, 0)  # its timeouts were counted
+
+    def test_fork_point_found_by_hash_windows(self):
+        b = builder()
+        ours = self.blocks[:100]
+        h = Harness(self, ours)
+        theirs = self.blocks[:90] + b.extend(self.blocks[89], 70, farmer=1)
+        peer = ScriptedPeer(h, "10.0.0.1", theirs, b"\x01" * 16)
+        for _ in range(20):
+            if not peer.answer():
+                break
+        self.assertEqual(h.node.chain.tip.hash, theirs[-1].hash)
+        first_fetch = next(m for m in peer.requests if isinstance(m, wire.GetBlocks))
+        self.assertEqual(first_fetch.start, 91)  # only what differs is fetched
+
+
+class OrphanTests(unittest.TestCase):
+    def test_orphan_waits_for_its_parent(self):
+        b = builder()
+        blocks = b.extend(b.genesis, 4)
+        h = Harness(self, blocks[:2])
+        level = h.node.chain.tip.weight
+        peer = ScriptedPeer(h, "10.0.0.1", blocks[:2], b"\x01" * 16, weight=level)  # no sync
+        self.assertFalse(h.node.sync.active)
+        sent(peer.transport)
+        feed(peer.proto, wire.PushBlock(blocks[3]))  # height 4; 3 is missing
+        self.assertIn(blocks[3].hash, h.node.orphans)
+        self.assertEqual(sent(peer.transport), [wire.GetBlocks(3, 1)])
+        feed(peer.proto, wire.Blocks(3, (blocks[2],)))
+        self.assertEqual(h.node.chain.tip.hash, blocks[3].hash)
+        self.assertEqual(len(h.node.orphans), 0)
+
+    def test_pool_is_bounded(self):
+        from archivas.protocols.orphans import OrphanPool
+
+        b = builder()
+        blocks = b.extend(b.genesis, 6)
+        pool = OrphanPool(size=3)
+        for block in blocks[1:]:
+            pool.add(block)
+        self.assertEqual(len(pool), 3)
+        self.assertEqual([blk.hash for blk in pool.take_children(blocks[3].hash)], [blocks[4].hash])
