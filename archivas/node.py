@@ -70,6 +70,7 @@ class Node:
         self.on_tip: list[Callable[[Block], None]] = []
         self.on_vdf: list[Callable[[bytes, int, vdf.Segment], None]] = []
         self.rejected_blocks = 0
+        self.stopped = False
 
     def start(self) -> None:
         if self.threaded:
@@ -78,6 +79,7 @@ class Node:
 
     def stop(self) -> defer.Deferred:
         """Close every connection (fires when they are gone), then the thread pool."""
+        self.stopped = True
         self.sync.stop()
         d = self.peers.stop()
         if self.threaded:
@@ -203,6 +205,8 @@ class Node:
         self._in_progress.add(block.hash)
         try:
             score = await self.verify(block, parent)
+            if self.stopped:
+                return None
             result = self.chain.add_block(block, self.now_ms(), score)
         except BlockRejected as e:
             self._rejected(block, source, e)
@@ -289,6 +293,8 @@ class Node:
             for block, check in zip(blocks, checks):
                 try:
                     score = await check
+                    if self.stopped:
+                        return added
                     result = self.chain.add_block(block, self.now_ms(), score)
                 except BlockRejected as e:
                     self._rejected(block, source, e)
@@ -339,6 +345,8 @@ class Node:
         start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
         ok = await self._in_thread(vdf.verify_segment, seed, start, segment,
                                    self.params.discriminant_bits, self.params.vdf_iterations)
+        if self.stopped:
+            return False
         if not ok:
             if source is not None:
                 self.peers.misbehaved(source, "invalid_block", f"VDF segment {index} does not verify")

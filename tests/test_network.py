@@ -123,6 +123,14 @@ class MoreNodes(unittest.TestCase):
             self.assertEqual(handle.chain.accounts(), accounts)
 
     @defer.inlineCallbacks
+    def test_dialing_itself_is_detected_and_stopped(self):
+        node = start_node(self)
+        node.node.peers.dial(node.address)
+        yield defer.ensureDeferred(wait_until(lambda: not node.node.peers.dialers, "the self-dial forgotten"))
+        yield defer.ensureDeferred(wait_until(lambda: not node.node.peers.peers, "both ends closed"))
+        self.assertEqual(node.node.peers.ready_peers(), [])
+
+    @defer.inlineCallbacks
     def test_ten_node_line(self):
         b = builder()
         nodes = [start_node(self) for _ in range(10)]

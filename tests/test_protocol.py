@@ -139,6 +139,12 @@ class LifecycleTests(unittest.TestCase):
         self.assertEqual(proto.info.listen_address, "10.0.0.1:9999")
 
     def test_other_genesis_or_network_refused(self):
+        from twisted.logger import formatEvent, globalLogPublisher
+
+        lines = []
+        observer = lambda event: lines.append(formatEvent(event))  # noqa: E731
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
         for message in (wire.Status(1, 1, b"\x00" * 32, genesis_hash=OTHER_GENESIS),
                         wire.Status(1, 1, b"\x00" * 32, network="devnet"),
                         hello(genesis=OTHER_GENESIS), hello(genesis=b"\x00" * 32, network="devnet")):
@@ -147,6 +153,10 @@ class LifecycleTests(unittest.TestCase):
                 feed(proto, message)
                 self.assertTrue(transport.disconnecting)
                 self.assertIs(proto.info.state, PeerState.CLOSED)
+        refusals = [line for line in lines if line.startswith("[p2p] refusing peer 10.0.0.1:40000")]
+        self.assertEqual(len(refusals), 4)
+        self.assertTrue(any("genesis 0707070707070707 is not ours" in line for line in refusals))
+        self.assertTrue(any("on network devnet, we are on fastnet" in line for line in refusals))
 
     def test_self_connection_dropped(self):
         proto, transport = self.h.connect()
@@ -198,6 +208,13 @@ class LifecycleTests(unittest.TestCase):
         proto, transport = self.h.connect(host="10.0.0.9")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.h.node.peers.peers, [])
+
+    def test_outbound_limit(self):
+        h = Harness(self, max_outbound=1)
+        _, t1 = h.connect("outbound")
+        _, t2 = h.connect("outbound", host="10.0.0.2")
+        self.assertFalse(t1.disconnecting)
+        self.assertTrue(t2.disconnecting)
 
     def test_inbound_limit(self):
         h = Harness(self, max_inbound=1)

@@ -163,14 +163,15 @@ class Syncer:
                      peer=target.info.address if target.info else "?", e=str(e) or type(e).__name__)
         finally:
             self.active = False
-            tip = chain.block(chain.tip.hash)
-            if tip is not None and tip.height > 0:
-                self.node.relay_block(tip)
-        if not self._stopped:
-            for proto in self.node.peers.ready_peers():
-                if self._ahead(proto):
-                    self.node.reactor.callLater(0, self.peer_updated, proto)
-                    break
+        if self._stopped:  # the node shut down meanwhile: its database is closed
+            return
+        tip = chain.block(chain.tip.hash)
+        if tip is not None and tip.height > 0:
+            self.node.relay_block(tip)
+        for proto in self.node.peers.ready_peers():
+            if self._ahead(proto):
+                self.node.reactor.callLater(0, self.peer_updated, proto)
+                break
 
     async def _find_fork(self, proto: PeerProtocol) -> tuple[int, dict[int, Block]]:
         """The highest height where our main chain and the peer's agree, and any blocks
