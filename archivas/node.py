@@ -186,7 +186,8 @@ class Node:
 
     def receive_block(self, block: Block, source: Optional[PeerProtocol] = None) -> defer.Deferred:
         """Validate and add a block from a peer or the local farmer; fires with the
-        AddResult, or None when it was refused or is waiting for its parent."""
+        AddResult, or None when it is waiting for its parent (or, from a peer, was refused:
+        a local block that is refused fails with BlockRejected)."""
         if source is not None and source.info is not None:
             source.info.known_blocks.add(block.hash)
         return defer.ensureDeferred(self._receive(block, source))
@@ -210,6 +211,8 @@ class Node:
             result = self.chain.add_block(block, self.now_ms(), score)
         except BlockRejected as e:
             self._rejected(block, source, e)
+            if source is None:
+                raise
             return None
         finally:
             self._in_progress.discard(block.hash)

@@ -1,0 +1,142 @@
+"""The JSON RPC, served by Klein: thin routes over LocalNodeAPI.
+
+Errors are JSON `{"error": "..."}` with a 4xx status; a request body over MAX_BODY_BYTES
+gets 413 without being buffered. Nothing a client sends produces a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from klein import Klein
+from twisted.logger import Logger
+from twisted.web import server
+
+from archivas.nodeapi import ApiError, LocalNodeAPI, as_deferred, parse_height
+
+log = Logger()
+
+MAX_BODY_BYTES = 2 * 1024 * 1024  # a 1 MiB block as JSON fits
+
+
+class LimitedRequest(server.Request):
+    """Stops buffering a body past MAX_BODY_BYTES; the request then gets 413."""
+
+    max_body = MAX_BODY_BYTES
+
+    def gotLength(self, length: Any) -> None:
+        self.received_bytes = 0
+        self.too_large = length is not None and length > self.max_body
+        super().gotLength(None if self.too_large else length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self.received_bytes += len(data)
+        if self.received_bytes > self.max_body:
+            self.too_large = True
+        if not self.too_large:
+            super().handleContentChunk(data)
+
+    def process(self) -> None:
+        if getattr(self, "too_large", False):
+            self.setResponseCode(413)
+            self.setHeader(b"content-type", b"application/json")
+            self.write(json.dumps({"error": f"request body over {self.max_body} bytes"}).encode())
+            self.finish()
+            return
+        super().process()
+
+
+def site(resource: Any) -> server.Site:
+    s = server.Site(resource)
+    s.requestFactory = LimitedRequest
+    s.displayTracebacks = False
+    return s
+
+
+def _json_body(request: Any) -> Any:
+    try:
+        return json.loads(request.content.read() or b"null")
+    except (ValueError, UnicodeDecodeError):
+        raise ApiError(400, "request body is not JSON") from None
+
+
+class NodeRPC:
+    app = Klein()
+
+    def __init__(self, api: LocalNodeAPI) -> None:
+        self.api = api
+
+    def resource(self) -> Any:
+        return self.app.resource()
+
+    def _respond(self, request: Any, value: Any, status: int = 200) -> bytes:
+        request.setResponseCode(status)
+        request.setHeader(b"content-type", b"application/json")
+        return json.dumps(value).encode()
+
+    @app.handle_errors(ApiError)
+    def api_error(self, request: Any, failure: Any) -> bytes:
+        error = failure.value
+        return self._respond(request, {"error": error.message}, error.status)
+
+    @app.handle_errors(Exception)
+    def unexpected(self, request: Any, failure: Any) -> bytes:
+        from werkzeug.exceptions import HTTPException
+
+        if isinstance(failure.value, HTTPException):  # Klein's 404 / 405 for unknown routes
+            code = failure.value.code or 404
+            return self._respond(request, {"error": failure.value.name}, code)
+        log.failure("[rpc] internal error on {path}", failure, path=request.path)
+        return self._respond(request, {"error": "internal error"}, 500)
+
+    def _call(self, request: Any, value: Any) -> Any:
+        return as_deferred(value).addCallback(lambda v: self._respond(request, v))
+
+    @app.route("/healthz", methods=["GET"])
+    def healthz(self, request: Any) -> Any:
+        return self._call(request, self.api.healthz())
+
+    @app.route("/status", methods=["GET"])
+    def status(self, request: Any) -> Any:
+        return self._call(request, self.api.status())
+
+    @app.route("/chainTip", methods=["GET"])
+    def chain_tip(self, request: Any) -> Any:
+        return self._call(request, self.api.chain_tip())
+
+    @app.route("/balance/<string:address>", methods=["GET"])
+    def balance(self, request: Any, address: str) -> Any:
+        return self._call(request, self.api.balance(address))
+
+    @app.route("/block/<string:height>", methods=["GET"])
+    def block(self, request: Any, height: str) -> Any:
+        return self._call(request, self.api.block(parse_height(height)))
+
+    @app.route("/peers", methods=["GET"])
+    def peers(self, request: Any) -> Any:
+        return self._call(request, self.api.peers())
+
+    @app.route("/submitTx", methods=["POST"])
+    def submit_tx(self, request: Any) -> Any:
+        return self._call(request, self.api.submit_tx(_json_body(request)))
+
+    @app.route("/signagePoints", methods=["GET"])
+    def signage_points(self, request: Any) -> Any:
+        return self._call(request, self.api.signage_points())
+
+    @app.route("/blockTemplate", methods=["POST"])
+    def block_template(self, request: Any) -> Any:
+        return self._call(request, self.api.block_template(_json_body(request)))
+
+    @app.route("/submitBlock", methods=["POST"])
+    def submit_block(self, request: Any) -> Any:
+        return self._call(request, self.api.submit_block(_json_body(request)))
+
+    @app.route("/vdf/job", methods=["GET"])
+    def vdf_job(self, request: Any) -> Any:
+        return self._call(request, self.api.vdf_job())
+
+    @app.route("/vdf/output", methods=["POST"])
+    def vdf_output(self, request: Any) -> Any:
+        return self._call(request, self.api.vdf_output(_json_body(request)))
