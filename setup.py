@@ -1,10 +1,7 @@
-import os
-
 from setuptools import find_packages, setup
 
-# twistd finds plugins in the namespace package twisted.plugins (no __init__.py there).
-# The node plugin arrives with the node issue; until the folder exists it is not listed.
-PLUGINS = ["twisted.plugins"] if os.path.isdir("twisted/plugins") else []
+# twistd finds plugins in twisted.plugins, which has no __init__.py in this project.
+PLUGINS = ["twisted.plugins"]
 
 setup(
     name="archivas",
@@ -27,5 +24,12 @@ setup(
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100"],
     },
-    entry_points={"console_scripts": []},
+    entry_points={
+        "console_scripts": [
+            "archivas-node = archivas.scripts.node:main",
+            "archivas-timelord = archivas.scripts.timelord:main",
+            "archivas-farmer = archivas.scripts.farmer:main",
+            "archivas-wallet = archivas.scripts.wallet:main",
+        ]
+    },
 )

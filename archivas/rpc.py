@@ -49,6 +49,7 @@ class LimitedRequest(server.Request):
 
 def site(resource: Any) -> server.Site:
     s = server.Site(resource)
+    s.noisy = False
     s.requestFactory = LimitedRequest
     s.displayTracebacks = False
     return s

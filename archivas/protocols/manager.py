@@ -51,6 +51,8 @@ LIFECYCLE = (wire.Ping, wire.Pong, wire.GetStatus, wire.Status, wire.Hello, wire
 class PeerFactory(Factory):
     """Builds PeerProtocols for one direction; the manager holds everything else."""
 
+    noisy = False
+
     def __init__(self, manager: "PeerManager", direction: str) -> None:
         self.manager = manager
         self.direction = direction
@@ -101,15 +103,16 @@ class PeerManager:
         """Stop dialing and close every connection; fires when all are gone."""
         if self._heartbeat is not None and self._heartbeat.running:
             self._heartbeat.stop()
-        waits = [service.stopService() for service in self.dialers.values()]
+        waits = [service.stopService() for service in self.dialers.values() if service.running]
         self.dialers.clear()
         for proto in list(self.peers):
             proto.disconnect("node stopping")
             waits.append(proto.lost)
         return defer.DeferredList(waits, consumeErrors=True)
 
-    def dial(self, address: str) -> ClientService:
-        """Keep an outbound connection to `host:port`, reconnecting with backoff."""
+    def client_service(self, address: str) -> ClientService:
+        """A (not yet started) service keeping an outbound connection to `host:port`,
+        reconnecting with backoff; the node's service tree starts and stops it."""
         if address in self.dialers:
             return self.dialers[address]
         host, _, port = address.rpartition(":")
@@ -117,13 +120,20 @@ class PeerManager:
         service = ClientService(endpoint, self.outbound_factory,
                                 retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
                                 clock=self.reactor)
+        service.setName(f"peer {address}")
         self.dialers[address] = service
-        service.startService()
+        return service
+
+    def dial(self, address: str) -> ClientService:
+        """Start keeping an outbound connection to `host:port` now."""
+        service = self.client_service(address)
+        if not service.running:
+            service.startService()
         return service
 
     def forget(self, address: str) -> None:
         service = self.dialers.pop(address, None)
-        if service is not None:
+        if service is not None and service.running:
             service.stopService()
 
     # views

@@ -1,0 +1,1 @@
+"""Console scripts: archivas-node, archivas-timelord, archivas-farmer, archivas-wallet."""

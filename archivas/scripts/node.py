@@ -1,0 +1,22 @@
+"""archivas-node: the same flags as `twistd -n archivas-node`, run in the foreground."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from archivas.scripts.common import parse
+from archivas.tap import Options
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    parse("archivas-node", Options(), args)  # a bad flag: one line, exit 2, before twistd
+    from twisted.scripts.twistd import run
+
+    sys.argv = ["archivas-node", "--nodaemon", "--pidfile=", "archivas-node", *args]
+    run()
+
+
+if __name__ == "__main__":
+    main()

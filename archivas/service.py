@@ -1,0 +1,179 @@
+"""The node's service tree, for twistd, the console script, and embedding.
+
+`node_service(...)` opens the database and returns a MultiService: the node (peer manager,
+verification threads), the peer listener, the RPC listener, one dialer per configured peer,
+and optionally an embedded timelord and farmer. Another Twisted application attaches it
+with `setServiceParent(application)`.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Optional, Sequence
+
+from twisted.application import service
+from twisted.internet import defer, endpoints
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from archivas.chain import params as network_params
+from archivas.chain.blockchain import Chain
+from archivas.chain.keys import PrivateKey
+from archivas.farmer.farming import Farmer
+from archivas.farmer.plots import load_plots
+from archivas.node import Node
+from archivas.nodeapi import LocalNodeAPI
+from archivas.protocols.manager import endpoint_description
+from archivas.rpc import NodeRPC, site
+from archivas.timelord import Timelord
+
+log = Logger()
+
+
+class ListenError(Exception):
+    """A listening address cannot be used (in use, not allowed, malformed)."""
+
+
+class ListeningService(service.Service):
+    """Listens on an endpoint description when started. TCP listening happens at once, so
+    a port in use fails startService itself (ListenError) rather than later in a log."""
+
+    def __init__(self, reactor: Any, description: str, factory: Any, what: str,
+                 on_listening: Optional[Callable[[Any], None]] = None) -> None:
+        self.reactor = reactor
+        self.description = endpoint_description(description)
+        self.factory = factory
+        self.what = what
+        self.on_listening = on_listening
+        self.port: Any = None
+
+    def startService(self) -> None:
+        try:
+            d = endpoints.serverFromString(self.reactor, self.description).listen(self.factory)
+        except (ValueError, TypeError, KeyError) as e:
+            raise ListenError(f"cannot listen for {self.what} on {self.description!r}: {e}") from None
+        outcome: list[Any] = []
+        d.addBoth(outcome.append)
+        if outcome and isinstance(outcome[0], Failure):
+            raise ListenError(f"cannot listen for {self.what} on {self.description}: "
+                              f"{outcome[0].getErrorMessage()}")
+        super().startService()
+        if outcome:
+            self._listening(outcome[0])
+        else:
+            d.addCallback(self._listening)
+
+    def _listening(self, port: Any) -> None:
+        self.port = port
+        host = port.getHost()
+        log.info("[{what}] listening on {host}:{port}", what=self.what, host=host.host, port=host.port)
+        if self.on_listening is not None:
+            self.on_listening(port)
+
+    def stopService(self) -> Optional[defer.Deferred]:  # type: ignore[override]
+        super().stopService()
+        if self.port is None:
+            return None
+        return defer.maybeDeferred(self.port.stopListening)
+
+
+class NodeService(service.Service):
+    """Starts and stops the node; closes its database last."""
+
+    name = "node"
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def startService(self) -> None:
+        super().startService()
+        tip = self.node.chain.tip
+        log.info("[node] {network} node at height {h} (tip {t}), database {db}",
+                 network=self.node.params.name, h=tip.height, t=tip.hash.hex()[:16],
+                 db=str(self.node.chain.storage.directory))
+        self.node.start()
+
+    def stopService(self) -> defer.Deferred:  # type: ignore[override]
+        super().stopService()
+        d = self.node.stop()
+        d.addBoth(lambda _: self.node.chain.close())
+        return d
+
+
+class NodeMultiService(service.MultiService):
+    """The node's tree; `node` and `api` are there for embedding code and tests."""
+
+    def __init__(self, node: Node) -> None:
+        super().__init__()
+        self.node = node
+        self.api = LocalNodeAPI(node)
+
+
+def node_service(
+    db: str = "./archivas-data",
+    network: str = "devnet",
+    rpc: str = ":8080",
+    p2p: str = ":9090",
+    peers: Sequence[str] = (),
+    timelord: bool = False,
+    farm: Optional[str] = None,
+    farmer_key: Optional[str] = None,
+    reactor: Any = None,
+    operator: bool = False,
+) -> NodeMultiService:
+    """Build an Archivas node as a MultiService. Opens (or creates) the database now, so
+    a locked, corrupt or foreign database raises StorageError here. `operator=True` (twistd,
+    the console script) turns a listening failure at start into one line and exit 1."""
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+
+        reactor = default_reactor
+    params = network_params.load(network)
+    chain = Chain.open(db, params)
+    try:
+        node = Node(chain, reactor)
+        top = (OperatorNodeService if operator else NodeMultiService)(node)
+        top.setName("archivas-node")
+        NodeService(node).setServiceParent(top)
+
+        def p2p_listening(port: Any) -> None:
+            node.peers.listen_port = port.getHost().port
+
+        p2p_service = ListeningService(reactor, p2p, node.peers.inbound_factory, "p2p", p2p_listening)
+        p2p_service.setName("p2p")
+        p2p_service.setServiceParent(top)
+        rpc_service = ListeningService(reactor, rpc, site(NodeRPC(top.api).resource()), "rpc")
+        rpc_service.setName("rpc")
+        rpc_service.setServiceParent(top)
+        for address in peers:
+            node.peers.client_service(address).setServiceParent(top)
+        if timelord:
+            Timelord(top.api, reactor).setServiceParent(top)
+        if farm is not None:
+            if farmer_key is None:
+                raise ValueError("farming needs a farmer key")
+            Farmer(top.api, load_plots(farm), PrivateKey.load(farmer_key), reactor).setServiceParent(top)
+        return top
+    except BaseException:
+        chain.close()
+        raise
+
+
+class OperatorNodeService(NodeMultiService):
+    """For twistd and the console script: an operator mistake at start (a port in use)
+    is one line on stderr and a non-zero exit, not a traceback."""
+
+    def startService(self) -> None:
+        try:
+            super().startService()
+        except ListenError as e:
+            fail(str(e))
+
+
+def fail(message: str) -> None:
+    sys.stderr.write(f"archivas-node: error: {message}\n")
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+__all__ = ["node_service", "NodeMultiService", "ListenError"]

@@ -1,0 +1,164 @@
+"""`twistd archivas-node` and `archivas-node`: command-line options and makeService.
+
+Every setting comes from, in order of precedence: the flag, the environment
+(ARCHIVAS_RPC_PORT, ARCHIVAS_P2P_PORT, ARCHIVAS_PEERS, ARCHIVAS_DB_PATH), the TOML file
+given with --config (see conf/node.toml), then the default.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tomllib
+from typing import Any, Mapping, Optional
+
+from twisted.internet import endpoints
+from twisted.python import usage
+
+from archivas.chain.keys import KeyFileError, PrivateKey
+from archivas.chain.params import NETWORKS
+from archivas.chain.storage import StorageError
+from archivas.protocols.manager import endpoint_description
+from archivas.service import NodeMultiService, fail, node_service
+
+DEFAULTS: dict[str, Any] = {
+    "rpc-port": ":8080",
+    "p2p-port": ":9090",
+    "db": "./archivas-data",
+    "network": "devnet",
+    "peers": [],
+    "timelord": False,
+    "farm": None,
+    "farmer-key": None,
+}
+ENVIRONMENT = {
+    "rpc-port": "ARCHIVAS_RPC_PORT",
+    "p2p-port": "ARCHIVAS_P2P_PORT",
+    "peers": "ARCHIVAS_PEERS",
+    "db": "ARCHIVAS_DB_PATH",
+}
+
+
+def split_peers(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def check_peer(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise usage.UsageError(f"peer {address!r} is not host:port")
+    return address
+
+
+def check_listen(name: str, description: str) -> str:
+    text = endpoint_description(str(description))
+    if text.startswith("tcp:"):
+        port = text.split(":")[1]
+        if not port.isdigit() or not 0 <= int(port) < 65536:
+            raise usage.UsageError(f"--{name}: {description!r} is not a port or listen address")
+    try:
+        from twisted.internet import reactor
+
+        endpoints.serverFromString(reactor, text)  # parses only; nothing listens yet
+    except (ValueError, TypeError, KeyError) as e:
+        raise usage.UsageError(f"--{name}: {description!r} is not a listen address ({e})") from None
+    return str(description)
+
+
+class Options(usage.Options):
+    synopsis = "[options]"
+    longdesc = ("Run an Archivas node: validate, store and gossip blocks, serve the JSON RPC, "
+                "and optionally prove time (--timelord) and farm plots (--farm).")
+    optParameters = [
+        ["rpc-port", None, None, "RPC listen address: 8080, :8080, 127.0.0.1:8080 or an endpoint string "
+                                 "[default: :8080]"],
+        ["p2p-port", None, None, "peer-to-peer listen address, same forms [default: :9090]"],
+        ["db", None, None, "database directory [default: ./archivas-data]"],
+        ["network", None, None, f"network: {' or '.join(NETWORKS)} [default: devnet]"],
+        ["config", None, None, "TOML configuration file (see conf/node.toml)"],
+        ["farm", None, None, "farm the plots in this directory"],
+        ["farmer-key", None, None, "key file of the farmer (with --farm)"],
+    ]
+    optFlags = [["timelord", None, "run a timelord in the node"]]
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None, exit_on_error: bool = True) -> None:
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+        self.exit_on_error = exit_on_error
+        self._peer_flags: list[str] = []
+        self["peers"] = None
+
+    def opt_peers(self, value: str) -> None:
+        """peer addresses host:port, comma separated; may repeat"""
+        self._peer_flags.extend(split_peers(value))
+
+    def parseOptions(self, options: Any = None) -> None:
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if not self.exit_on_error:
+                raise
+            sys.stderr.write(f"archivas-node: error: {e}\n")
+            raise SystemExit(2) from None
+
+    def postOptions(self) -> None:
+        file_settings = self._read_config(self["config"]) if self["config"] else {}
+        flags = {k: self[k] for k in ("rpc-port", "p2p-port", "db", "network", "farm", "farmer-key")}
+        flags["peers"] = self._peer_flags or None
+        flags["timelord"] = True if self["timelord"] else None
+        for key, default in DEFAULTS.items():
+            value = flags.get(key)
+            if value is None and key in ENVIRONMENT and self.environ.get(ENVIRONMENT[key]):
+                raw = self.environ[ENVIRONMENT[key]]
+                value = split_peers(raw) if key == "peers" else raw
+            if value is None:
+                value = file_settings.get(key)
+            self[key] = default if value is None else value
+        self._validate()
+
+    def _read_config(self, path: str) -> dict[str, Any]:
+        try:
+            with open(path, "rb") as f:
+                doc = tomllib.load(f)
+        except OSError as e:
+            raise usage.UsageError(f"cannot read config file {path}: {e.strerror}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise usage.UsageError(f"config file {path} is not valid TOML: {e}") from None
+        unknown = sorted(set(doc) - set(DEFAULTS))
+        if unknown:
+            raise usage.UsageError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
+        kinds = {"peers": list, "timelord": bool}
+        for key, value in doc.items():
+            want = kinds.get(key, (str, int) if key.endswith("port") else str)
+            if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
+                raise usage.UsageError(f"config file {path}: {key} has the wrong type")
+        return {k: (str(v) if k.endswith("port") else v) for k, v in doc.items()}
+
+    def _validate(self) -> None:
+        if self["network"] not in NETWORKS:
+            raise usage.UsageError(f"--network must be one of {', '.join(NETWORKS)}, not {self['network']!r}")
+        self["rpc-port"] = check_listen("rpc-port", self["rpc-port"])
+        self["p2p-port"] = check_listen("p2p-port", self["p2p-port"])
+        self["peers"] = [check_peer(p) for p in self["peers"]]
+        if self["farm"] is not None:
+            if self["farmer-key"] is None:
+                raise usage.UsageError("--farm needs --farmer-key")
+            if not os.path.isdir(self["farm"]):
+                raise usage.UsageError(f"--farm: {self['farm']} is not a directory")
+        if self["farmer-key"] is not None:
+            try:
+                PrivateKey.load(self["farmer-key"])
+            except KeyFileError as e:
+                raise usage.UsageError(f"--farmer-key: {e}") from None
+
+
+def makeService(config: Options, reactor: Any = None) -> NodeMultiService:
+    try:
+        return node_service(
+            db=config["db"], network=config["network"], rpc=config["rpc-port"], p2p=config["p2p-port"],
+            peers=config["peers"], timelord=config["timelord"], farm=config["farm"],
+            farmer_key=config["farmer-key"], reactor=reactor, operator=True,
+        )
+    except (StorageError, KeyFileError) as e:
+        fail(str(e))
+        raise  # not reached: fail() exits
