@@ -1,10 +1,18 @@
-# The whole set-up on a fresh machine: `make test` (and, later, `make run`).
+# The whole set-up on a fresh machine: `make run` and `make test`.
 PYTHON ?= python3
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test bench clean
+# make run: one node farming its own plots with its own timelord.
+NETWORK ?= devnet
+RUN_DIR ?= run
+RPC_PORT ?= :8080
+P2P_PORT ?= :9090
+# make devnet: the three-node walk-through in the background.
+DEVNET_DIR ?= devnet
+
+.PHONY: run test bench devnet devnet-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,11 +22,26 @@ $(STAMP): $(BIN)/python setup.py
 	$(BIN)/pip install --quiet -e '.[test]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
+run: $(STAMP)
+	@mkdir -p $(RUN_DIR)
+	@test -f $(RUN_DIR)/farmer.key || $(BIN)/archivas-wallet new --out $(RUN_DIR)/farmer.key
+	@ls $(RUN_DIR)/plots/*.plot >/dev/null 2>&1 || \
+		$(BIN)/archivas-farmer plot --size 18 --count 2 --path $(RUN_DIR)/plots --farmer-key $(RUN_DIR)/farmer.key
+	exec $(BIN)/archivas-node --network $(NETWORK) --db $(RUN_DIR)/node-data \
+		--rpc-port $(RPC_PORT) --p2p-port $(P2P_PORT) \
+		--timelord --farm $(RUN_DIR)/plots --farmer-key $(RUN_DIR)/farmer.key
+
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/validation_throughput.py
+
+devnet: $(STAMP)
+	NETWORK=$(NETWORK) BIN=$(BIN) sh conf/devnet.sh start $(DEVNET_DIR)
+
+devnet-stop:
+	sh conf/devnet.sh stop $(DEVNET_DIR)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
