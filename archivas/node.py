@@ -190,6 +190,7 @@ class Node:
         a local block that is refused fails with BlockRejected)."""
         if source is not None and source.info is not None:
             source.info.known_blocks.add(block.hash)
+            source.info.height = max(source.info.height, block.height)
         return defer.ensureDeferred(self._receive(block, source))
 
     async def _receive(self, block: Block, source: Optional[PeerProtocol]) -> Optional[AddResult]:

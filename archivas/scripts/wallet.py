@@ -70,7 +70,16 @@ class SendOptions(usage.Options):
 
 
 class BalanceOptions(usage.Options):
+    synopsis = "ADDRESS [--node URL]"
     optParameters = [["node", None, "http://localhost:8080", "the node's RPC URL"]]
+
+    def parseOptions(self, options: Any = None) -> None:
+        # `balance ADDR --node URL`: usage stops at the first argument, so the address
+        # goes after the options.
+        args = list(options or [])
+        if args and not args[0].startswith("-"):
+            args = args[1:] + [args[0]]
+        super().parseOptions(args)
 
     def parseArgs(self, address: str) -> None:  # type: ignore[override]
         self["address"] = address
