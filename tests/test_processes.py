@@ -191,3 +191,47 @@ class OperatorMistakes(unittest.TestCase):
         self.assertEqual(code, 1)
         self.assertIn("archivas-node: error: cannot listen for rpc", err + out)
         self.assertNotIn("Traceback", out + err)
+
+
+class StandalonePrograms(unittest.TestCase):
+    """archivas-timelord and archivas-farmer farm against a plain node over its RPC."""
+
+    timeout = 180
+
+    @defer.inlineCallbacks
+    def test_timelord_and_farmer_processes_make_blocks(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        key_file = os.path.join(directory, "farmer.key")
+        farmer_key(1).save(key_file)
+        plots = os.path.join(directory, "plots")
+        os.makedirs(plots)
+        plot = shared_plots(2)[1][1]
+        os.symlink(plot.path, os.path.join(plots, plot.path.name))
+        node = NodeProcess(self, "node", directory)
+        node.start()
+        yield defer.ensureDeferred(wait_for(node.tip, "the node up"))
+        helpers = []
+        for argv in (["archivas-timelord", "--node", node.url],
+                     ["archivas-farmer", "farm", "--plots", plots, "--farmer-key", key_file, "--node", node.url]):
+            log = open(os.path.join(directory, argv[0] + ".log"), "wb")
+            proc = subprocess.Popen([str(BIN / argv[0]), *argv[1:]], stdout=log, stderr=subprocess.STDOUT)
+            helpers.append(proc)
+            self.addCleanup(lambda p=proc: (p.poll() is None and p.kill(), p.wait()))
+
+        async def farmed():
+            tip = await node.tip()
+            return tip is not None and tip["height"] >= 3
+
+        yield defer.ensureDeferred(wait_for(farmed, "blocks from the standalone timelord and farmer"))
+        block = yield defer.ensureDeferred(node.get("/block/1"))
+        self.assertEqual(block["header"]["rewardAddress"], farmer_key(1).address)
+
+    @defer.inlineCallbacks
+    def test_unreachable_node_is_one_line(self):
+        for argv in (["archivas-timelord", "--node", f"http://127.0.0.1:{free_port()}"],
+                     ["archivas-wallet", "balance", farmer_key(0).address, "--node", f"http://127.0.0.1:{free_port()}"]):
+            out, err, code = yield defer.ensureDeferred(run(*argv))
+            self.assertEqual(code, 1, argv)
+            self.assertEqual(err.count("\n"), 1, err)
+            self.assertIn("cannot reach the node", err)
