@@ -284,3 +284,38 @@ class PairTests(unittest.TestCase):
             if b.node.chain.height == 40:
                 break
         self.assertEqual(b.node.chain.tip.hash, blocks[-1].hash)
+
+
+class LimitTests(unittest.TestCase):
+    def test_known_cache_is_bounded(self):
+        from archivas.protocols.peer import BoundedSet
+
+        known = BoundedSet(3)
+        for i in range(5):
+            known.add(bytes([i]))
+        self.assertEqual(len(known), 3)
+        self.assertNotIn(b"\x00", known)
+        self.assertIn(b"\x04", known)
+        known.add(b"\x02")  # refreshed: now the newest
+        known.add(b"\x05")
+        self.assertIn(b"\x02", known)
+        self.assertNotIn(b"\x03", known)
+
+    def test_peers_list_is_bounded(self):
+        too_many = json.dumps({"type": 14, "payload": {"peers": [f"10.0.0.1:{i}" for i in range(1, 66)]}})
+        with self.assertRaises(wire.WireError):
+            wire.decode(too_many.encode())
+        self.assertEqual(len(wire.decode(too_many.replace(', "10.0.0.1:65"', "").encode()).addresses), 64)
+
+    def test_blocks_reply_is_capped_in_bytes(self):
+        from archivas import node as node_module
+
+        b = builder()
+        blocks = b.extend(b.genesis, 5)
+        h = Harness(self, blocks)
+        self.patch(node_module, "MAX_BLOCKS_REPLY_BYTES", len(blocks[0].encode()) * 2 + 10)
+        proto, transport = h.connect()
+        sent(transport)
+        feed(proto, wire.GetBlocks(1, 5))
+        (reply,) = sent(transport)
+        self.assertEqual([blk.height for blk in reply.blocks], [1, 2])  # the rest is asked for again
