@@ -29,13 +29,23 @@ def log_to_stdout() -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
 
 
-def run_service(build: Callable[[Any], defer.Deferred]) -> None:
-    """Run until interrupted: `build(reactor)` returns (a Deferred of) a started service."""
+def serve_against_node(program: str, url: str, make: Callable[[Any, Any], service.Service]) -> None:
+    """Run `make(api, reactor)`'s service against the node at `url` until interrupted;
+    an unreachable node is one line and exit 1."""
+    from archivas.client import HttpNodeAPI
+    from archivas.nodeapi import ApiError
+
+    log_to_stdout()
 
     async def main(reactor: Any) -> None:
-        svc: service.Service = await defer.ensureDeferred(build(reactor))
-        done: defer.Deferred = defer.Deferred()
+        api = HttpNodeAPI(url)
+        try:
+            await api.healthz()
+        except ApiError as e:
+            die(program, e.message)
+        svc = make(api, reactor)
+        svc.startService()
         reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
-        await done  # until the reactor is stopped (Ctrl-C, SIGTERM)
+        await defer.Deferred()  # until the reactor is stopped (Ctrl-C, SIGTERM)
 
     task.react(lambda reactor: defer.ensureDeferred(main(reactor)))

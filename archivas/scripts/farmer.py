@@ -8,12 +8,10 @@ from typing import Any, Optional
 from twisted.python import usage
 
 from archivas.chain.keys import KeyFileError, PrivateKey
-from archivas.client import HttpNodeAPI
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
 from archivas.farmer.plotter import PlotError, create_plot
-from archivas.nodeapi import ApiError
-from archivas.scripts.common import die, log_to_stdout, parse, run_service
+from archivas.scripts.common import die, parse, serve_against_node
 
 PROGRAM = "archivas-farmer"
 BAR_WIDTH = 30
@@ -93,19 +91,7 @@ def farm(options: FarmOptions) -> None:
     plots = load_plots(options["plots"])
     if not plots:
         die(PROGRAM, f"no plots in {options['plots']}")
-    log_to_stdout()
-
-    async def build(reactor: Any) -> Farmer:
-        api = HttpNodeAPI(options["node"])
-        try:
-            await api.healthz()
-        except ApiError as e:
-            die(PROGRAM, e.message)
-        farmer = Farmer(api, plots, key, reactor)
-        farmer.startService()
-        return farmer
-
-    run_service(build)
+    serve_against_node(PROGRAM, options["node"], lambda api, reactor: Farmer(api, plots, key, reactor))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Optional
 
 from twisted.python import usage
 
-from archivas.client import HttpNodeAPI
-from archivas.nodeapi import ApiError
-from archivas.scripts.common import die, log_to_stdout, parse, run_service
+from archivas.scripts.common import parse, serve_against_node
 from archivas.timelord import Timelord
 
 
@@ -19,19 +17,7 @@ class Options(usage.Options):
 
 def main(argv: Optional[list[str]] = None) -> None:
     options = parse("archivas-timelord", Options(), sys.argv[1:] if argv is None else argv)
-    log_to_stdout()
-
-    async def build(reactor: Any) -> Timelord:
-        api = HttpNodeAPI(options["node"])
-        try:
-            await api.healthz()
-        except ApiError as e:
-            die("archivas-timelord", e.message)
-        timelord = Timelord(api, reactor)
-        timelord.startService()
-        return timelord
-
-    run_service(build)
+    serve_against_node("archivas-timelord", options["node"], Timelord)
 
 
 if __name__ == "__main__":
