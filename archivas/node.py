@@ -8,6 +8,7 @@ relayed only after it validated and became the tip, to peers not known to have i
 
 from __future__ import annotations
 
+import collections
 import os
 from typing import Any, Callable, Optional
 
@@ -34,6 +35,7 @@ log = Logger()
 VERIFY_THREADS = 2
 ORPHAN_FETCH_GAP = 32  # an orphan further above our tip than this starts a sync instead
 MAX_BLOCKS_REPLY_BYTES = 2 * 1024 * 1024
+MAX_INVALID_REMEMBERED = 4096
 FORGERY_REASONS = ("malformed", "bad_signature", "wrong_chain", "key_mismatch", "bad_address")
 
 
@@ -63,7 +65,8 @@ class Node:
         self.threadpool = ThreadPool(minthreads=0, maxthreads=verify_threads, name="archivas-verify")
         self._in_progress: set[bytes] = set()
         self._seen_txs = BoundedSet(16384)
-        self._invalid_blocks = BoundedSet(4096)  # refused for good: not verified again
+        # Refused for good (with why): not verified again.
+        self._invalid_blocks: collections.OrderedDict[bytes, BlockRejected] = collections.OrderedDict()
         # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
         self.vdf_parent: bytes = chain.tip.hash
         self.vdf_segments: list[vdf.Segment] = []
@@ -194,9 +197,11 @@ class Node:
         return defer.ensureDeferred(self._receive(block, source))
 
     async def _receive(self, block: Block, source: Optional[PeerProtocol]) -> Optional[AddResult]:
-        if block.hash in self._invalid_blocks:
-            if source is not None:
-                self.peers.misbehaved(source, "invalid_block", f"resent invalid block {block.hash.hex()[:16]}")
+        known_bad = self._invalid_blocks.get(block.hash)
+        if known_bad is not None:
+            if source is None:
+                raise known_bad
+            self.peers.misbehaved(source, "invalid_block", f"resent invalid block {block.hash.hex()[:16]}")
             return None
         if block.hash in self._in_progress or self.chain.has_block(block.hash):
             return AddResult(KNOWN)
@@ -248,7 +253,9 @@ class Node:
     def _rejected(self, block: Block, source: Optional[PeerProtocol], error: BlockRejected) -> None:
         self.rejected_blocks += 1
         if error.reason != "timestamp_in_future":  # that one may become valid later
-            self._invalid_blocks.add(block.hash)
+            self._invalid_blocks[block.hash] = error
+            while len(self._invalid_blocks) > MAX_INVALID_REMEMBERED:
+                self._invalid_blocks.popitem(last=False)
         if source is None:
             log.warn("[chain] local block {h} rejected: {e}", h=block.hash.hex()[:16], e=str(error))
         elif error.reason == "timestamp_in_future":

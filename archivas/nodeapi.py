@@ -29,7 +29,7 @@ class ApiError(Exception):
 
 
 def parse_height(text: str) -> int:
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise ApiError(400, f"height must be a non-negative integer, not {text[:30]!r}")
     return int(text)
 

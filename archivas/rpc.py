@@ -11,7 +11,7 @@ from typing import Any
 
 from klein import Klein
 from twisted.logger import Logger
-from twisted.web import server
+from twisted.web import resource, server
 
 from archivas.nodeapi import ApiError, LocalNodeAPI, as_deferred, parse_height
 
@@ -58,8 +58,27 @@ def site(resource: Any) -> server.Site:
 def _json_body(request: Any) -> Any:
     try:
         return json.loads(request.content.read() or b"null")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise ApiError(400, "request body is not JSON") from None
+
+
+class Utf8Paths(resource.Resource):
+    """Answers a path that is not UTF-8 with a JSON 400 (Klein would answer it in HTML)."""
+
+    isLeaf = True
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+
+    def render(self, request: Any) -> Any:
+        try:
+            b"/".join(request.postpath).decode("utf-8")
+        except UnicodeDecodeError:
+            request.setResponseCode(400)
+            request.setHeader(b"content-type", b"application/json")
+            return json.dumps({"error": "the URL path is not UTF-8"}).encode()
+        return self.wrapped.render(request)
 
 
 class NodeRPC:
@@ -69,7 +88,7 @@ class NodeRPC:
         self.api = api
 
     def resource(self) -> Any:
-        return self.app.resource()
+        return Utf8Paths(self.app.resource())
 
     def _respond(self, request: Any, value: Any, status: int = 200) -> bytes:
         request.setResponseCode(status)
