@@ -16,7 +16,6 @@ from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from archivas import __version__
 from archivas.chain import vdf
 from archivas.chain.block import Block, Header
 from archivas.chain.blockchain import ADDED_TIP, KNOWN, ORPHAN, AddResult, Chain
@@ -381,5 +380,3 @@ class Node:
 def _vdf_id(parent_hash: bytes, index: int) -> bytes:
     return sha256(b"vdf", parent_hash, index.to_bytes(4, "big"))
 
-
-__all__ = ["Node", "__version__"]
