@@ -133,13 +133,20 @@ class MoreNodes(unittest.TestCase):
     @defer.inlineCallbacks
     def test_ten_node_line(self):
         b = builder()
-        nodes = [start_node(self) for _ in range(10)]
+        # One outbound link each (none for the first), so peer exchange cannot add
+        # shortcuts: node i talks to i-1 and i+1 only.
+        nodes = [start_node(self, max_outbound=0 if i == 0 else 1) for i in range(10)]
         for left, right in zip(nodes, nodes[1:]):
             yield defer.ensureDeferred(link(right, left))
+        for i, handle in enumerate(nodes):
+            neighbours = {n.node.node_id for n in nodes[max(0, i - 1):i + 2] if n is not handle}
+            self.assertEqual({p.info.node_id for p in handle.node.peers.ready_peers()}, neighbours)
         block = b.make_block(b.genesis)
         yield nodes[0].node.receive_block(block)
         seconds = yield defer.ensureDeferred(wait_until(lambda: nodes[-1].chain.tip.hash == block.hash,
                                                         "the block at the far end"))
+        for handle in nodes:
+            self.assertEqual(handle.chain.tip.hash, block.hash)
         print(f"\n[line] a block crossed 10 nodes (9 hops) in {seconds * 1000:.0f} ms")
 
     @defer.inlineCallbacks
