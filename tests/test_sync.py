@@ -65,6 +65,20 @@ class SyncTests(unittest.TestCase):
         self.assertFalse(h.node.sync.active)
         self.assertGreater(silent.proto.info.misbehaviour, 0)  # its timeouts were counted
 
+    def test_a_peer_ready_mid_round_joins_the_fetching(self):
+        h = Harness(self)
+        first = ScriptedPeer(h, "10.0.0.1", self.blocks, b"\x01" * 16)
+        first.answer()  # the fork point; now batch requests are out to the first peer only
+        late = ScriptedPeer(h, "10.0.0.2", self.blocks, b"\x02" * 16)
+        self.assertTrue(h.node.sync.active)
+        for _ in range(30):
+            first.answer()
+            late.answer()
+            if h.node.chain.height == 150:
+                break
+        self.assertEqual(h.node.chain.tip.hash, self.blocks[-1].hash)
+        self.assertTrue([m for m in late.requests if isinstance(m, wire.GetBlocks)], "the late peer was asked")
+
     def test_fork_point_found_by_hash_windows(self):
         b = builder()
         ours = self.blocks[:100]

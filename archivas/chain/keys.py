@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -32,8 +33,11 @@ def address_of(public_key: bytes) -> str:
     return bech32.bech32_encode(HRP, data)
 
 
+@functools.lru_cache(maxsize=65536)
 def decode_address(address: str) -> bytes:
-    """The 20-byte hash inside an address; ValueError saying why for a bad one."""
+    """The 20-byte hash inside an address; ValueError saying why for a bad one.
+
+    Cached: bech32 is pure Python, and the same addresses recur block after block."""
     if not isinstance(address, str) or len(address) > 90:
         raise ValueError("address must be a bech32 string")
     if address != address.lower():

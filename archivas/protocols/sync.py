@@ -11,7 +11,7 @@ the chain reorganises if the fetched branch is heavier. Then it looks again.
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -154,9 +154,15 @@ class Syncer:
             if goal <= fork:
                 return
             log.info("[p2p] peers are ahead, need to sync from {ours} to {goal}", ours=start_height, goal=goal)
-            sources = [p for p in self.node.peers.ready_peers()
-                       if p.info is not None and p.info.tip_hash == target.info.tip_hash] or [target]
-            await self._fetch(fork + 1, goal, sources, held)
+            tip_hash = target.info.tip_hash
+
+            def sources() -> list[PeerProtocol]:
+                """Peers on the target's tip: asked again as the round goes, so peers that
+                become ready meanwhile join in."""
+                return [p for p in self.node.peers.ready_peers()
+                        if p.info is not None and p.info.tip_hash == tip_hash]
+
+            await self._fetch(fork + 1, goal, sources() or [target], held, sources)
             log.info("Synced to tip (height={height})", height=chain.height)
         except (SyncFailed, defer.TimeoutError, defer.CancelledError) as e:
             log.info("[sync] round with {peer} ended early: {e}",
@@ -199,7 +205,8 @@ class Syncer:
             held[height] = block
         raise SyncFailed("no common block, not even genesis")
 
-    async def _fetch(self, first: int, last: int, sources: list[PeerProtocol], held: dict[int, Block]) -> None:
+    async def _fetch(self, first: int, last: int, sources: list[PeerProtocol], held: dict[int, Block],
+                     more_sources: Callable[[], list[PeerProtocol]] = list) -> None:
         node = self.node
         received: dict[int, Block] = dict(held)
         queue = collections.deque(
@@ -208,6 +215,13 @@ class Syncer:
         in_flight: dict[int, int] = {id(p): 0 for p in sources}
         timeouts: dict[int, int] = {id(p): 0 for p in sources}
         live = list(sources)
+        dropped: set[int] = set()
+
+        def join_new_sources() -> None:
+            for proto in more_sources():
+                if id(proto) not in in_flight and id(proto) not in dropped:
+                    in_flight[id(proto)] = timeouts[id(proto)] = 0
+                    live.append(proto)
         state = {"next": first, "importing": False}
         finished: defer.Deferred = defer.Deferred()
         clock = node.reactor
@@ -218,6 +232,7 @@ class Syncer:
                 finished.errback(SyncFailed(reason))
 
         def pump() -> None:
+            join_new_sources()
             while queue and live and not finished.called:
                 if queue[0][0] > state["next"] + LOOKAHEAD_BATCHES * BATCH:
                     return
@@ -240,6 +255,7 @@ class Syncer:
                 queue.appendleft((start + len(blocks), count - len(blocks)))
                 if not blocks and proto in live:
                     live.remove(proto)  # it does not have these heights (any more)
+                    dropped.add(id(proto))
             if not live and queue:
                 fail("no peer left to fetch from")
             drain()
@@ -253,6 +269,7 @@ class Syncer:
                 node.peers.misbehaved(proto, "timeout", f"no answer to a block request for {REQUEST_TIMEOUT:.0f} s")
             if (timeouts[id(proto)] >= MAX_TIMEOUTS or not failure.check(defer.TimeoutError)) and proto in live:
                 live.remove(proto)
+                dropped.add(id(proto))
             if not live:
                 fail("no peer left to fetch from")
             pump()
