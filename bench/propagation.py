@@ -20,32 +20,20 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import sys
 import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+import validation_throughput as vt  # the validation bench beside this file: chains, cache, tables
 from twisted.internet import defer, task
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
 
-# This checkout's archivas (not whichever one the environment has installed) and the
-# validation bench beside this file.
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
-import validation_throughput as vt  # noqa: E402  (the validation bench: chains, cache, tables)
-
-from archivas.chain import vdf  # noqa: E402
-from archivas.chain.block import Block  # noqa: E402
-from archivas.chain.blockchain import Chain  # noqa: E402
-from archivas.chain.params import NetworkParams  # noqa: E402
-from archivas.node import Node  # noqa: E402
+from archivas.chain import vdf
+from archivas.chain.block import Block
+from archivas.chain.blockchain import Chain
+from archivas.chain.params import NetworkParams
+from archivas.node import Node
 
 DEADLINE = 60.0  # seconds for the line to form, or for one block to cross it
 
@@ -218,10 +206,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.blocks, args.tx = 5, [0]
     if args.nodes < 2 or args.blocks < 1:
         ap.error("a line needs 2 nodes or more and 1 block or more")
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(sys.stderr),
-                              [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])],
-        redirectStandardIO=False)
+    vt.warnings_to_stderr()
     task.react(lambda reactor: defer.ensureDeferred(run(reactor, args)))
 
 

@@ -25,7 +25,6 @@ import dataclasses
 import io
 import pstats
 import shutil
-import sys
 import tempfile
 import textwrap
 import time
@@ -33,25 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import validation_throughput as vt  # the validation bench beside this file: chains, cache, tables
 from twisted.internet import defer, task
-from twisted.logger import (
-    FilteringLogObserver,
-    LogLevel,
-    LogLevelFilterPredicate,
-    globalLogBeginner,
-    textFileLogObserver,
-)
 
-# This checkout's archivas (not whichever one the environment has installed) and the
-# validation bench beside this file.
-sys.path[:0] = [str(Path(__file__).resolve().parent.parent), str(Path(__file__).resolve().parent)]
-import validation_throughput as vt  # noqa: E402  (the validation bench: chains, cache, tables)
-
-from archivas.chain import vdf  # noqa: E402
-from archivas.chain.blockchain import Chain  # noqa: E402
-from archivas.chain.consensus import check_standalone  # noqa: E402
-from archivas.node import Node  # noqa: E402
-from archivas.protocols.peer import PeerProtocol  # noqa: E402
+from archivas.chain import vdf
+from archivas.chain.blockchain import Chain
+from archivas.chain.consensus import check_standalone
+from archivas.node import Node
+from archivas.protocols.peer import PeerProtocol
 
 SYNC_DEADLINE = 900.0  # seconds before a sync counts as stuck
 
@@ -313,11 +301,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.quick:
         args.blocks, args.tx, args.repeats = 200, [0], 1
-    # Warnings and errors from the nodes (misbehaving peers, failed rounds) go to stderr.
-    globalLogBeginner.beginLoggingTo(
-        [FilteringLogObserver(textFileLogObserver(sys.stderr),
-                              [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])],
-        redirectStandardIO=False)
+    vt.warnings_to_stderr()
     task.react(lambda reactor: defer.ensureDeferred(run(reactor, args)))
 
 

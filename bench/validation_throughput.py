@@ -430,6 +430,22 @@ def print_notes(devnet: NetworkParams) -> None:
         print(textwrap.fill(note, width=100, initial_indent="* ", subsequent_indent="  "))
 
 
+def warnings_to_stderr() -> None:
+    """Warnings and errors from nodes (misbehaving peers, failed sync rounds) go to stderr."""
+    from twisted.logger import (
+        FilteringLogObserver,
+        LogLevel,
+        LogLevelFilterPredicate,
+        globalLogBeginner,
+        textFileLogObserver,
+    )
+
+    globalLogBeginner.beginLoggingTo(
+        [FilteringLogObserver(textFileLogObserver(sys.stderr),
+                              [LogLevelFilterPredicate(defaultLogLevel=LogLevel.warn)])],
+        redirectStandardIO=False)
+
+
 def cpu_seconds_busy() -> float | None:
     """CPU seconds all processes have been busy since boot (Linux), or None."""
     try:
