@@ -21,7 +21,6 @@ import argparse
 import math
 import os
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -169,9 +168,7 @@ def print_notes(nodes: int) -> None:
         "The process-wide VDF discriminant cache is cleared at every arrival, so every node "
         "computes each block's discriminant itself, as separate processes would.",
     ]
-    print("Notes")
-    for note in notes:
-        print(textwrap.fill(note, width=100, initial_indent="* ", subsequent_indent="  "))
+    vt.print_note_list(notes)
 
 
 async def run(reactor: Any, args: argparse.Namespace) -> None:

@@ -26,7 +26,6 @@ import io
 import pstats
 import shutil
 import tempfile
-import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -248,9 +247,7 @@ def print_notes() -> None:
         "The chains are bench/validation_throughput.py's fastnet chains (its funded genesis, so "
         "that the 50-transfer chain is valid; the consensus parameters are fastnet's).",
     ]
-    print("Notes")
-    for note in notes:
-        print(textwrap.fill(note, width=100, initial_indent="* ", subsequent_indent="  "))
+    vt.print_note_list(notes)
 
 
 def print_profile(profile: cProfile.Profile, tx_per_block: int) -> None:

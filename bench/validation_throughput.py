@@ -425,6 +425,11 @@ def print_notes(devnet: NetworkParams) -> None:
         "2 threads: check_standalone runs in a 2-worker pool ahead of this thread, which adds the "
         "blocks in order with their scores (context, state, storage).",
     ]
+    print_note_list(notes)
+
+
+def print_note_list(notes: Sequence[str]) -> None:
+    """The closing "Notes" of a bench's output, one wrapped bullet each."""
     print("Notes")
     for note in notes:
         print(textwrap.fill(note, width=100, initial_indent="* ", subsequent_indent="  "))

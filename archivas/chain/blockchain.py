@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 from twisted.logger import Logger
 
@@ -191,9 +191,6 @@ class Chain:
                 for h in bad.branch:
                     s.mark_invalid(h)
             raise bad.rejection from None
-
-    def add_blocks(self, blocks: Iterable[Block], now_ms: int) -> list[AddResult]:
-        return [self.add_block(b, now_ms) for b in blocks]
 
     def _switch_to(self, new_tip: BlockMeta, old_tip: BlockMeta, new_block: Block) -> AddResult:
         """Roll back to the fork point and apply the new branch, inside the caller's

@@ -383,7 +383,6 @@ MESSAGES: dict[int, type[Message]] = {
     for m in (Ping, Pong, NewBlock, GetBlock, BlockData, GetStatus, Status, Hello, GetBlocks, Blocks,
               NewTransaction, VdfOutput, GetPeers, Peers, GetHashes, Hashes, PushBlock)
 }
-SEED_TYPES = frozenset(range(1, 8))
 
 
 def encode(message: Message) -> bytes:
