@@ -328,8 +328,14 @@ class Node:
             return tx.hash
         if source is not None and tx.hash in self._seen_txs:
             return tx.hash
+        try:
+            self.mempool.add(tx, self.chain.account)
+        except InvalidTransaction as e:
+            # Remember only what can never be admitted; a gap or a full pool may clear.
+            if e.reason in FORGERY_REASONS or e.reason == "bad_nonce":
+                self._seen_txs.add(tx.hash)
+            raise
         self._seen_txs.add(tx.hash)
-        self.mempool.add(tx, self.chain.account)
         message = wire.NewTransaction(tx)
         for proto in self.peers.ready_peers():
             info = proto.info

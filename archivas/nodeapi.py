@@ -70,7 +70,7 @@ class LocalNodeAPI:
         except ValueError as e:
             raise ApiError(400, f"malformed address: {e}") from None
         balance, nonce = self.chain.account(address)
-        pending = sum(1 for tx in self.node.mempool.transactions() if tx.sender == address)
+        pending = self.node.mempool.pending_count(address)
         return {"address": address, "balance": balance, "nonce": nonce, "pendingNonce": nonce + pending}
 
     def block(self, height: int) -> dict[str, Any]:

@@ -319,3 +319,21 @@ class LimitTests(unittest.TestCase):
         feed(proto, wire.GetBlocks(1, 5))
         (reply,) = sent(transport)
         self.assertEqual([blk.height for blk in reply.blocks], [1, 2])  # the rest is asked for again
+
+
+class TransactionGossipTests(unittest.TestCase):
+    def test_a_transfer_refused_for_a_gap_is_taken_when_resent(self):
+        from archivas.chain.params import COIN
+        from tests.common import ALICE, CAROL
+
+        h = Harness(self)
+        proto, transport = h.connect()
+        feed(proto, hello(genesis=h.node.genesis_hash))
+        b = builder()
+        first, second = (b.transfer(ALICE, CAROL.address, COIN, n) for n in (0, 1))
+        feed(proto, wire.NewTransaction(second))  # before its predecessor: a nonce gap
+        self.assertNotIn(second.hash, h.node.mempool)
+        feed(proto, wire.NewTransaction(first))
+        feed(proto, wire.NewTransaction(second))  # resent (by another peer, or this one)
+        self.assertIn(second.hash, h.node.mempool)
+        self.assertEqual(proto.info.misbehaviour, 0)

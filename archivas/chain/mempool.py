@@ -57,6 +57,9 @@ class Mempool:
     def get(self, tx_hash: bytes) -> Optional[Transaction]:
         return self._by_hash.get(tx_hash)
 
+    def pending_count(self, sender: str) -> int:
+        return len(self._by_sender.get(sender, ()))
+
     def transactions(self) -> list[Transaction]:
         return list(self._by_hash.values())
 
