@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # make run: one node farming its own plots with its own timelord.
 NETWORK ?= devnet
 RUN_DIR ?= run
-RPC_PORT ?= :8080
+RPC_PORT ?= 127.0.0.1:8080
 P2P_PORT ?= :9090
 # make devnet: the three-node walk-through in the background.
 DEVNET_DIR ?= devnet

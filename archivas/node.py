@@ -4,14 +4,21 @@ Blocks from anywhere (peers, sync, the local farmer) go through one pipeline: th
 proof and signature checks run in a small thread pool (chiavdf and pynacl release the GIL),
 then the short context/state check and SQLite commit run on the reactor thread. A block is
 relayed only after it validated and became the tip, to peers not known to have it, once.
+
+A block id leaves out the signatures, so two copies with one id may differ: an id is
+remembered as invalid only for a failure of what it commits to; a copy that fails in its
+signatures blames its sender alone, and another copy (held meanwhile, or fetched from a
+peer that announced it) is checked next. A second block on one parent with one proof of
+space (a farmer re-making its block) is not checked or relayed unless a child needs it.
 """
 
 from __future__ import annotations
 
 import collections
 import os
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
+import attrs
 from twisted.internet import defer, threads
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -26,7 +33,7 @@ from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.protocols import wire
 from archivas.protocols.manager import PeerManager
 from archivas.protocols.orphans import OrphanPool
-from archivas.protocols.peer import BoundedSet, PeerProtocol
+from archivas.protocols.peer import BoundedSet, PeerProtocol, PeerState
 from archivas.protocols.sync import Syncer
 
 log = Logger()
@@ -35,7 +42,19 @@ VERIFY_THREADS = 2
 ORPHAN_FETCH_GAP = 32  # an orphan further above our tip than this starts a sync instead
 MAX_BLOCKS_REPLY_BYTES = 2 * 1024 * 1024
 MAX_INVALID_REMEMBERED = 4096
+MAX_PROOFS_REMEMBERED = 4096  # (parent, proof of space) of recent blocks, against re-made siblings
+MAX_COPIES = 4  # other copies of a block under check, kept in case that one is forged
+MAX_ANNOUNCERS = 8  # peers that announced a block under check, asked if every copy fails
 FORGERY_REASONS = ("malformed", "bad_signature", "wrong_chain", "key_mismatch", "bad_address")
+
+
+@attrs.define(eq=False)
+class _Checking:
+    """A block id being checked, with other copies and announcers met meanwhile."""
+
+    block: Block
+    copies: list[tuple[Block, Optional[PeerProtocol]]] = attrs.field(factory=list)
+    announcers: list[PeerProtocol] = attrs.field(factory=list)
 
 
 class Node:
@@ -55,17 +74,32 @@ class Node:
         self.genesis_hash = chain.genesis.hash
         self.node_id = node_id or os.urandom(16)
         self.mempool = Mempool(self.params)
-        self.orphans = OrphanPool()
+        self.orphans: OrphanPool[PeerProtocol] = OrphanPool()
         self.peers = PeerManager(self, reactor, self.node_id, listen_port, **manager_options)
         self.sync = Syncer(self)
         # threaded=False checks proofs on the calling thread: for reactors without threads
         # (task.Clock, MemoryReactor) in unit tests.
         self.threaded = threaded
         self.threadpool = ThreadPool(minthreads=0, maxthreads=verify_threads, name="archivas-verify")
-        self._in_progress: set[bytes] = set()
+        self._in_progress: dict[bytes, _Checking] = {}
         self._seen_txs = BoundedSet(16384)
         # Refused for good (with why): not verified again.
         self._invalid_blocks: collections.OrderedDict[bytes, BlockRejected] = collections.OrderedDict()
+        # (parent hash, proof of space) -> the first valid block seen with them.
+        self._proofs: collections.OrderedDict[tuple[bytes, bytes], bytes] = collections.OrderedDict()
+        self.dropped_siblings = 0
+        self._handlers: dict[type[wire.Message], Callable[[PeerProtocol, Any], None]] = {
+            wire.NewBlock: self._on_new_block,
+            wire.GetBlock: self._on_get_block,
+            wire.BlockData: self._on_block_data,
+            wire.GetBlocks: self._on_get_blocks,
+            wire.Blocks: self._on_blocks,
+            wire.GetHashes: self._on_get_hashes,
+            wire.Hashes: self._on_hashes,
+            wire.PushBlock: self._on_push_block,
+            wire.NewTransaction: self._on_new_transaction,
+            wire.VdfOutput: self._on_vdf_output,
+        }
         # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
         self.vdf_parent: bytes = chain.tip.hash
         self.vdf_segments: list[vdf.Segment] = []
@@ -108,16 +142,29 @@ class Node:
         self.sync.peer_lost(proto)
 
     def message_received(self, proto: PeerProtocol, message: wire.Message) -> None:
-        handler = getattr(self, f"_on_{type(message).__name__}")
-        handler(proto, message)
+        handler = self._handlers.get(type(message))
+        if handler is not None:
+            handler(proto, message)
 
-    def _on_NewBlock(self, proto: PeerProtocol, message: wire.NewBlock) -> None:
+    def _background(self, d: defer.Deferred, what: str) -> None:
+        """Errback for work started from a message: a refusal was already handled and
+        logged where it happened; anything else is logged here, never left unhandled."""
+        d.addErrback(lambda f: None if f.check(BlockRejected) else log.failure("[chain] {what} failed", f,
+                                                                                what=what))
+
+    def _on_new_block(self, proto: PeerProtocol, message: wire.NewBlock) -> None:
         info = proto.info
         assert info is not None
         info.known_blocks.add(message.hash)
         if message.height > info.height:
             info.height = message.height
-        if self.chain.has_block(message.hash) or message.hash in self._in_progress or message.hash in self.orphans:
+        checking = self._in_progress.get(message.hash)
+        if checking is not None:
+            if len(checking.announcers) < MAX_ANNOUNCERS and proto not in checking.announcers:
+                checking.announcers.append(proto)  # asked if the copy being checked fails
+            return
+        if (self.chain.has_block(message.hash) or message.hash in self.orphans
+                or message.hash in self._invalid_blocks):
             return
         if message.height > self.chain.height + ORPHAN_FETCH_GAP:
             self.sync.peer_updated(proto)
@@ -130,15 +177,16 @@ class Node:
         else:
             proto.send(wire.GetBlock(height))
 
-    def _on_GetBlock(self, proto: PeerProtocol, message: wire.GetBlock) -> None:
+    def _on_get_block(self, proto: PeerProtocol, message: wire.GetBlock) -> None:
         block = self.chain.block_at(message.height) if message.height <= self.chain.height else None
         if block is not None:
             proto.send(wire.BlockData(message.height, block))
 
-    def _on_GetBlocks(self, proto: PeerProtocol, message: wire.GetBlocks) -> None:
+    def _on_get_blocks(self, proto: PeerProtocol, message: wire.GetBlocks) -> None:
         blocks: list[Block] = []
         size = 0
-        for height in range(message.start, min(message.start + message.count, self.chain.height + 1)):
+        tip_height = self.chain.height
+        for height in range(message.start, min(message.start + message.count, tip_height + 1)):
             block = self.chain.block_at(height)
             if block is None:
                 break
@@ -146,9 +194,10 @@ class Node:
             if blocks and size > MAX_BLOCKS_REPLY_BYTES:
                 break
             blocks.append(block)
-        proto.send(wire.Blocks(message.start, tuple(blocks)))
+        eof = bool(blocks) and message.start + len(blocks) - 1 == tip_height
+        proto.send(wire.Blocks(message.start, tuple(blocks), tip_height, eof))
 
-    def _on_GetHashes(self, proto: PeerProtocol, message: wire.GetHashes) -> None:
+    def _on_get_hashes(self, proto: PeerProtocol, message: wire.GetHashes) -> None:
         hashes = []
         for height in range(message.start, min(message.start + message.count, self.chain.height + 1)):
             h = self.chain.storage.main_hash(height)
@@ -157,32 +206,33 @@ class Node:
             hashes.append(h)
         proto.send(wire.Hashes(message.start, tuple(hashes)))
 
-    def _on_BlockData(self, proto: PeerProtocol, message: wire.BlockData) -> None:
+    def _on_block_data(self, proto: PeerProtocol, message: wire.BlockData) -> None:
         if not self.sync.block_data(proto, message):
-            self.receive_block(message.block, proto)
+            self._background(self.receive_block(message.block, proto), "BLOCK_DATA")
 
-    def _on_Blocks(self, proto: PeerProtocol, message: wire.Blocks) -> None:
+    def _on_blocks(self, proto: PeerProtocol, message: wire.Blocks) -> None:
         if not self.sync.blocks(proto, message):
             for block in message.blocks:
-                self.receive_block(block, proto)
+                self._background(self.receive_block(block, proto), "BLOCKS_BATCH")
 
-    def _on_Hashes(self, proto: PeerProtocol, message: wire.Hashes) -> None:
+    def _on_hashes(self, proto: PeerProtocol, message: wire.Hashes) -> None:
         self.sync.hashes(proto, message)
 
-    def _on_PushBlock(self, proto: PeerProtocol, message: wire.PushBlock) -> None:
-        self.receive_block(message.block, proto)
+    def _on_push_block(self, proto: PeerProtocol, message: wire.PushBlock) -> None:
+        self._background(self.receive_block(message.block, proto), "PUSH_BLOCK")
 
-    def _on_NewTransaction(self, proto: PeerProtocol, message: wire.NewTransaction) -> None:
+    def _on_new_transaction(self, proto: PeerProtocol, message: wire.NewTransaction) -> None:
         try:
             self.submit_transaction(message.tx, proto)
         except InvalidTransaction as e:
             if e.reason in FORGERY_REASONS:
                 self.peers.misbehaved(proto, "invalid_transaction", str(e))
 
-    def _on_VdfOutput(self, proto: PeerProtocol, message: wire.VdfOutput) -> None:
+    def _on_vdf_output(self, proto: PeerProtocol, message: wire.VdfOutput) -> None:
         assert proto.info is not None
         proto.info.known_blocks.add(_vdf_id(message.parent_hash, message.index))
-        self.add_vdf_output(message.parent_hash, message.index, message.segment, proto)
+        self._background(self.add_vdf_output(message.parent_hash, message.index, message.segment, proto),
+                         "VDF_OUTPUT")
 
     # blocks
 
@@ -202,32 +252,89 @@ class Node:
                 raise known_bad
             self.peers.misbehaved(source, "invalid_block", f"resent invalid block {block.hash.hex()[:16]}")
             return None
-        if block.hash in self._in_progress or self.chain.has_block(block.hash):
+        if self.chain.has_block(block.hash):
+            return AddResult(KNOWN)
+        checking = self._in_progress.get(block.hash)
+        if checking is not None:
+            # Another copy of a block under check: kept (one per sender) in case the one
+            # under check is forged; past that, its sender may be asked for it again.
+            if block != checking.block and source is not None:
+                if (len(checking.copies) < MAX_COPIES
+                        and all(other is not source for _, other in checking.copies)):
+                    checking.copies.append((block, source))
+                elif len(checking.announcers) < MAX_ANNOUNCERS and source not in checking.announcers:
+                    checking.announcers.append(source)
             return AddResult(KNOWN)
         parent = self.chain.header(block.header.parent_hash)
         if parent is None:
             self._hold_orphan(block, source)
             return None
-        self._in_progress.add(block.hash)
+        if source is not None and self._remade_sibling(block):
+            self.dropped_siblings += 1
+            return None
+        checking = self._in_progress[block.hash] = _Checking(block)
+        tried: list[Optional[PeerProtocol]] = []
+        candidate, sender = block, source
         try:
-            score = await self.verify(block, parent)
-            if self.stopped:
-                return None
-            result = self.chain.add_block(block, self.now_ms(), score)
-        except BlockRejected as e:
-            self._rejected(block, source, e)
-            if source is None:
-                raise
-            return None
+            while True:
+                tried.append(sender)
+                try:
+                    score = await self.verify(candidate, parent)
+                    if self.stopped:
+                        return None
+                    result = self.chain.add_block(candidate, self.now_ms(), score)
+                    break
+                except BlockRejected as e:
+                    self._rejected(candidate, sender, e)
+                    if e.permanent or e.reason == "timestamp_in_future":
+                        for _, other in checking.copies:  # the same id: the same failure
+                            if other is not None:
+                                self.peers.misbehaved(other, "invalid_block", f"block at height {block.height}: {e}")
+                        if source is None:
+                            raise
+                        return None
+                    if not checking.copies:  # every copy forged: ask a peer that announced it
+                        self._ask_again(block, checking.announcers, tried)
+                        if source is None:
+                            raise
+                        return None
+                    candidate, sender = checking.copies.pop(0)
         finally:
-            self._in_progress.discard(block.hash)
+            del self._in_progress[block.hash]
         if result.status == ORPHAN:  # parent vanished meanwhile: cannot happen, but be safe
-            self._hold_orphan(block, source)
+            self._hold_orphan(candidate, sender)
             return None
-        self._accepted(block, result)
-        for child in self.orphans.take_children(block.hash):
-            self.receive_block(child)
+        self._accepted(candidate, result)
+        self._connect_children(candidate.hash)
         return result
+
+    def _ask_again(self, block: Block, announcers: Sequence[PeerProtocol],
+                   tried: Sequence[Optional[PeerProtocol]]) -> None:
+        for proto in announcers:
+            if proto not in tried and proto.info is not None and proto.info.state is not PeerState.CLOSED:
+                self._request_block(proto, block.height)
+                return
+
+    def _connect_children(self, parent_hash: bytes) -> None:
+        for child, child_source in self.orphans.take_children(parent_hash):
+            self._background(self.receive_block(child, child_source), "orphan child")
+
+    def _remade_sibling(self, block: Block) -> bool:
+        """A block on a parent with a proof of space that a valid stored block already used
+        (a winning farmer's other version): not worth checking unless a child needs it."""
+        pos = block.header.proof_of_space
+        if pos is None:
+            return False
+        first = self._proofs.get((block.header.parent_hash, pos.proof))
+        return first is not None and first != block.hash and not self.orphans.has_children(block.hash)
+
+    def _remember_proof(self, block: Block) -> None:
+        pos = block.header.proof_of_space
+        if pos is None:
+            return
+        self._proofs.setdefault((block.header.parent_hash, pos.proof), block.hash)
+        while len(self._proofs) > MAX_PROOFS_REMEMBERED:
+            self._proofs.popitem(last=False)
 
     def verify(self, block: Block, parent: Header) -> defer.Deferred:
         """The costly, state-free checks in the thread pool; fires with the score."""
@@ -239,7 +346,7 @@ class Node:
         return threads.deferToThreadPool(self.reactor, self.threadpool, f, *args)
 
     def _hold_orphan(self, block: Block, source: Optional[PeerProtocol]) -> None:
-        self.orphans.add(block)
+        self.orphans.add(block, source)
         if block.header.parent_hash in self._in_progress or source is None:
             return
         if block.height > self.chain.height + ORPHAN_FETCH_GAP:
@@ -251,7 +358,7 @@ class Node:
 
     def _rejected(self, block: Block, source: Optional[PeerProtocol], error: BlockRejected) -> None:
         self.rejected_blocks += 1
-        if error.reason != "timestamp_in_future":  # that one may become valid later
+        if error.permanent:  # every copy with this id fails so: not verified again
             self._invalid_blocks[block.hash] = error
             while len(self._invalid_blocks) > MAX_INVALID_REMEMBERED:
                 self._invalid_blocks.popitem(last=False)
@@ -264,6 +371,7 @@ class Node:
             self.peers.misbehaved(source, "invalid_block", f"block at height {block.height}: {error}")
 
     def _accepted(self, block: Block, result: AddResult) -> None:
+        self._remember_proof(block)
         if result.status != ADDED_TIP:
             return
         log.info("[chain] new tip height={height} hash={hash}", height=block.height, hash=block.hash.hex()[:16])
@@ -285,34 +393,39 @@ class Node:
             info.known_blocks.add(block.hash)
             proto.send(push if info.can("push") else announce)
 
-    async def import_batch(self, blocks: list[Block], source: Optional[PeerProtocol]) -> int:
-        """Consecutive blocks from sync: every block's proofs checked in parallel (each
-        needs only its parent's header, the previous block in the batch), then added in
-        order. Returns how many were added; stops at the first refusal."""
+    async def import_batch(self, blocks: list[Block],
+                           sources: Optional[Sequence[Optional[PeerProtocol]]] = None) -> int:
+        """Consecutive blocks from sync (`sources[i]` sent `blocks[i]`): every block's
+        proofs checked in parallel (each needs only its parent's header, the previous block
+        in the batch), then added in order. Returns how many were added; stops at the first
+        refusal, which is blamed on the block's sender."""
         if not blocks:
             return 0
+        senders: Sequence[Optional[PeerProtocol]] = sources if sources is not None else [None] * len(blocks)
         first_parent = self.chain.header(blocks[0].header.parent_hash)
         if first_parent is None:
-            for block in blocks:
-                self.orphans.add(block)
+            for block, sender in zip(blocks, senders):
+                self.orphans.add(block, sender)
             return 0
         parents = [first_parent] + [b.header for b in blocks[:-1]]
         checks = [self.verify(b, p) for b, p in zip(blocks, parents)]
         added = 0
         try:
-            for block, check in zip(blocks, checks):
+            for block, check, sender in zip(blocks, checks, senders):
                 try:
                     score = await check
                     if self.stopped:
                         return added
                     result = self.chain.add_block(block, self.now_ms(), score)
                 except BlockRejected as e:
-                    self._rejected(block, source, e)
+                    self._rejected(block, sender, e)
                     return added
                 if result.status == ORPHAN:
                     return added
                 self._accepted(block, result)
                 added += 1
+                if self.orphans.has_children(block.hash):
+                    self._connect_children(block.hash)  # blocks that arrived during the sync
         finally:
             for check in checks:
                 check.addErrback(lambda f: None)

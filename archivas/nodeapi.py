@@ -165,7 +165,8 @@ class LocalNodeAPI:
 
     async def submit_block(self, doc: Any) -> dict[str, Any]:
         try:
-            block = Block.from_json(doc, self.node.params.max_block_transactions)
+            block = Block.from_json(doc, self.node.params.max_block_transactions,
+                                    self.node.params.max_vdf_segments, allow_allocation=False)
         except DecodeError as e:
             raise ApiError(400, f"malformed block: {e}") from None
         try:

@@ -112,7 +112,7 @@ class NodeMultiService(service.MultiService):
 def node_service(
     db: str = "./archivas-data",
     network: str = "devnet",
-    rpc: str = ":8080",
+    rpc: str = "127.0.0.1:8080",
     p2p: str = ":9090",
     peers: Sequence[str] = (),
     timelord: bool = False,

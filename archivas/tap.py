@@ -22,7 +22,7 @@ from archivas.protocols.manager import endpoint_description
 from archivas.service import NodeMultiService, fail, node_service
 
 DEFAULTS: dict[str, Any] = {
-    "rpc-port": ":8080",
+    "rpc-port": "127.0.0.1:8080",
     "p2p-port": ":9090",
     "db": "./archivas-data",
     "network": "devnet",
@@ -71,7 +71,7 @@ class Options(usage.Options):
                 "and optionally prove time (--timelord) and farm plots (--farm).")
     optParameters = [
         ["rpc-port", None, None, "RPC listen address: 8080, :8080, 127.0.0.1:8080 or an endpoint string "
-                                 "[default: :8080]"],
+                                 "[default: 127.0.0.1:8080, local only; :8080 opens it to other hosts]"],
         ["p2p-port", None, None, "peer-to-peer listen address, same forms [default: :9090]"],
         ["db", None, None, "database directory [default: ./archivas-data]"],
         ["network", None, None, f"network: {' or '.join(NETWORKS)} [default: devnet]"],

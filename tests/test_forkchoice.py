@@ -34,7 +34,9 @@ class TieBreakTests(unittest.TestCase):
         self.assertTrue(forkchoice.is_better(meta(5, 9, 9, 9), meta(4, 1, 1, 1)))
         self.assertTrue(forkchoice.is_better(meta(5, 1, 9, 9), meta(5, 2, 1, 1)))
         self.assertTrue(forkchoice.is_better(meta(5, 1, 1, 9), meta(5, 1, 2, 1)))
-        self.assertTrue(forkchoice.is_better(meta(5, 1, 1, 1), meta(5, 1, 1, 2)))
+        # Equal weight, segments and score: the tip seen first stays, whatever the hashes.
+        self.assertFalse(forkchoice.is_better(meta(5, 1, 1, 1), meta(5, 1, 1, 2)))
+        self.assertFalse(forkchoice.is_better(meta(5, 1, 1, 2), meta(5, 1, 1, 1)))
         self.assertFalse(forkchoice.is_better(meta(5, 1, 1, 1), meta(5, 1, 1, 1)))
 
 
@@ -88,12 +90,29 @@ class ReorgTests(unittest.TestCase):
         parent = b.genesis
         siblings = [b.make_block(parent, farmer=f, timestamp=parent.header.timestamp + 500 + i)
                     for f in (0, 1) for i in range(3)]
-        expected = min(siblings, key=lambda blk: (blk.header.segments, self._score(blk), blk.hash))
         for order in (siblings, list(reversed(siblings))):
+            # Among the best (segments, score), the one seen first: never the lower hash.
+            expected = min(order, key=lambda blk: (blk.header.segments, self._score(blk)))
             chain = open_chain(self)
             for block in order:
                 chain.add_block(block, now_ms())
             self.assertEqual(chain.tip.hash, expected.hash)
+
+    def test_ground_versions_of_one_block_cause_no_reorg(self):
+        """A farmer who won once re-makes its block (other timestamps) and releases the
+        versions in falling hash order: the first stays the tip, nothing is reorganised."""
+        b = builder()
+        base = b.extend(b.genesis, 2)
+        versions = [b.make_block(base[-1], timestamp=base[-1].header.timestamp + 300 + i) for i in range(10)]
+        versions.sort(key=lambda blk: blk.hash, reverse=True)
+        chain = open_chain(self)
+        for block in base:
+            chain.add_block(block, now_ms())
+        results = [chain.add_block(block, now_ms()) for block in versions]
+        self.assertEqual(results[0].status, ADDED_TIP)
+        self.assertEqual([r.status for r in results[1:]], [ADDED_SIDE] * 9)
+        self.assertFalse(any(r.reorganised for r in results))
+        self.assertEqual(chain.tip.hash, versions[0].hash)
 
     def _score(self, block):
         return open_chain(self).check_standalone(block)

@@ -91,7 +91,7 @@ class WireTests(unittest.TestCase):
             b"nope": "bad_json", b"[]": "bad_shape", b'{"type": true}': "bad_shape",
             b'{"type": 1, "payload": []}': "bad_shape", b'{"type": 77}': "unknown_type",
             b'{"type": 1, "payload": {"timestamp": -1}}': "bad_payload",
-            b'{"type": 9, "payload": {"start": 0, "count": 1000}}': "bad_payload",
+            b'{"type": 13, "payload": {"fromHeight": 0, "maxBlocks": 1000}}': "bad_payload",
             b'{"type": 5, "payload": {"height": 2, "blockData": {}}}': "bad_payload",
             b"[" * 100000: "bad_json",
         }
@@ -225,6 +225,7 @@ class LifecycleTests(unittest.TestCase):
 
     def test_get_block_blocks_and_hashes(self):
         proto, transport = self.h.connect()
+        feed(proto, hello(genesis=self.h.node.genesis_hash))
         sent(transport)
         feed(proto, wire.GetBlock(2))
         feed(proto, wire.GetBlock(7))  # above the tip: no answer, no disconnect
@@ -253,7 +254,8 @@ class LifecycleTests(unittest.TestCase):
         feed(second, hello(node_id=b"\x02" * 16, genesis=self.h.node.genesis_hash))
         sent(t2)
         feed(second, wire.GetPeers())
-        self.assertEqual(sent(t2), [wire.Peers(("10.0.0.1:9999",))])
+        (reply,) = sent(t2)
+        self.assertEqual((reply.addresses, reply.net_id), (("10.0.0.1:9999",), "fastnet"))
 
 
 class PairTests(unittest.TestCase):
@@ -302,7 +304,7 @@ class LimitTests(unittest.TestCase):
         self.assertNotIn(b"\x03", known)
 
     def test_peers_list_is_bounded(self):
-        too_many = json.dumps({"type": 14, "payload": {"peers": [f"10.0.0.1:{i}" for i in range(1, 66)]}})
+        too_many = json.dumps({"type": 8, "payload": {"addrs": [f"10.0.0.1:{i}" for i in range(1, 66)]}})
         with self.assertRaises(wire.WireError):
             wire.decode(too_many.encode())
         self.assertEqual(len(wire.decode(too_many.replace(', "10.0.0.1:65"', "").encode()).addresses), 64)
@@ -315,6 +317,7 @@ class LimitTests(unittest.TestCase):
         h = Harness(self, blocks)
         self.patch(node_module, "MAX_BLOCKS_REPLY_BYTES", len(blocks[0].encode()) * 2 + 10)
         proto, transport = h.connect()
+        feed(proto, hello(genesis=h.node.genesis_hash))
         sent(transport)
         feed(proto, wire.GetBlocks(1, 5))
         (reply,) = sent(transport)

@@ -118,4 +118,4 @@ class OrphanTests(unittest.TestCase):
         for block in blocks[1:]:
             pool.add(block)
         self.assertEqual(len(pool), 3)
-        self.assertEqual([blk.hash for blk in pool.take_children(blocks[3].hash)], [blocks[4].hash])
+        self.assertEqual([blk.hash for blk, _ in pool.take_children(blocks[3].hash)], [blocks[4].hash])

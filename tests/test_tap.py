@@ -32,7 +32,7 @@ class OptionsTests(unittest.TestCase):
     def test_defaults(self):
         o = parse([])
         self.assertEqual((o["rpc-port"], o["p2p-port"], o["db"], o["network"], o["peers"], o["timelord"]),
-                         (":8080", ":9090", "./archivas-data", "devnet", [], False))
+                         ("127.0.0.1:8080", ":9090", "./archivas-data", "devnet", [], False))
 
     def test_flags(self):
         o = parse(["--rpc-port", "127.0.0.1:8081", "--p2p-port", "9091", "--db", "x", "--network", "fastnet",

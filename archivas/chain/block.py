@@ -136,24 +136,31 @@ class Block:
         return canonical_json(self.to_json())
 
     @classmethod
-    def from_json(cls, obj: Any, max_transactions: int = 100_000) -> "Block":
-        """Parse a block from a peer or the database; DecodeError saying what is wrong."""
+    def from_json(cls, obj: Any, max_transactions: int = 100_000, max_segments: int = 4096,
+                  allow_allocation: bool = True) -> "Block":
+        """Parse a block from a peer or the database; DecodeError saying what is wrong.
+
+        From a peer the limits are the network's consensus limits and no allocation (only
+        genesis has one, and genesis is never sent), so an oversized list is refused before
+        anything is built from it."""
         if not isinstance(obj, dict):
             raise DecodeError("a block is an object")
         txs_json = field(obj, "transactions", list)
         if len(txs_json) > max_transactions:
             raise DecodeError(f"{len(txs_json)} transactions, at most {max_transactions}")
+        allocation = obj.get("allocation", [])
+        if not allow_allocation and allocation != []:
+            raise DecodeError("only genesis carries an allocation")
+        header = Header.from_json(field(obj, "header", dict), max_segments)
         try:
             txs = tuple(Transaction.from_json(t) for t in txs_json)
         except InvalidTransaction as e:
             raise DecodeError(f"transaction: {e}") from None
-        allocation = obj.get("allocation", [])
         if not isinstance(allocation, list) or not all(
             isinstance(a, list) and len(a) == 2 and isinstance(a[0], str) and type(a[1]) is int
             for a in allocation
         ):
             raise DecodeError("allocation must be a list of [address, amount]")
-        header = Header.from_json(field(obj, "header", dict))
         return cls(header, txs, tuple((a, v) for a, v in allocation))
 
 

@@ -10,13 +10,13 @@ Validation has three parts so that the costly one can run in threads:
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import Optional, Protocol, Sequence
 
 from archivas.chain import keys, pos, vdf
 from archivas.chain.block import Block, Header, child_seed, tx_root
 from archivas.chain.difficulty import median_time, next_difficulty
 from archivas.chain.params import NetworkParams
-from archivas.chain.transactions import InvalidTransaction, check_stateless
+from archivas.chain.transactions import InvalidTransaction, check_stateless, verify_signature
 
 
 class Ancestor(Protocol):
@@ -31,11 +31,19 @@ class Ancestor(Protocol):
 
 
 class BlockRejected(ValueError):
-    """An invalid block. `reason` is a stable code from REASONS; the text says more."""
+    """An invalid block. `reason` is a stable code from REASONS; the text says more.
 
-    def __init__(self, reason: str, message: str) -> None:
+    `permanent` is True when every block with this id fails the same way for good, so the
+    id may be remembered as invalid. It is False for a failure in what the id does not
+    commit to (the farmer's signature, the transfers' signatures, a body that does not
+    match the header's transaction root, the encoded size) and for a block that is only
+    early: another copy with the same id may be valid, and only its sender is to blame.
+    """
+
+    def __init__(self, reason: str, message: str, permanent: Optional[bool] = None) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+        self.permanent = reason not in NOT_PERMANENT if permanent is None else permanent
 
 
 REASONS = (
@@ -60,36 +68,44 @@ REASONS = (
     "invalid_ancestor",
 )
 
+# Failures of what a block's id does not commit to, or not for good (see BlockRejected).
+NOT_PERMANENT = frozenset({"too_large", "bad_tx_root", "bad_farmer_signature", "timestamp_in_future"})
+
 
 def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int:
-    """Everything provable from the block and its parent's header; returns the score."""
+    """Everything provable from the block and its parent's header; returns the score.
+
+    The body is first bound to the header (count, size, transaction root), so that every
+    later failure is one of what the block id commits to, except the signatures, which
+    the id leaves out and which are checked last (see BlockRejected.permanent)."""
     header = block.header
     if header.version != 1:
         raise BlockRejected("malformed", f"version {header.version}")
     if block.allocation:
-        raise BlockRejected("malformed", "only genesis carries an allocation")
+        raise BlockRejected("malformed", "only genesis carries an allocation", permanent=False)
     if len(block.transactions) > params.max_block_transactions:
         raise BlockRejected(
             "too_many_transactions",
             f"{len(block.transactions)} > {params.max_block_transactions}",
+            permanent=False,  # not yet bound to the header's root
         )
     size = len(block.encode())
     if size > params.max_block_bytes:
         raise BlockRejected("too_large", f"{size} bytes > {params.max_block_bytes}")
+    if tx_root(block.transactions) != header.tx_root:
+        raise BlockRejected("bad_tx_root", "transaction root does not match")
+
     if header.segments > params.max_vdf_segments:
         raise BlockRejected("too_many_segments", f"{header.segments} > {params.max_vdf_segments}")
     if header.segments == 0:
         raise BlockRejected("no_vdf", "a block carries at least one VDF segment")
     if not keys.is_address(header.reward_address):
         raise BlockRejected("bad_reward_address", f"{header.reward_address!r} is not an address")
-
     for i, tx in enumerate(block.transactions):
         try:
-            check_stateless(tx, params)
+            check_stateless(tx, params, verify_signature=False)
         except InvalidTransaction as e:
             raise BlockRejected("bad_transaction", f"transaction {i}: {e}") from None
-    if tx_root(block.transactions) != header.tx_root:
-        raise BlockRejected("bad_tx_root", "transaction root does not match")
     expected_reward = params.block_reward + sum(tx.fee for tx in block.transactions)
     if header.reward != expected_reward:
         raise BlockRejected("bad_reward", f"reward {header.reward}, expected {expected_reward}")
@@ -117,8 +133,13 @@ def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int
     if not pos.wins(quality, challenge, proof.k, header.difficulty, params.k_min):
         raise BlockRejected("insufficient_quality", f"quality does not win at difficulty {header.difficulty}")
 
+    # What the id leaves out: a bad signature blames whoever sent this copy, not the id.
     if not keys.verify(proof.farmer_public_key, header.signing_bytes, header.farmer_signature):
         raise BlockRejected("bad_farmer_signature", "header not signed by the plot's farmer key")
+    for i, tx in enumerate(block.transactions):
+        if not verify_signature(tx):
+            raise BlockRejected("bad_transaction", f"transaction {i}: bad_signature: signature does not verify",
+                                permanent=False)
     return pos.score(quality, challenge)
 
 

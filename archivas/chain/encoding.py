@@ -4,14 +4,45 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
+import re
 from typing import Any
 
 HASH_HEX_LEN = 64
 MAX_INT = 2**63 - 1  # every amount, nonce, height and timestamp fits an SQLite integer
 
 
+_LOWER_HEX = re.compile(rb"[0-9a-f]*")
+
+
 class DecodeError(ValueError):
     """A value from outside (peer, client, file) does not have the expected shape."""
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        raise DecodeError("duplicate key in an object")
+    return doc
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise DecodeError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise DecodeError(f"{name} is not JSON")
+
+
+def strict_loads(data: bytes | str) -> Any:
+    """JSON as RFC 8259 has it and nothing more: no NaN or Infinity (nor a float literal
+    that overflows to one), no duplicate keys. Raises DecodeError, or ValueError /
+    RecursionError from the parser for text that is not JSON at all."""
+    return json.loads(data, object_pairs_hook=_no_duplicates, parse_float=_finite_float,
+                      parse_constant=_no_constant)
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -60,9 +91,13 @@ def hex_field(obj: Any, name: str, nbytes: int | None = None, max_bytes: int = 4
     if len(text) > 2 * max_bytes or (nbytes is not None and len(text) != 2 * nbytes):
         want = f"{nbytes} bytes" if nbytes is not None else f"at most {max_bytes} bytes"
         raise DecodeError(f"field {name!r} must be {want} of hex")
-    if text != text.lower():
+    return strict_hex(text, name)
+
+
+def strict_hex(text: str, name: str = "value") -> bytes:
+    """Exactly lowercase hex digits, an even number of them (bytes.fromhex alone would also
+    take spaces and capitals)."""
+    raw = text.encode("ascii", "replace")
+    if len(raw) % 2 or not _LOWER_HEX.fullmatch(raw):
         raise DecodeError(f"field {name!r} must be lowercase hex")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise DecodeError(f"field {name!r} is not hex") from None
+    return bytes.fromhex(text)

@@ -1,15 +1,22 @@
 """The peer manager: connections, handshake, limits, bans, heartbeat, dialing, peer exchange.
 
-It receives every parsed message from the PeerProtocols. Lifecycle messages (PING, PONG,
-GET_STATUS, STATUS, HELLO, GET_PEERS, PEERS) are handled here; chain messages go to the
-node. Numbers are in docs/protocol.md; every time comes from the injected reactor.
+It receives every framed line (an envelope) from the PeerProtocols and is the one place
+that decides whether a message may be acted on: seed messages (1-7) from anyone; an
+extension only from a peer that completed the handshake and announced its capability
+(HELLO itself only before); the original project's numbers we do not act on are dropped
+without penalty. Dropped messages are counted in `dropped_counts`. Lifecycle messages
+(PING, PONG, GET_STATUS, STATUS, HELLO, GET_PEERS, GOSSIP_PEERS) are handled here; chain
+messages go to the node. Numbers are in docs/protocol.md; every time comes from the
+injected reactor.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Optional
+import collections
+import random
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import ClientService
 from twisted.internet import defer, endpoints
 from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
 from twisted.internet.protocol import Factory
@@ -45,20 +52,55 @@ PENALTIES = {
     "line_too_long": BAN_SCORE,
 }
 
-LIFECYCLE = (wire.Ping, wire.Pong, wire.GetStatus, wire.Status, wire.Hello, wire.GetPeers, wire.Peers)
+# Dialing: a --peers entry is redialed with backoff; a connection that ends before it
+# became READY, or within STABLE_SECONDS, counts as a failed attempt (so a peer that
+# accepts and hangs up is not redialed at the shortest delay), and a banned address or one
+# refused for another network waits longer.
+DIAL_INITIAL_DELAY = 0.5
+DIAL_FACTOR = 1.5
+DIAL_MAX_DELAY = 60.0
+STABLE_SECONDS = 60.0
+WRONG_CHAIN_DELAY = 600.0  # first wait after "another network or genesis", doubling
+WRONG_CHAIN_MAX_DELAY = 4 * 3600.0
+
+
+class DialPolicy:
+    """The retry policy of one outbound address (ClientService's `retryPolicy`): the delay
+    before the next attempt, from the attempts that failed, the connections that ended
+    early, a ban on the address's host and a refusal for another chain."""
+
+    def __init__(self, manager: "PeerManager", address: str, rng: random.Random) -> None:
+        self.manager = manager
+        self.address = address
+        self.rng = rng
+        self.early_drops = 0
+        self.wrong_chain = 0
+        self.last_host: Optional[str] = None
+
+    def __call__(self, failed_attempts: int) -> float:
+        attempts = min(failed_attempts + self.early_drops, 64)
+        delay = min(DIAL_INITIAL_DELAY * DIAL_FACTOR ** attempts, DIAL_MAX_DELAY)
+        delay *= 1.0 + self.rng.random() * 0.1
+        if self.wrong_chain:
+            delay = max(delay, min(WRONG_CHAIN_DELAY * 2.0 ** (self.wrong_chain - 1), WRONG_CHAIN_MAX_DELAY))
+        if self.last_host is not None:
+            delay = max(delay, self.manager.ban_remaining(self.last_host))
+        return delay
 
 
 class PeerFactory(Factory):
-    """Builds PeerProtocols for one direction; the manager holds everything else."""
+    """Builds PeerProtocols for one direction (and, outbound, one dialed address); the
+    manager holds everything else."""
 
     noisy = False
 
-    def __init__(self, manager: "PeerManager", direction: str) -> None:
+    def __init__(self, manager: "PeerManager", direction: str, dial_address: Optional[str] = None) -> None:
         self.manager = manager
         self.direction = direction
+        self.dial_address = dial_address
 
     def buildProtocol(self, addr: object) -> PeerProtocol:
-        return PeerProtocol(self.manager, self.manager.reactor, self.direction)
+        return PeerProtocol(self.manager, self.manager.reactor, self.direction, self.dial_address)
 
 
 class PeerManager:
@@ -86,11 +128,25 @@ class PeerManager:
         self.peers: list[PeerProtocol] = []
         self.bans: dict[str, float] = {}
         self.dialers: dict[str, ClientService] = {}
+        self.dial_policies: dict[str, DialPolicy] = {}
         self.misbehaviour_counts: dict[str, int] = {}
+        self.dropped_counts: collections.Counter[str] = collections.Counter()
         self.inbound_factory = PeerFactory(self, "inbound")
         self.outbound_factory = PeerFactory(self, "outbound")
+        self.limits = wire.Limits.from_params(node.params)
         self._heartbeat: Optional[LoopingCall] = None
         self.on_ready: list[Callable[[PeerProtocol], None]] = []
+        self._rng = random.Random()
+        self._learning: set[str] = set()  # learned addresses being dialed
+        self._lifecycle: dict[type[wire.Message], Callable[[PeerProtocol, Any], None]] = {
+            wire.Ping: self._on_ping,
+            wire.Pong: self._on_pong,
+            wire.GetStatus: self._on_get_status,
+            wire.Status: self._on_status,
+            wire.Hello: self._on_hello,
+            wire.GetPeers: self._on_get_peers,
+            wire.Peers: self._on_peers,
+        }
 
     # life of the manager
 
@@ -117,9 +173,9 @@ class PeerManager:
             return self.dialers[address]
         host, _, port = address.rpartition(":")
         endpoint = endpoints.HostnameEndpoint(self.reactor, host.strip("[]"), int(port))  # type: ignore[arg-type]
-        service = ClientService(endpoint, self.outbound_factory,
-                                retryPolicy=backoffPolicy(initialDelay=0.5, maxDelay=30.0),
-                                clock=self.reactor)
+        policy = self.dial_policies[address] = DialPolicy(self, address, self._rng)
+        service = ClientService(endpoint, PeerFactory(self, "outbound", address),
+                                retryPolicy=policy, clock=self.reactor)
         service.setName(f"peer {address}")
         self.dialers[address] = service
         return service
@@ -132,6 +188,7 @@ class PeerManager:
         return service
 
     def forget(self, address: str) -> None:
+        self.dial_policies.pop(address, None)
         service = self.dialers.pop(address, None)
         if service is not None and service.running:
             service.stopService()
@@ -145,13 +202,17 @@ class PeerManager:
         return sum(1 for p in self.peers if p.info is not None and p.info.direction == direction)
 
     def is_banned(self, host: str) -> bool:
+        return self.ban_remaining(host) > 0
+
+    def ban_remaining(self, host: str) -> float:
         until = self.bans.get(host)
         if until is None:
-            return False
-        if until <= self.reactor.seconds():
+            return 0.0
+        left = until - self.reactor.seconds()
+        if left <= 0:
             del self.bans[host]
-            return False
-        return True
+            return 0.0
+        return left
 
     # events from PeerProtocol
 
@@ -166,14 +227,25 @@ class PeerManager:
             proto.disconnect(f"{info.direction} limit of {limit} reached")
             return
         self.peers.append(proto)
+        policy = self.dial_policies.get(proto.dial_address or "")
+        if policy is not None:
+            policy.last_host = info.host
         log.info("[p2p] connected to peer {peer} ({direction})", peer=info.address, direction=info.direction)
         proto.send(wire.GetStatus())
 
     def peer_disconnected(self, proto: PeerProtocol) -> None:
+        info = proto.info
+        assert info is not None
+        policy = self.dial_policies.get(proto.dial_address or "")
+        if policy is not None:
+            lasted = self.reactor.seconds() - info.connected_at
+            if info.ready_at is None or lasted < STABLE_SECONDS:
+                policy.early_drops += 1  # backs off the redial (see DialPolicy)
+            else:
+                policy.early_drops = 0
         if proto in self.peers:
             self.peers.remove(proto)
-            assert proto.info is not None
-            log.info("[p2p] peer {peer} disconnected", peer=proto.info.address)
+            log.info("[p2p] peer {peer} disconnected", peer=info.address)
             self.node.peer_lost(proto)
 
     def misbehaved(self, proto: PeerProtocol, reason: str, detail: str) -> None:
@@ -187,25 +259,60 @@ class PeerManager:
             self.bans[info.host] = self.reactor.seconds() + self.ban_seconds
             proto.disconnect(f"banned for {self.ban_seconds:.0f} s after {reason}")
 
+    def may_act_on(self, proto: PeerProtocol, kind: int) -> bool:
+        """The gate: seed messages from anyone; HELLO until the handshake is done; any
+        other extension only from a peer that completed it and announced the capability."""
+        if kind in wire.SEED_TYPES:
+            return True
+        cls = wire.MESSAGES.get(kind)
+        info = proto.info
+        if cls is None or info is None:
+            return False
+        if cls is wire.Hello:
+            return info.node_id is None
+        return info.speaks_extensions and cls.CAPABILITY is not None and info.can(cls.CAPABILITY)
+
+    def envelope_received(self, proto: PeerProtocol, envelope: wire.Envelope) -> None:
+        """A framed line: gated, then parsed, then handled (or counted against the peer)."""
+        kind = envelope.type
+        if kind not in wire.MESSAGES and kind not in wire.RESERVED_TYPES:
+            self.misbehaved(proto, "unknown_type", wire.type_name(kind))
+            return
+        if not self.may_act_on(proto, kind):
+            self.dropped_counts[wire.type_name(kind)] += 1
+            log.debug("[p2p] ignored {kind} from {peer}: not handshaked or not announced",
+                      kind=wire.type_name(kind), peer=proto.info.address if proto.info else "?")
+            return
+        try:
+            message = wire.parse(envelope, self.limits)
+        except wire.WireError as e:
+            self.misbehaved(proto, e.reason, str(e))
+            return
+        self.message_received(proto, message)
+
     def message_received(self, proto: PeerProtocol, message: wire.Message) -> None:
-        if isinstance(message, LIFECYCLE):
-            handler = getattr(self, f"_on_{type(message).__name__}")
+        info = proto.info
+        assert info is not None
+        if info.node_id is None and isinstance(message, (wire.NewBlock, wire.Status)):
+            info.hash_style = message.hash_style  # answer a seed peer the way it writes
+        handler = self._lifecycle.get(type(message))
+        if handler is not None:
             handler(proto, message)
         else:
             self.node.message_received(proto, message)
 
     # lifecycle messages
 
-    def _on_Ping(self, proto: PeerProtocol, message: wire.Ping) -> None:
+    def _on_ping(self, proto: PeerProtocol, message: wire.Ping) -> None:
         proto.send(wire.Pong(message.timestamp))
 
-    def _on_Pong(self, proto: PeerProtocol, message: wire.Pong) -> None:
+    def _on_pong(self, proto: PeerProtocol, message: wire.Pong) -> None:
         pass  # last_seen was updated by the protocol
 
-    def _on_GetStatus(self, proto: PeerProtocol, message: wire.GetStatus) -> None:
+    def _on_get_status(self, proto: PeerProtocol, message: wire.GetStatus) -> None:
         proto.send(self.node.status())
 
-    def _on_Status(self, proto: PeerProtocol, message: wire.Status) -> None:
+    def _on_status(self, proto: PeerProtocol, message: wire.Status) -> None:
         info = proto.info
         assert info is not None
         if not self._same_chain(proto, message.network, message.genesis_hash):
@@ -225,10 +332,15 @@ class PeerManager:
         return wire.Hello(self.node.params.name, self.node.genesis_hash, wire.PROTOCOL_VERSION,
                           self.node_id, self.listen_port, wire.CAPABILITIES)
 
-    def _on_Hello(self, proto: PeerProtocol, message: wire.Hello) -> None:
+    def _on_hello(self, proto: PeerProtocol, message: wire.Hello) -> None:
         info = proto.info
         assert info is not None
         if not self._same_chain(proto, message.network, message.genesis_hash):
+            return
+        if message.protocol_version < wire.PROTOCOL_VERSION:
+            log.warn("[p2p] refusing peer {peer}: protocol version {theirs}, we need {ours}",
+                     peer=info.address, theirs=message.protocol_version, ours=wire.PROTOCOL_VERSION)
+            proto.disconnect("protocol version too old")
             return
         if message.node_id == self.node_id:
             log.info("[p2p] {peer} is this node itself: dropping it", peer=info.address)
@@ -267,24 +379,34 @@ class PeerManager:
                      peer=info.address, theirs=genesis.hex()[:16], ours=self.node.genesis_hash.hex()[:16])
         else:
             return True
+        policy = self.dial_policies.get(proto.dial_address or "")
+        if policy is not None:
+            policy.wrong_chain += 1  # not redialed for a long, growing while
         proto.disconnect("another network or genesis")
         return False
 
     def _ready(self, proto: PeerProtocol) -> None:
         assert proto.info is not None
         proto.info.state = PeerState.READY
+        proto.info.ready_at = self.reactor.seconds()
         for callback in self.on_ready:
             callback(proto)
 
-    def _on_GetPeers(self, proto: PeerProtocol, message: wire.GetPeers) -> None:
+    def _on_get_peers(self, proto: PeerProtocol, message: wire.GetPeers) -> None:
         addresses = [p.info.listen_address for p in self.ready_peers()
                      if p is not proto and p.info is not None and p.info.listen_address]
-        proto.send(wire.Peers(tuple(a for a in addresses if a)[: wire.MAX_PEERS_LISTED]))
+        proto.send(wire.Peers(tuple(a for a in addresses if a)[: wire.MAX_PEERS_LISTED],
+                              int(self.reactor.seconds()), self.node.params.name))
 
-    def _on_Peers(self, proto: PeerProtocol, message: wire.Peers) -> None:
-        known = {p.info.listen_address for p in self.peers if p.info} | set(self.dialers)
+    def _on_peers(self, proto: PeerProtocol, message: wire.Peers) -> None:
+        if message.net_id and message.net_id != self.node.params.name:
+            self.dropped_counts[message.NAME] += 1
+            return
+        known = {p.info.listen_address for p in self.peers if p.info} | set(self.dialers) | self._learning
         for address in message.addresses:
-            if self.count("outbound") + len(self.dialers) >= self.max_outbound * 2:
+            # Dial only into free outbound slots, counting attempts still in flight (one
+            # message must not make the node dial many addresses at once).
+            if self.count("outbound") + len(self._learning) >= self.max_outbound:
                 break
             host, _, port = address.rpartition(":")
             if address in known or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -293,13 +415,15 @@ class PeerManager:
                 continue
             log.info("[p2p] learned peer {address} from {peer}", address=address,
                      peer=proto.info.address if proto.info else "?")
-            self._connect_once(host, int(port))
+            self._connect_once(address, host, int(port))
 
-    def _connect_once(self, host: str, port: int) -> None:
+    def _connect_once(self, address: str, host: str, port: int) -> None:
         endpoint = endpoints.HostnameEndpoint(self.reactor, host, port)  # type: ignore[arg-type]
+        self._learning.add(address)
         d = endpoint.connect(self.outbound_factory)
         d.addErrback(lambda f: log.debug("[p2p] could not reach {host}:{port}: {e}", host=host, port=port,
                                          e=f.getErrorMessage()))
+        d.addBoth(lambda _: self._learning.discard(address))
 
     # heartbeat
 

@@ -1,19 +1,22 @@
-"""Blocks whose parent is not known yet, held until the parent arrives (bounded)."""
+"""Blocks whose parent is not known yet, held (with who sent them) until the parent
+arrives; bounded, oldest evicted first."""
 
 from __future__ import annotations
 
 import collections
-from typing import Optional
+from typing import Generic, Optional, TypeVar
 
 from archivas.chain.block import Block
 
 MAX_ORPHANS = 256
 
+Source = TypeVar("Source")
 
-class OrphanPool:
+
+class OrphanPool(Generic[Source]):
     def __init__(self, size: int = MAX_ORPHANS) -> None:
         self.size = size
-        self._blocks: collections.OrderedDict[bytes, Block] = collections.OrderedDict()
+        self._blocks: collections.OrderedDict[bytes, tuple[Block, Optional[Source]]] = collections.OrderedDict()
         self._children: dict[bytes, set[bytes]] = {}
 
     def __len__(self) -> int:
@@ -22,13 +25,13 @@ class OrphanPool:
     def __contains__(self, block_hash: object) -> bool:
         return block_hash in self._blocks
 
-    def add(self, block: Block) -> None:
+    def add(self, block: Block, source: Optional[Source] = None) -> None:
         if block.hash in self._blocks:
             return
-        self._blocks[block.hash] = block
+        self._blocks[block.hash] = (block, source)
         self._children.setdefault(block.header.parent_hash, set()).add(block.hash)
         while len(self._blocks) > self.size:
-            _, oldest = self._blocks.popitem(last=False)
+            _, (oldest, _) = self._blocks.popitem(last=False)
             self._unlink(oldest)
 
     def _unlink(self, block: Block) -> None:
@@ -38,18 +41,21 @@ class OrphanPool:
             if not siblings:
                 del self._children[block.header.parent_hash]
 
-    def take_children(self, parent_hash: bytes) -> list[Block]:
-        """Remove and return the orphans whose parent is `parent_hash`."""
+    def has_children(self, parent_hash: bytes) -> bool:
+        return parent_hash in self._children
+
+    def take_children(self, parent_hash: bytes) -> list[tuple[Block, Optional[Source]]]:
+        """Remove and return the orphans whose parent is `parent_hash`, with their sources."""
         out = []
         for h in self._children.pop(parent_hash, set()):
-            block = self._blocks.pop(h, None)
-            if block is not None:
-                out.append(block)
-        return sorted(out, key=lambda b: b.hash)
+            entry = self._blocks.pop(h, None)
+            if entry is not None:
+                out.append(entry)
+        return sorted(out, key=lambda entry: entry[0].hash)
 
     def root_of(self, block: Block) -> Optional[Block]:
         """The oldest held ancestor of `block` (whose own parent is missing)."""
         current = block
         while current.header.parent_hash in self._blocks:
-            current = self._blocks[current.header.parent_hash]
+            current = self._blocks[current.header.parent_hash][0]
         return current

@@ -149,7 +149,8 @@ class Syncer:
         try:
             assert target.info is not None
             start_height = chain.height
-            fork, held = await self._find_fork(target)
+            fork, held_blocks = await self._find_fork(target)
+            held = {h: (block, target) for h, block in held_blocks.items()}
             goal = target.info.height
             if goal <= fork:
                 return
@@ -205,10 +206,11 @@ class Syncer:
             held[height] = block
         raise SyncFailed("no common block, not even genesis")
 
-    async def _fetch(self, first: int, last: int, sources: list[PeerProtocol], held: dict[int, Block],
+    async def _fetch(self, first: int, last: int, sources: list[PeerProtocol],
+                     held: dict[int, tuple[Block, PeerProtocol]],
                      more_sources: Callable[[], list[PeerProtocol]] = list) -> None:
         node = self.node
-        received: dict[int, Block] = dict(held)
+        received: dict[int, tuple[Block, PeerProtocol]] = dict(held)  # height -> block, sender
         queue = collections.deque(
             (s, min(BATCH, last - s + 1)) for s in range(first, last + 1, BATCH)
         )
@@ -250,7 +252,7 @@ class Syncer:
         def arrived(blocks: list[Block], proto: PeerProtocol, start: int, count: int) -> None:
             in_flight[id(proto)] -= 1
             for i, block in enumerate(blocks):
-                received[start + i] = block
+                received[start + i] = (block, proto)
             if len(blocks) < count:
                 queue.appendleft((start + len(blocks), count - len(blocks)))
                 if not blocks and proto in live:
@@ -279,14 +281,17 @@ class Syncer:
             if state["importing"] or finished.called:
                 return
             run: list[Block] = []
+            senders: list[PeerProtocol] = []
             h = state["next"]
             while h in received and len(run) < 2 * BATCH:
-                run.append(received.pop(h))
+                block, sender = received.pop(h)
+                run.append(block)
+                senders.append(sender)
                 h += 1
             if not run:
                 return
             state["importing"] = True
-            d = defer.ensureDeferred(node.import_batch(run, None))
+            d = defer.ensureDeferred(node.import_batch(run, senders))
 
             def imported(added: int) -> None:
                 nonlocal last_log

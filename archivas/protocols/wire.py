@@ -1,28 +1,50 @@
 """The wire format: one JSON object a line, `{"type": N, "payload": {...}}`.
 
-Every message is parsed into a typed, validated value before anything acts on it; a bad
-line raises `WireError` with a short reason. Types 1-7 are the seed protocol (SPEC §2);
-8 and up are Archivas extensions, sent only to peers that announced them (docs/protocol.md).
+Decoding has two steps, so that a message is parsed only once it may be acted on:
+`decode_envelope` reads the JSON (strictly: no NaN, no duplicate keys) and the type;
+`parse` turns the payload into a typed, validated value. A bad line raises `WireError`
+with a short, stable reason. Types 1-7 are the seed protocol (SPEC §2); the original Go
+project's later numbers (0, 8-14) keep their meaning; Archivas-only extensions are 100 and
+up (docs/protocol.md has the whole table).
+
+Hash fields of the seed messages are read as 64 lowercase hex characters or, as the Go
+implementation writes a `[32]byte`, as an array of 32 integers 0-255; `encode` writes them
+in the style asked for (hex unless the peer is a seed peer that uses arrays).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any, ClassVar, Optional
 
 from archivas.chain.block import Block
-from archivas.chain.encoding import DecodeError, canonical_json, field, hex_field, str_field
+from archivas.chain.encoding import (
+    MAX_INT,
+    DecodeError,
+    canonical_json,
+    field,
+    hex_field,
+    str_field,
+    strict_hex,
+    strict_loads,
+)
+from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.chain.vdf import FORM_SIZE, Segment
 
-PROTOCOL_VERSION = 1
-MAX_BATCH = 64  # blocks in one BLOCKS reply or hashes in HASHES: 64 * 1 MiB blocks at most
+# 2: the extensions moved to the original project's numbers and to 100+ (1 used 8-17).
+PROTOCOL_VERSION = 2
+MAX_BATCH = 64  # blocks in one BLOCKS_BATCH reply (and at most node.MAX_BLOCKS_REPLY_BYTES)
 MAX_HASHES = 512
 MAX_PEERS_LISTED = 64
 
-# Capabilities a peer announces in STATUS ("capabilities") and HELLO.
-CAPABILITIES = ("hello", "blocks", "hashes", "push", "tx", "vdf", "peers")
+HEX = "hex"
+ARRAY = "array"  # a [32]byte as Go's encoding/json writes it
+
+# The original project's numbers for messages we do not have (yet): read, never acted on,
+# never penalised (SPEC §2). 0 HANDSHAKE, 9 INV, 10 REQ, 11 RES.
+RESERVED_TYPES = frozenset({0, 9, 10, 11})
+SEED_TYPES = frozenset(range(1, 8))
 
 
 class WireError(ValueError):
@@ -33,77 +55,125 @@ class WireError(ValueError):
         self.reason = reason
 
 
-def _number(obj: Any, name: str) -> float:
-    value = obj.get(name) if isinstance(obj, dict) else None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+@dataclasses.dataclass(frozen=True)
+class Limits:
+    """List lengths a peer may send, from the consensus limits of the node's network."""
+
+    max_block_transactions: int = 2000
+    max_vdf_segments: int = 1024
+
+    @classmethod
+    def from_params(cls, params: NetworkParams) -> "Limits":
+        return cls(params.max_block_transactions, params.max_vdf_segments)
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def _timestamp(obj: dict[str, Any], name: str) -> int | float:
+    """Unix seconds: a non-negative integer (as Go writes it) or a finite number."""
+    value = obj.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_INT:
         raise DecodeError(f"field {name!r} must be a non-negative number")
     return value
 
 
+def read_hash(obj: dict[str, Any], name: str) -> tuple[bytes, str]:
+    """A 32-byte hash in either encoding, and which one it was."""
+    if name not in obj:
+        raise DecodeError(f"missing field {name!r}")
+    value = obj[name]
+    if isinstance(value, str):
+        if len(value) != 64:
+            raise DecodeError(f"field {name!r} must be 32 bytes of hex")
+        return strict_hex(value, name), HEX
+    if (isinstance(value, list) and len(value) == 32
+            and all(type(v) is int and 0 <= v <= 255 for v in value)):
+        return bytes(value), ARRAY
+    raise DecodeError(f"field {name!r} must be 64 hex characters or 32 integers 0-255")
+
+
+def write_hash(value: bytes, style: str) -> Any:
+    return list(value) if style == ARRAY else value.hex()
+
+
+def _optional(obj: dict[str, Any], name: str, kind: type) -> Any:
+    return field(obj, name, kind) if name in obj else None
+
+
 @dataclasses.dataclass(frozen=True)
 class Message:
-    TYPE: ClassVar[int] = 0
+    TYPE: ClassVar[int] = -1
+    NAME: ClassVar[str] = ""
+    CAPABILITY: ClassVar[Optional[str]] = None  # None: a seed message, for anyone
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, style: str = HEX) -> dict[str, Any]:
         return {}
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "Message":
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Message":
         return cls()
 
 
 @dataclasses.dataclass(frozen=True)
 class _Timestamped(Message):
-    timestamp: float
+    timestamp: int | float
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, style: str = HEX) -> dict[str, Any]:
         return {"timestamp": self.timestamp}
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "_Timestamped":
-        return cls(_number(payload, "timestamp"))
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "_Timestamped":
+        return cls(_timestamp(payload, "timestamp"))
 
 
 @dataclasses.dataclass(frozen=True)
 class Ping(_Timestamped):
     TYPE: ClassVar[int] = 1
+    NAME: ClassVar[str] = "PING"
 
 
 @dataclasses.dataclass(frozen=True)
 class Pong(_Timestamped):
     TYPE: ClassVar[int] = 2
+    NAME: ClassVar[str] = "PONG"
 
 
 @dataclasses.dataclass(frozen=True)
 class NewBlock(Message):
     TYPE: ClassVar[int] = 3
+    NAME: ClassVar[str] = "NEW_BLOCK"
     height: int
     hash: bytes
+    hash_style: str = dataclasses.field(default=HEX, compare=False)  # as the sender wrote it
 
-    def payload(self) -> dict[str, Any]:
-        return {"height": self.height, "hash": self.hash.hex()}
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"height": self.height, "hash": write_hash(self.hash, style)}
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "NewBlock":
-        return cls(field(payload, "height", int), hex_field(payload, "hash", 32))
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "NewBlock":
+        block_hash, style = read_hash(payload, "hash")
+        return cls(field(payload, "height", int), block_hash, style)
 
 
 @dataclasses.dataclass(frozen=True)
 class GetBlock(Message):
     TYPE: ClassVar[int] = 4
+    NAME: ClassVar[str] = "GET_BLOCK"
     height: int
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, style: str = HEX) -> dict[str, Any]:
         return {"height": self.height}
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "GetBlock":
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "GetBlock":
         return cls(field(payload, "height", int))
 
 
-def _block(obj: Any) -> Block:
+def _block(obj: Any, limits: Limits) -> Block:
     try:
-        return Block.from_json(obj)
+        return Block.from_json(obj, max_transactions=limits.max_block_transactions,
+                               max_segments=limits.max_vdf_segments, allow_allocation=False)
     except DecodeError as e:
         raise DecodeError(f"block: {e}") from None
 
@@ -111,16 +181,17 @@ def _block(obj: Any) -> Block:
 @dataclasses.dataclass(frozen=True)
 class BlockData(Message):
     TYPE: ClassVar[int] = 5
+    NAME: ClassVar[str] = "BLOCK_DATA"
     height: int
     block: Block
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, style: str = HEX) -> dict[str, Any]:
         return {"height": self.height, "blockData": self.block.to_json()}
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "BlockData":
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "BlockData":
         height = field(payload, "height", int)
-        block = _block(field(payload, "blockData", dict))
+        block = _block(field(payload, "blockData", dict), limits)
         if block.height != height:
             raise DecodeError(f"blockData is at height {block.height}, not {height}")
         return cls(height, block)
@@ -129,6 +200,7 @@ class BlockData(Message):
 @dataclasses.dataclass(frozen=True)
 class GetStatus(Message):
     TYPE: ClassVar[int] = 6
+    NAME: ClassVar[str] = "GET_STATUS"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -136,6 +208,7 @@ class Status(Message):
     """The seed's three fields, plus what an Archivas node adds (readers ignore extras)."""
 
     TYPE: ClassVar[int] = 7
+    NAME: ClassVar[str] = "STATUS"
     height: int
     difficulty: int
     tip_hash: bytes
@@ -144,13 +217,15 @@ class Status(Message):
     network: Optional[str] = None
     version: Optional[int] = None
     capabilities: tuple[str, ...] = ()
+    hash_style: str = dataclasses.field(default=HEX, compare=False)
 
-    def payload(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"height": self.height, "difficulty": self.difficulty, "tipHash": self.tip_hash.hex()}
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        doc: dict[str, Any] = {"height": self.height, "difficulty": self.difficulty,
+                               "tipHash": write_hash(self.tip_hash, style)}
         if self.weight is not None:
             doc["weight"] = self.weight
         if self.genesis_hash is not None:
-            doc["genesisHash"] = self.genesis_hash.hex()
+            doc["genesisHash"] = write_hash(self.genesis_hash, style)
         if self.network is not None:
             doc["network"] = self.network
         if self.version is not None:
@@ -160,16 +235,18 @@ class Status(Message):
         return doc
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "Status":
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Status":
+        tip_hash, style = read_hash(payload, "tipHash")
         return cls(
             height=field(payload, "height", int),
             difficulty=field(payload, "difficulty", int),
-            tip_hash=hex_field(payload, "tipHash", 32),
-            weight=field(payload, "weight", int) if "weight" in payload else None,
-            genesis_hash=hex_field(payload, "genesisHash", 32) if "genesisHash" in payload else None,
+            tip_hash=tip_hash,
+            weight=_optional(payload, "weight", int),
+            genesis_hash=read_hash(payload, "genesisHash")[0] if "genesisHash" in payload else None,
             network=str_field(payload, "network", 32) if "network" in payload else None,
-            version=field(payload, "version", int) if "version" in payload else None,
+            version=_optional(payload, "version", int),
             capabilities=_capabilities(payload) if "capabilities" in payload else (),
+            hash_style=style,
         )
 
 
@@ -180,11 +257,125 @@ def _capabilities(payload: dict[str, Any]) -> tuple[str, ...]:
     return tuple(caps)
 
 
+# Extensions on the original project's numbers (SPEC §2), with its field names.
+
+
+@dataclasses.dataclass(frozen=True)
+class Peers(Message):
+    """GOSSIP_PEERS: listening addresses of peers (the original's `addrs`, `seenAt`,
+    `netId`; ours are `host:port`)."""
+
+    TYPE: ClassVar[int] = 8
+    NAME: ClassVar[str] = "GOSSIP_PEERS"
+    CAPABILITY: ClassVar[Optional[str]] = "peers"
+    addresses: tuple[str, ...]
+    seen_at: int = 0
+    net_id: str = ""
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"addrs": list(self.addresses), "seenAt": self.seen_at, "netId": self.net_id}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Peers":
+        raw = field(payload, "addrs", list)
+        if len(raw) > MAX_PEERS_LISTED or not all(isinstance(a, str) and len(a) <= 270 for a in raw):
+            raise DecodeError(f"addrs must be at most {MAX_PEERS_LISTED} host:port strings")
+        return cls(tuple(raw), _optional(payload, "seenAt", int) or 0,
+                   str_field(payload, "netId", 64) if "netId" in payload else "")
+
+
+@dataclasses.dataclass(frozen=True)
+class NewTransaction(Message):
+    """TX_BROADCAST: a transfer (`txData`) and its id (`txHash`), which must match."""
+
+    TYPE: ClassVar[int] = 12
+    NAME: ClassVar[str] = "TX_BROADCAST"
+    CAPABILITY: ClassVar[Optional[str]] = "tx"
+    tx: Transaction
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"txHash": self.tx.hash.hex(), "txData": self.tx.to_json()}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "NewTransaction":
+        claimed = hex_field(payload, "txHash", 32)
+        try:
+            tx = Transaction.from_json(field(payload, "txData", dict))
+        except InvalidTransaction as e:
+            raise DecodeError(f"txData: {e}") from None
+        if tx.hash != claimed:
+            raise DecodeError("txHash is not the id of txData")
+        return cls(tx)
+
+
+@dataclasses.dataclass(frozen=True)
+class GetBlocks(Message):
+    """REQUEST_BLOCKS: main-chain blocks from `fromHeight`, at most `maxBlocks` (1..64)."""
+
+    TYPE: ClassVar[int] = 13
+    NAME: ClassVar[str] = "REQUEST_BLOCKS"
+    CAPABILITY: ClassVar[Optional[str]] = "blocks"
+    start: int
+    count: int
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"fromHeight": self.start, "maxBlocks": self.count}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "GetBlocks":
+        count = field(payload, "maxBlocks", int)
+        if not 1 <= count <= MAX_BATCH:
+            raise DecodeError(f"maxBlocks must be 1..{MAX_BATCH}")
+        return cls(field(payload, "fromHeight", int), count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks(Message):
+    """BLOCKS_BATCH: consecutive main-chain blocks from `fromHeight` (may be fewer than
+    asked, empty above the tip); `tipHeight` is the sender's height, `eof` true when the
+    batch ends at its tip."""
+
+    TYPE: ClassVar[int] = 14
+    NAME: ClassVar[str] = "BLOCKS_BATCH"
+    CAPABILITY: ClassVar[Optional[str]] = "blocks"
+    start: int
+    blocks: tuple[Block, ...]
+    tip_height: int = 0
+    eof: bool = False
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"fromHeight": self.start, "count": len(self.blocks),
+                "blocks": [b.to_json() for b in self.blocks], "tipHeight": self.tip_height,
+                "eof": self.eof}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Blocks":
+        start = field(payload, "fromHeight", int)
+        raw = field(payload, "blocks", list)
+        if len(raw) > MAX_BATCH:
+            raise DecodeError(f"more than {MAX_BATCH} blocks")
+        if "count" in payload and field(payload, "count", int) != len(raw):
+            raise DecodeError("count is not the number of blocks")
+        eof = payload.get("eof", False)
+        if not isinstance(eof, bool):
+            raise DecodeError("field 'eof' must be a boolean")
+        blocks = tuple(_block(b, limits) for b in raw)
+        for i, block in enumerate(blocks):
+            if block.height != start + i:
+                raise DecodeError(f"block {i} is at height {block.height}, not {start + i}")
+        return cls(start, blocks, _optional(payload, "tipHeight", int) or 0, eof)
+
+
+# Archivas-only extensions: 100 and up.
+
+
 @dataclasses.dataclass(frozen=True)
 class Hello(Message):
     """The handshake, sent once a peer's STATUS showed it speaks the extensions."""
 
-    TYPE: ClassVar[int] = 8
+    TYPE: ClassVar[int] = 100
+    NAME: ClassVar[str] = "HELLO"
+    CAPABILITY: ClassVar[Optional[str]] = "hello"
     network: str
     genesis_hash: bytes
     protocol_version: int
@@ -192,7 +383,7 @@ class Hello(Message):
     listen_port: int  # 0: not listening
     capabilities: tuple[str, ...]
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, style: str = HEX) -> dict[str, Any]:
         return {
             "network": self.network,
             "genesisHash": self.genesis_hash.hex(),
@@ -203,7 +394,7 @@ class Hello(Message):
         }
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "Hello":
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Hello":
         port = field(payload, "listenPort", int)
         if port > 65535:
             raise DecodeError("listenPort above 65535")
@@ -218,75 +409,17 @@ class Hello(Message):
 
 
 @dataclasses.dataclass(frozen=True)
-class GetBlocks(Message):
-    """Main-chain blocks `start` .. `start + count - 1` (count <= MAX_BATCH)."""
-
-    TYPE: ClassVar[int] = 9
-    start: int
-    count: int
-
-    def payload(self) -> dict[str, Any]:
-        return {"start": self.start, "count": self.count}
-
-    @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "GetBlocks":
-        count = field(payload, "count", int)
-        if not 1 <= count <= MAX_BATCH:
-            raise DecodeError(f"count must be 1..{MAX_BATCH}")
-        return cls(field(payload, "start", int), count)
-
-
-@dataclasses.dataclass(frozen=True)
-class Blocks(Message):
-    """The answer to GET_BLOCKS: consecutive main-chain blocks from `start` (may be fewer
-    than asked, empty above the tip)."""
-
-    TYPE: ClassVar[int] = 10
-    start: int
-    blocks: tuple[Block, ...]
-
-    def payload(self) -> dict[str, Any]:
-        return {"start": self.start, "blocks": [b.to_json() for b in self.blocks]}
-
-    @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "Blocks":
-        start = field(payload, "start", int)
-        raw = field(payload, "blocks", list)
-        if len(raw) > MAX_BATCH:
-            raise DecodeError(f"more than {MAX_BATCH} blocks")
-        blocks = tuple(_block(b) for b in raw)
-        for i, block in enumerate(blocks):
-            if block.height != start + i:
-                raise DecodeError(f"block {i} is at height {block.height}, not {start + i}")
-        return cls(start, blocks)
-
-
-@dataclasses.dataclass(frozen=True)
-class NewTransaction(Message):
-    TYPE: ClassVar[int] = 11
-    tx: Transaction
-
-    def payload(self) -> dict[str, Any]:
-        return {"tx": self.tx.to_json()}
-
-    @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "NewTransaction":
-        try:
-            return cls(Transaction.from_json(field(payload, "tx", dict)))
-        except InvalidTransaction as e:
-            raise DecodeError(f"tx: {e}") from None
-
-
-@dataclasses.dataclass(frozen=True)
 class VdfOutput(Message):
     """Timelord output: segment `index` (1-based) of the VDF on `parent_hash`."""
 
-    TYPE: ClassVar[int] = 12
+    TYPE: ClassVar[int] = 101
+    NAME: ClassVar[str] = "VDF_OUTPUT"
+    CAPABILITY: ClassVar[Optional[str]] = "vdf"
     parent_hash: bytes
     index: int
     segment: Segment
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, style: str = HEX) -> dict[str, Any]:
         return {
             "parentHash": self.parent_hash.hex(),
             "index": self.index,
@@ -295,10 +428,10 @@ class VdfOutput(Message):
         }
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "VdfOutput":
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "VdfOutput":
         index = field(payload, "index", int)
-        if index < 1:
-            raise DecodeError("index starts at 1")
+        if not 1 <= index <= limits.max_vdf_segments:
+            raise DecodeError(f"index must be 1..{limits.max_vdf_segments}")
         return cls(
             hex_field(payload, "parentHash", 32),
             index,
@@ -308,38 +441,26 @@ class VdfOutput(Message):
 
 @dataclasses.dataclass(frozen=True)
 class GetPeers(Message):
-    TYPE: ClassVar[int] = 13
-
-
-@dataclasses.dataclass(frozen=True)
-class Peers(Message):
-    TYPE: ClassVar[int] = 14
-    addresses: tuple[str, ...]
-
-    def payload(self) -> dict[str, Any]:
-        return {"peers": list(self.addresses)}
-
-    @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "Peers":
-        raw = field(payload, "peers", list)
-        if len(raw) > MAX_PEERS_LISTED or not all(isinstance(a, str) and len(a) <= 270 for a in raw):
-            raise DecodeError(f"peers must be at most {MAX_PEERS_LISTED} host:port strings")
-        return cls(tuple(raw))
+    TYPE: ClassVar[int] = 102
+    NAME: ClassVar[str] = "GET_PEERS"
+    CAPABILITY: ClassVar[Optional[str]] = "peers"
 
 
 @dataclasses.dataclass(frozen=True)
 class GetHashes(Message):
     """Main-chain block hashes `start` .. `start + count - 1` (finding a fork point)."""
 
-    TYPE: ClassVar[int] = 15
+    TYPE: ClassVar[int] = 103
+    NAME: ClassVar[str] = "GET_HASHES"
+    CAPABILITY: ClassVar[Optional[str]] = "hashes"
     start: int
     count: int
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, style: str = HEX) -> dict[str, Any]:
         return {"start": self.start, "count": self.count}
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "GetHashes":
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "GetHashes":
         count = field(payload, "count", int)
         if not 1 <= count <= MAX_HASHES:
             raise DecodeError(f"count must be 1..{MAX_HASHES}")
@@ -348,15 +469,17 @@ class GetHashes(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Hashes(Message):
-    TYPE: ClassVar[int] = 16
+    TYPE: ClassVar[int] = 104
+    NAME: ClassVar[str] = "HASHES"
+    CAPABILITY: ClassVar[Optional[str]] = "hashes"
     start: int
     hashes: tuple[bytes, ...]
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, style: str = HEX) -> dict[str, Any]:
         return {"start": self.start, "hashes": [h.hex() for h in self.hashes]}
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "Hashes":
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Hashes":
         raw = field(payload, "hashes", list)
         if len(raw) > MAX_HASHES:
             raise DecodeError(f"more than {MAX_HASHES} hashes")
@@ -367,46 +490,78 @@ class Hashes(Message):
 class PushBlock(Message):
     """A new block in full, to peers that announced "push" (saves them a round trip)."""
 
-    TYPE: ClassVar[int] = 17
+    TYPE: ClassVar[int] = 105
+    NAME: ClassVar[str] = "PUSH_BLOCK"
+    CAPABILITY: ClassVar[Optional[str]] = "push"
     block: Block
 
-    def payload(self) -> dict[str, Any]:
+    def payload(self, style: str = HEX) -> dict[str, Any]:
         return {"blockData": self.block.to_json()}
 
     @classmethod
-    def parse(cls, payload: dict[str, Any]) -> "PushBlock":
-        return cls(_block(field(payload, "blockData", dict)))
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "PushBlock":
+        return cls(_block(field(payload, "blockData", dict), limits))
 
 
 MESSAGES: dict[int, type[Message]] = {
     m.TYPE: m
-    for m in (Ping, Pong, NewBlock, GetBlock, BlockData, GetStatus, Status, Hello, GetBlocks, Blocks,
-              NewTransaction, VdfOutput, GetPeers, Peers, GetHashes, Hashes, PushBlock)
+    for m in (Ping, Pong, NewBlock, GetBlock, BlockData, GetStatus, Status, Peers, NewTransaction,
+              GetBlocks, Blocks, Hello, VdfOutput, GetPeers, GetHashes, Hashes, PushBlock)
 }
 
+# Capabilities a peer announces in STATUS ("capabilities") and HELLO: every extension's.
+CAPABILITIES = ("hello", "blocks", "hashes", "push", "tx", "vdf", "peers")
+assert {m.CAPABILITY for m in MESSAGES.values()} - {None} == set(CAPABILITIES)
+assert not (set(MESSAGES) & RESERVED_TYPES)
 
-def encode(message: Message) -> bytes:
-    """One line, without the delimiter: `{"type":N,"payload":{...}}`."""
-    return b'{"type":%d,"payload":%s}' % (message.TYPE, canonical_json(message.payload()))
+
+def type_name(kind: int) -> str:
+    cls = MESSAGES.get(kind)
+    if cls is not None:
+        return cls.NAME
+    return {0: "HANDSHAKE", 9: "INV", 10: "REQ", 11: "RES"}.get(kind, f"type {kind}")
 
 
-def decode(line: bytes) -> Message:
+def encode(message: Message, style: str = HEX) -> bytes:
+    """One line, without the delimiter: `{"type":N,"payload":{...}}` (always valid JSON:
+    every value a node writes is an integer, a string, a list or an object)."""
+    return b'{"type":%d,"payload":%s}' % (message.TYPE, canonical_json(message.payload(style)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Envelope:
+    """A line read as JSON, its payload not yet parsed."""
+
+    type: int
+    payload: dict[str, Any]
+
+
+def decode_envelope(line: bytes) -> Envelope:
     try:
-        doc = json.loads(line)
-    except (ValueError, RecursionError):
+        doc = strict_loads(line)
+    except (ValueError, RecursionError):  # DecodeError is a ValueError
         raise WireError("bad_json") from None
     if not isinstance(doc, dict):
         raise WireError("bad_shape", "a message is an object")
     kind = doc.get("type")
-    if isinstance(kind, bool) or not isinstance(kind, int):
-        raise WireError("bad_shape", "type must be an integer")
-    cls = MESSAGES.get(kind)
-    if cls is None:
-        raise WireError("unknown_type", str(kind)[:20])
+    if isinstance(kind, bool) or not isinstance(kind, int) or not 0 <= kind < 2**16:
+        raise WireError("bad_shape", "type must be an integer 0..65535")
     payload = doc.get("payload", {})
     if not isinstance(payload, dict):
         raise WireError("bad_shape", "payload must be an object")
+    return Envelope(kind, payload)
+
+
+def parse(envelope: Envelope, limits: Limits = DEFAULT_LIMITS) -> Message:
+    cls = MESSAGES.get(envelope.type)
+    if cls is None:
+        raise WireError("unknown_type", type_name(envelope.type))
     try:
-        return cls.parse(payload)
+        return cls.parse(envelope.payload, limits)
     except DecodeError as e:
-        raise WireError("bad_payload", f"{cls.__name__}: {e}") from None
+        raise WireError("bad_payload", f"{cls.NAME}: {e}") from None
+
+
+def decode(line: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """A whole line to a typed message (both steps); WireError says why not."""
+    return parse(decode_envelope(line), limits)
