@@ -55,8 +55,14 @@ def feed(proto, message):
     proto.dataReceived(wire.encode(message) + b"\n")
 
 
-def hello(node_id=b"\x01" * 16, genesis=None, network="fastnet"):
-    return wire.Hello(network, genesis, wire.PROTOCOL_VERSION, node_id, 9999, wire.CAPABILITIES)
+def hello(node_id=b"\x01" * 16, genesis=None, network="fastnet", capabilities=wire.CAPABILITIES):
+    return wire.Hello(network, genesis, wire.PROTOCOL_VERSION, node_id, 9999, capabilities)
+
+
+def handshake(proto, **hello_options):
+    """What an Archivas peer sends: a STATUS announcing "hello", then its HELLO."""
+    feed(proto, wire.Status(0, 1, b"\x00" * 32, capabilities=("hello",)))
+    feed(proto, hello(**hello_options))
 
 
 class WireTests(unittest.TestCase):
@@ -133,7 +139,7 @@ class LifecycleTests(unittest.TestCase):
         (our_hello,) = sent(transport)
         self.assertEqual((our_hello.node_id, our_hello.genesis_hash), (self.h.node.node_id, self.h.node.genesis_hash))
         self.assertIs(proto.info.state, PeerState.CONNECTED)
-        feed(proto, hello(genesis=self.h.node.genesis_hash))
+        handshake(proto, genesis=self.h.node.genesis_hash)
         self.assertIs(proto.info.state, PeerState.READY)
         self.assertEqual(proto.info.node_id, b"\x01" * 16)
         self.assertEqual(proto.info.listen_address, "10.0.0.1:9999")
@@ -150,6 +156,8 @@ class LifecycleTests(unittest.TestCase):
                         hello(genesis=OTHER_GENESIS), hello(genesis=b"\x00" * 32, network="devnet")):
             proto, transport = self.h.connect()
             with self.subTest(message=type(message).__name__):
+                if isinstance(message, wire.Hello):
+                    feed(proto, wire.Status(0, 1, b"\x00" * 32, capabilities=("hello",)))
                 feed(proto, message)
                 self.assertTrue(transport.disconnecting)
                 self.assertIs(proto.info.state, PeerState.CLOSED)
@@ -160,14 +168,14 @@ class LifecycleTests(unittest.TestCase):
 
     def test_self_connection_dropped(self):
         proto, transport = self.h.connect()
-        feed(proto, hello(node_id=self.h.node.node_id, genesis=self.h.node.genesis_hash))
+        handshake(proto, node_id=self.h.node.node_id, genesis=self.h.node.genesis_hash)
         self.assertTrue(transport.disconnecting)
 
     def test_duplicate_connection_dropped(self):
         first, t1 = self.h.connect()
-        feed(first, hello(genesis=self.h.node.genesis_hash))
+        handshake(first, genesis=self.h.node.genesis_hash)
         second, t2 = self.h.connect(host="10.0.0.2")
-        feed(second, hello(genesis=self.h.node.genesis_hash))
+        handshake(second, genesis=self.h.node.genesis_hash)
         self.assertFalse(t1.disconnecting)
         self.assertTrue(t2.disconnecting)
 
@@ -225,7 +233,7 @@ class LifecycleTests(unittest.TestCase):
 
     def test_get_block_blocks_and_hashes(self):
         proto, transport = self.h.connect()
-        feed(proto, hello(genesis=self.h.node.genesis_hash))
+        handshake(proto, genesis=self.h.node.genesis_hash)
         sent(transport)
         feed(proto, wire.GetBlock(2))
         feed(proto, wire.GetBlock(7))  # above the tip: no answer, no disconnect
@@ -249,9 +257,9 @@ class LifecycleTests(unittest.TestCase):
 
     def test_peer_exchange(self):
         first, _ = self.h.connect()
-        feed(first, hello(genesis=self.h.node.genesis_hash))
+        handshake(first, genesis=self.h.node.genesis_hash)
         second, t2 = self.h.connect(host="10.0.0.2")
-        feed(second, hello(node_id=b"\x02" * 16, genesis=self.h.node.genesis_hash))
+        handshake(second, node_id=b"\x02" * 16, genesis=self.h.node.genesis_hash)
         sent(t2)
         feed(second, wire.GetPeers())
         (reply,) = sent(t2)
@@ -317,7 +325,7 @@ class LimitTests(unittest.TestCase):
         h = Harness(self, blocks)
         self.patch(node_module, "MAX_BLOCKS_REPLY_BYTES", len(blocks[0].encode()) * 2 + 10)
         proto, transport = h.connect()
-        feed(proto, hello(genesis=h.node.genesis_hash))
+        handshake(proto, genesis=h.node.genesis_hash)
         sent(transport)
         feed(proto, wire.GetBlocks(1, 5))
         (reply,) = sent(transport)
@@ -331,7 +339,7 @@ class TransactionGossipTests(unittest.TestCase):
 
         h = Harness(self)
         proto, transport = h.connect()
-        feed(proto, hello(genesis=h.node.genesis_hash))
+        handshake(proto, genesis=h.node.genesis_hash)
         b = builder()
         first, second = (b.transfer(ALICE, CAROL.address, COIN, n) for n in (0, 1))
         feed(proto, wire.NewTransaction(second))  # before its predecessor: a nonce gap

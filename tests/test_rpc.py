@@ -24,7 +24,7 @@ from archivas.farmer.plots import best_win
 from archivas.nodeapi import ApiError, LocalNodeAPI
 from archivas.rpc import MAX_BODY_BYTES, NodeRPC, site
 from tests.common import ALICE, BOB, CAROL, PARAMS, builder
-from tests.test_protocol import Harness, feed, hello
+from tests.test_protocol import Harness, handshake
 
 SPEC_STATUS_FIELDS = {"height", "tipHash", "difficulty", "weight", "peers", "syncing", "genesisHash",
                       "network", "version"}
@@ -186,7 +186,7 @@ class ReadTests(RPCCase):
     def test_peers(self):
         self.assertEqual(self.ok(self.get("/peers")), [])
         proto, _ = self.h.connect(host="10.0.0.7")
-        feed(proto, hello(node_id=b"\x05" * 16, genesis=self.node.genesis_hash))
+        handshake(proto, node_id=b"\x05" * 16, genesis=self.node.genesis_hash)
         (peer,) = self.ok(self.get("/peers"))
         self.assertEqual(
             peer,

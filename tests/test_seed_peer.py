@@ -168,3 +168,64 @@ class BadInput(unittest.TestCase):
         again = yield in_thread(PlainPeer, port, "127.0.0.30")
         self.addCleanup(again.close)
         self.assertTrue((yield in_thread(again.closed)))
+
+
+class HostileRelay(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_forged_copy_first_then_the_real_block(self):
+        """Over real sockets: a relayer sends the fresh block with one farmer-signature
+        character changed (the same id), then two honest peers send the real block. The
+        real one becomes the tip; only the relayer is penalised."""
+        import dataclasses
+
+        b = builder()
+        base = b.extend(b.genesis, 2)
+        node = start_node(self, blocks=base)
+        port = node.port.getHost().port
+        real = b.make_block(base[-1])
+        sig = real.header.farmer_signature.hex()
+        forged_sig = bytes.fromhex(("1" if sig[0] != "1" else "2") + sig[1:])
+        forged = dataclasses.replace(real, header=dataclasses.replace(real.header, farmer_signature=forged_sig))
+        relayer = yield in_thread(PlainPeer, port, "127.0.0.40")
+        self.addCleanup(relayer.close)
+        yield in_thread(relayer.send, 5, {"height": 3, "blockData": forged.to_json()})
+        yield defer.ensureDeferred(wait_until(lambda: node.node.rejected_blocks == 1, "the forged copy refused"))
+        honest = []
+        for host in ("127.0.0.41", "127.0.0.42"):
+            peer = yield in_thread(PlainPeer, port, host)
+            self.addCleanup(peer.close)
+            honest.append(peer)
+            yield in_thread(peer.send, 7, {"height": 2, "difficulty": 1, "tipHash": base[-1].hash.hex()})
+            yield in_thread(peer.send, 5, {"height": 3, "blockData": real.to_json()})
+        yield defer.ensureDeferred(wait_until(lambda: node.chain.tip.hash == real.hash, "the real block as tip"))
+        scores = {p.info.host: p.info.misbehaviour for p in node.node.peers.peers if p.info}
+        self.assertEqual((scores.get("127.0.0.41"), scores.get("127.0.0.42")), (0, 0))
+        self.assertGreater(scores.get("127.0.0.40", 0), 0)
+        self.assertFalse(node.node.peers.is_banned("127.0.0.41"))
+
+
+class GoStylePeer(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_array_hashes_over_a_socket(self):
+        """The original Go peer's own lines (tests/fixtures): its STATUS makes it a ready
+        seed peer, it is answered in arrays, and new blocks are announced to it."""
+        from tests.test_wire_compat import go_status
+
+        b = builder()
+        blocks = b.extend(b.genesis, 3)
+        node = start_node(self, blocks=blocks[:2])
+        peer = yield in_thread(PlainPeer, node.port.getHost().port)
+        self.addCleanup(peer.close)
+        yield in_thread(peer.send_raw, go_status(2, 1, blocks[1].hash) + b"\n")
+        yield in_thread(peer.send_raw, b'{"type":6,"payload":{}}\n')
+        status = yield in_thread(peer.receive, 7)
+        self.assertEqual(status["tipHash"], list(blocks[1].hash))
+        yield node.node.receive_block(blocks[2])
+        announce = yield in_thread(peer.receive, 3)
+        self.assertEqual(announce, {"height": 3, "hash": list(blocks[2].hash)})
+        (proto,) = node.node.peers.ready_peers()
+        self.assertEqual(proto.info.misbehaviour, 0)

@@ -166,13 +166,15 @@ class PeerManager:
             waits.append(proto.lost)
         return defer.DeferredList(waits, consumeErrors=True)
 
-    def client_service(self, address: str) -> ClientService:
+    def client_service(self, address: str, endpoint: Optional[Any] = None) -> ClientService:
         """A (not yet started) service keeping an outbound connection to `host:port`,
-        reconnecting with backoff; the node's service tree starts and stops it."""
+        reconnecting with backoff (DialPolicy); the node's service tree starts and stops
+        it. `endpoint` replaces the TCP one (tests)."""
         if address in self.dialers:
             return self.dialers[address]
         host, _, port = address.rpartition(":")
-        endpoint = endpoints.HostnameEndpoint(self.reactor, host.strip("[]"), int(port))  # type: ignore[arg-type]
+        if endpoint is None:
+            endpoint = endpoints.HostnameEndpoint(self.reactor, host.strip("[]"), int(port))  # type: ignore[arg-type]
         policy = self.dial_policies[address] = DialPolicy(self, address, self._rng)
         service = ClientService(endpoint, PeerFactory(self, "outbound", address),
                                 retryPolicy=policy, clock=self.reactor)
@@ -268,8 +270,8 @@ class PeerManager:
         info = proto.info
         if cls is None or info is None:
             return False
-        if cls is wire.Hello:
-            return info.node_id is None
+        if cls is wire.Hello:  # after a STATUS that announced it (an Archivas peer sends one first)
+            return info.node_id is None and info.announced_hello
         return info.speaks_extensions and cls.CAPABILITY is not None and info.can(cls.CAPABILITY)
 
     def envelope_received(self, proto: PeerProtocol, envelope: wire.Envelope) -> None:
@@ -321,6 +323,7 @@ class PeerManager:
         if message.weight is not None:
             info.weight = message.weight
         if "hello" in message.capabilities:
+            info.announced_hello = True
             if not info.hello_sent:
                 info.hello_sent = True
                 proto.send(self._hello())

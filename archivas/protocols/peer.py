@@ -94,6 +94,7 @@ class PeerInfo:
     listen_port: int = 0
     capabilities: frozenset[str] = frozenset()
     hello_sent: bool = False
+    announced_hello: bool = False  # its STATUS listed "hello": it may send HELLO
     hash_style: str = wire.HEX  # how to write hashes to a seed peer: as it last wrote them
     misbehaviour: int = 0
     known_blocks: BoundedSet = attrs.field(factory=BoundedSet)
