@@ -20,6 +20,8 @@ setup(
         # The reference BIP-173 implementation, so bech32 is not hand-written.
         "bech32==1.2.0",
         "attrs>=23.1",
+        # Compact per-peer "already has this" filters (a Rust Bloom filter, set-like API).
+        "rbloom==1.5.4",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100"],

@@ -15,7 +15,6 @@ space (a farmer re-making its block) is not checked or relayed unless a child ne
 from __future__ import annotations
 
 import collections
-import os
 from typing import Any, Callable, Optional, Sequence
 
 import attrs
@@ -31,6 +30,7 @@ from archivas.chain.encoding import sha256
 from archivas.chain.mempool import Mempool
 from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.protocols import wire
+from archivas.protocols.identity import NodeIdentity
 from archivas.protocols.manager import PeerManager
 from archivas.protocols.orphans import OrphanPool
 from archivas.protocols.peer import BoundedSet, PeerProtocol, PeerState
@@ -62,7 +62,7 @@ class Node:
         self,
         chain: Chain,
         reactor: Any,
-        node_id: Optional[bytes] = None,
+        node_identity: Optional[NodeIdentity] = None,
         listen_port: int = 0,
         verify_threads: int = VERIFY_THREADS,
         threaded: bool = True,
@@ -72,11 +72,14 @@ class Node:
         self.params = chain.params
         self.reactor = reactor
         self.genesis_hash = chain.genesis.hash
-        self.node_id = node_id or os.urandom(16)
+        self.identity = node_identity or NodeIdentity.ephemeral()
+        self.node_id = self.identity.node_id
         self.mempool = Mempool(self.params)
         self.orphans: OrphanPool[PeerProtocol] = OrphanPool()
-        self.peers = PeerManager(self, reactor, self.node_id, listen_port, **manager_options)
-        self.sync = Syncer(self)
+        # The peer layer reaches the chain only through the seams it declares
+        # (protocols/interfaces.py): this node is its ChainView, BlockSink and PeerEvents.
+        self.peers = PeerManager(self, self, reactor, self.identity, listen_port, **manager_options)
+        self.sync = Syncer(self, self, self.peers, reactor)
         # threaded=False checks proofs on the calling thread: for reactors without threads
         # (task.Clock, MemoryReactor) in unit tests.
         self.threaded = threaded
@@ -121,6 +124,20 @@ class Node:
         if self.threaded:
             d.addBoth(lambda _: self.threadpool.stop())
         return d
+
+    # the ChainView the peer layer reads
+
+    def tip(self) -> Any:
+        return self.chain.tip
+
+    def has_block(self, block_hash: bytes) -> bool:
+        return self.chain.has_block(block_hash)
+
+    def main_hash(self, height: int) -> Optional[bytes]:
+        return self.chain.storage.main_hash(height)
+
+    def block(self, block_hash: bytes) -> Optional[Block]:
+        return self.chain.block(block_hash)
 
     def now_ms(self) -> int:
         return int(self.reactor.seconds() * 1000)
@@ -305,6 +322,10 @@ class Node:
             self._hold_orphan(candidate, sender)
             return None
         self._accepted(candidate, result)
+        if sender is not None and sender.info is not None and result.status == ADDED_TIP:
+            sender.info.last_block_at = self.reactor.seconds()  # a novel block (eviction protects it)
+            sender.info.weight = max(sender.info.weight, self.chain.tip.weight)
+            sender.info.tip_hash = candidate.hash
         self._connect_children(candidate.hash)
         return result
 
@@ -391,7 +412,8 @@ class Node:
             if block.hash in info.known_blocks:
                 continue
             info.known_blocks.add(block.hash)
-            proto.send(push if info.can("push") else announce)
+            # A peer that is not reading what we write gets the small announcement only.
+            proto.send(push if info.can("push") and not proto.writes_paused else announce)
 
     async def import_batch(self, blocks: list[Block],
                            sources: Optional[Sequence[Optional[PeerProtocol]]] = None) -> int:
@@ -449,10 +471,14 @@ class Node:
                 self._seen_txs.add(tx.hash)
             raise
         self._seen_txs.add(tx.hash)
+        if source is not None and source.info is not None:
+            source.info.last_tx_at = self.reactor.seconds()
         message = wire.NewTransaction(tx)
         for proto in self.peers.ready_peers():
             info = proto.info
             assert info is not None
+            if info.block_relay_only or proto.writes_paused:
+                continue
             if info.can("tx") and tx.hash not in info.known_txs:
                 info.known_txs.add(tx.hash)
                 proto.send(message)
@@ -488,7 +514,7 @@ class Node:
         for proto in self.peers.ready_peers():
             info = proto.info
             assert info is not None
-            if info.can("vdf") and key not in info.known_blocks:
+            if info.can("vdf") and key not in info.known_blocks and not proto.writes_paused:
                 info.known_blocks.add(key)
                 proto.send(message)
         for callback in list(self.on_vdf):

@@ -53,6 +53,8 @@ class LocalNodeAPI:
             "difficulty": tip.difficulty,
             "weight": tip.weight,
             "peers": len(self.node.peers.ready_peers()),
+            "peersIn": self.node.peers.count("inbound"),
+            "peersOut": self.node.peers.count("outbound"),
             "syncing": self.node.sync.active,
             "genesisHash": self.node.genesis_hash.hex(),
             "network": self.node.params.name,
@@ -88,12 +90,21 @@ class LocalNodeAPI:
             out.append({
                 "address": info.address,
                 "direction": info.direction,
+                "slot": info.slot,
                 "state": info.state.value,
                 "height": info.height,
                 "weight": info.weight,
+                "tipHash": info.tip_hash.hex() if info.tip_hash else None,
                 "lastSeen": info.last_seen,
+                "connectedSince": info.connected_at,
                 "nodeId": info.node_id.hex() if info.node_id else None,
                 "listenAddress": info.listen_address,
+                "pingMs": round(info.last_ping * 1000, 3) if info.last_ping is not None else None,
+                "misbehaviour": info.misbehaviour,
+                "messagesIn": dict(info.messages_in),
+                "bytesIn": dict(info.bytes_in),
+                "messagesOut": dict(info.messages_out),
+                "bytesOut": dict(info.bytes_out),
             })
         return out
 

@@ -8,9 +8,10 @@ from twisted.internet.testing import StringTransport
 from twisted.test import iosim
 from twisted.trial import unittest
 
+from archivas.chain.encoding import sha256
 from archivas.node import Node
 from archivas.protocols import manager, wire
-from archivas.protocols.peer import MAX_LINE_BYTES, RATE_BURST, PeerState
+from archivas.protocols.peer import MAX_LINE_BYTES, PeerState
 from tests.common import builder, now_ms, open_chain
 
 OTHER_GENESIS = b"\x07" * 32
@@ -55,14 +56,36 @@ def feed(proto, message):
     proto.dataReceived(wire.encode(message) + b"\n")
 
 
-def hello(node_id=b"\x01" * 16, genesis=None, network="fastnet", capabilities=wire.CAPABILITIES):
-    return wire.Hello(network, genesis, wire.PROTOCOL_VERSION, node_id, 9999, capabilities)
+_IDENTITIES = {}
 
 
-def handshake(proto, **hello_options):
-    """What an Archivas peer sends: a STATUS announcing "hello", then its HELLO."""
-    feed(proto, wire.Status(0, 1, b"\x00" * 32, capabilities=("hello",)))
-    feed(proto, hello(**hello_options))
+def peer_identity(seed=b"\x01" * 16):
+    """A test peer's node key (the same for the same seed)."""
+    from archivas.chain.keys import PrivateKey
+    from archivas.protocols.identity import NodeIdentity
+
+    if seed not in _IDENTITIES:
+        _IDENTITIES[seed] = NodeIdentity(PrivateKey.from_secret(b"peer" + seed))
+    return _IDENTITIES[seed]
+
+
+def hello(node_id=b"\x01" * 16, genesis=None, network="fastnet", capabilities=wire.CAPABILITIES, identity=None):
+    ident = identity or peer_identity(node_id)
+    nonce = sha256(b"nonce", ident.public_key)
+    return wire.Hello(network, genesis, wire.PROTOCOL_VERSION, ident.public_key, nonce, 9999, capabilities)
+
+
+def handshake(proto, status=True, identity=None, **hello_options):
+    """What an Archivas peer sends: a STATUS announcing "hello", its HELLO, and the
+    HELLO_ACK proving its key over the nonce of the node's HELLO."""
+    if status:
+        feed(proto, wire.Status(0, 1, b"\x00" * 32, capabilities=("hello",)))
+    ident = identity or peer_identity(hello_options.get("node_id", b"\x01" * 16))
+    message = hello(identity=ident, **hello_options)
+    feed(proto, message)
+    if proto.info.hello_nonce is not None and proto.info.state is not PeerState.CLOSED:
+        genesis = hello_options.get("genesis") or b"\x00" * 32
+        feed(proto, wire.HelloAck(ident.prove(genesis, proto.info.hello_nonce, message.nonce)))
 
 
 class WireTests(unittest.TestCase):
@@ -79,7 +102,7 @@ class WireTests(unittest.TestCase):
             hello(genesis=block.hash), wire.GetBlocks(1, 2), wire.Blocks(1, (block,)),
             wire.NewTransaction(tx), wire.VdfOutput(block.hash, 1, Segment(b"\x01" * 100, b"\x02" * 100)),
             wire.GetPeers(), wire.Peers(("127.0.0.1:9090",)), wire.GetHashes(0, 3),
-            wire.Hashes(0, (block.hash,)), wire.PushBlock(block),
+            wire.Hashes(0, (block.hash,)), wire.PushBlock(block), wire.HelloAck(b"\x09" * 64),
         ]
         self.assertEqual({type(m) for m in messages}, set(wire.MESSAGES.values()))
         for message in messages:
@@ -136,12 +159,20 @@ class LifecycleTests(unittest.TestCase):
         sent(transport)
         feed(proto, wire.Status(2, 1, self.blocks[-1].hash, 3, self.h.node.genesis_hash, "fastnet", 1,
                                 wire.CAPABILITIES))
-        (our_hello,) = sent(transport)
-        self.assertEqual((our_hello.node_id, our_hello.genesis_hash), (self.h.node.node_id, self.h.node.genesis_hash))
+        (ours,) = sent(transport)
+        self.assertEqual((ours.node_id, ours.genesis_hash), (self.h.node.node_id, self.h.node.genesis_hash))
         self.assertIs(proto.info.state, PeerState.CONNECTED)
-        handshake(proto, genesis=self.h.node.genesis_hash)
+        theirs = hello(genesis=self.h.node.genesis_hash)
+        feed(proto, theirs)
+        self.assertIs(proto.info.state, PeerState.CONNECTED)  # until its key is proved
+        (ack,) = sent(transport)  # and the node proves its own over our nonce
+        from archivas.protocols import identity
+
+        self.assertTrue(identity.check_proof(ours.node_key, self.h.node.genesis_hash, theirs.nonce, ours.nonce,
+                                             ack.signature))
+        feed(proto, wire.HelloAck(peer_identity().prove(self.h.node.genesis_hash, ours.nonce, theirs.nonce)))
         self.assertIs(proto.info.state, PeerState.READY)
-        self.assertEqual(proto.info.node_id, b"\x01" * 16)
+        self.assertEqual(proto.info.node_id, peer_identity().node_id)
         self.assertEqual(proto.info.listen_address, "10.0.0.1:9999")
 
     def test_other_genesis_or_network_refused(self):
@@ -168,7 +199,7 @@ class LifecycleTests(unittest.TestCase):
 
     def test_self_connection_dropped(self):
         proto, transport = self.h.connect()
-        handshake(proto, node_id=self.h.node.node_id, genesis=self.h.node.genesis_hash)
+        handshake(proto, identity=self.h.node.identity, genesis=self.h.node.genesis_hash)
         self.assertTrue(transport.disconnecting)
 
     def test_duplicate_connection_dropped(self):
@@ -181,6 +212,7 @@ class LifecycleTests(unittest.TestCase):
 
     def test_heartbeat_pings_then_drops_a_silent_peer(self):
         proto, transport = self.h.connect()
+        feed(proto, wire.Status(1, 1, self.blocks[0].hash))  # a ready seed peer
         sent(transport)
         self.h.clock.advance(manager.PING_INTERVAL)
         self.assertEqual([type(m) for m in sent(transport)], [wire.Ping])
@@ -190,29 +222,44 @@ class LifecycleTests(unittest.TestCase):
         self.h.clock.advance(manager.PEER_TIMEOUT)
         self.assertTrue(transport.disconnecting)
 
-    def test_line_too_long_bans(self):
+    def test_line_too_long_discourages(self):
         proto, transport = self.h.connect()
         proto.dataReceived(b"x" * (MAX_LINE_BYTES + 1))
         self.assertTrue(transport.disconnecting)
-        self.assertTrue(self.h.node.peers.is_banned("10.0.0.1"))
+        self.assertTrue(self.h.node.peers.is_discouraged("10.0.0.1"))
+        self.assertFalse(self.h.node.peers.is_banned("10.0.0.1"))  # bans are the operator's
         self.h.clock.advance(manager.BAN_SECONDS + 1)
-        self.assertFalse(self.h.node.peers.is_banned("10.0.0.1"))
+        self.assertFalse(self.h.node.peers.is_discouraged("10.0.0.1"))
+
+    def test_a_local_peer_is_dropped_but_not_discouraged(self):
+        proto, transport = self.h.connect(host="127.0.0.1")
+        proto.dataReceived(b"x" * (MAX_LINE_BYTES + 1))
+        self.assertTrue(transport.disconnecting)
+        self.assertFalse(self.h.node.peers.is_discouraged("127.0.0.1"))
+
+    def test_a_connection_that_never_handshakes_is_closed(self):
+        proto, transport = self.h.connect()
+        feed(proto, wire.Ping(1))  # answers and pings, never a STATUS
+        self.h.clock.advance(manager.READY_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        self.h.clock.advance(2)
+        self.assertTrue(transport.disconnecting)
 
     def test_rate_limit_refills_with_time(self):
         proto, transport = self.h.connect()
-        for _ in range(int(RATE_BURST) - 1):
+        for _ in range(999):
             feed(proto, wire.Ping(1))
         self.assertFalse(transport.disconnecting)
         self.h.clock.advance(1)
         for _ in range(100):
             feed(proto, wire.Ping(1))
         self.assertFalse(transport.disconnecting)
-        for _ in range(int(RATE_BURST)):
+        for _ in range(1000):
             feed(proto, wire.Ping(1))
         self.assertTrue(transport.disconnecting)
 
     def test_banned_host_refused_at_connect(self):
-        self.h.node.peers.bans["10.0.0.9"] = self.h.clock.seconds() + 60
+        self.h.node.peers.bans.ban("10.0.0.9", 60)
         proto, transport = self.h.connect(host="10.0.0.9")
         self.assertTrue(transport.disconnecting)
         self.assertEqual(self.h.node.peers.peers, [])

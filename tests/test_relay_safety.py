@@ -233,14 +233,23 @@ class DialingTests(unittest.TestCase):
 
     def test_a_banned_address_is_not_dialed_before_its_ban_ends(self):
         (proto,) = self.endpoint.attempts
-        proto.dataReceived(b"x" * (70 * 1024))  # over the handshake line cap: banned
-        self.assertTrue(self.h.node.peers.is_banned("10.0.0.50"))
+        self.h.node.peers.bans.ban("10.0.0.50", 3600)  # the operator's ban
         self.drop(proto)
-        self.h.clock.advance(manager.BAN_SECONDS - 1)
+        self.h.clock.advance(3600 - 1)
         self.assertEqual(len(self.endpoint.attempts), 1)
         self.h.clock.advance(manager.DIAL_MAX_DELAY * 2)
         self.assertEqual(len(self.endpoint.attempts), 2)
         self.assertFalse(self.endpoint.attempts[-1].transport.disconnecting)
+
+    def test_a_discouraged_address_is_not_redialed_soon(self):
+        (proto,) = self.endpoint.attempts
+        proto.dataReceived(b"x" * (70 * 1024))  # over the handshake line cap: discouraged
+        self.assertTrue(self.h.node.peers.is_discouraged("10.0.0.50"))
+        self.drop(proto)
+        self.h.clock.advance(manager.DISCOURAGED_REDIAL - 1)
+        self.assertEqual(len(self.endpoint.attempts), 1)
+        self.h.clock.advance(manager.DIAL_MAX_DELAY * 2)
+        self.assertEqual(len(self.endpoint.attempts), 2)
 
     def test_a_dropped_connection_backs_off(self):
         delays = []

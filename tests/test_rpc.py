@@ -22,9 +22,10 @@ from archivas.chain.transactions import sign_transfer
 from archivas.client import HttpNodeAPI
 from archivas.farmer.plots import best_win
 from archivas.nodeapi import ApiError, LocalNodeAPI
+from archivas.protocols import wire
 from archivas.rpc import MAX_BODY_BYTES, NodeRPC, site
 from tests.common import ALICE, BOB, CAROL, PARAMS, builder
-from tests.test_protocol import Harness, handshake
+from tests.test_protocol import Harness, feed, handshake
 
 SPEC_STATUS_FIELDS = {"height", "tipHash", "difficulty", "weight", "peers", "syncing", "genesisHash",
                       "network", "version"}
@@ -187,13 +188,23 @@ class ReadTests(RPCCase):
         self.assertEqual(self.ok(self.get("/peers")), [])
         proto, _ = self.h.connect(host="10.0.0.7")
         handshake(proto, node_id=b"\x05" * 16, genesis=self.node.genesis_hash)
+        from tests.test_protocol import peer_identity
+
+        feed(proto, wire.Ping(5))
         (peer,) = self.ok(self.get("/peers"))
+        counters = {k: peer.pop(k) for k in ("messagesIn", "bytesIn", "messagesOut", "bytesOut")}
         self.assertEqual(
             peer,
-            {"address": "10.0.0.7:40000", "direction": "inbound", "state": "ready", "height": 0, "weight": 0,
-             "lastSeen": self.h.clock.seconds(), "nodeId": "05" * 16, "listenAddress": "10.0.0.7:9999"},
+            {"address": "10.0.0.7:40000", "direction": "inbound", "slot": "inbound", "state": "ready",
+             "height": 0, "weight": 0, "tipHash": "00" * 32, "lastSeen": self.h.clock.seconds(),
+             "connectedSince": self.h.clock.seconds(), "nodeId": peer_identity(b"\x05" * 16).node_id.hex(),
+             "listenAddress": "10.0.0.7:9999", "pingMs": None, "misbehaviour": 0},
         )
-        self.assertEqual(self.ok(self.get("/status"))["peers"], 1)
+        self.assertEqual(counters["messagesIn"], {"STATUS": 1, "HELLO": 1, "HELLO_ACK": 1, "PING": 1})
+        self.assertEqual(counters["messagesOut"]["PONG"], 1)
+        self.assertGreater(counters["bytesOut"]["HELLO"], 100)
+        status = self.ok(self.get("/status"))
+        self.assertEqual((status["peers"], status["peersIn"], status["peersOut"]), (1, 1, 0))
 
 
 class SubmitTxTests(RPCCase):

@@ -129,9 +129,10 @@ class BadInput(unittest.TestCase):
         counts = node.node.peers.misbehaviour_counts
         for reason in ("bad_json", "unknown_type", "bad_shape", "bad_payload", "line_too_long", "rate_limit"):
             self.assertGreater(counts.get(reason, 0), 0, reason)
-        # Every bad peer was dropped (and the good ones closed their side).
+        # Every bad peer was dropped (and the good ones closed their side). They are local
+        # (loopback): dropped, never discouraged, so other nodes on this host stay reachable.
         yield defer.ensureDeferred(wait_until(lambda: node.node.peers.count("inbound") == 0, "no peers left"))
-        self.assertEqual(len(node.node.peers.bans), len(self.CASES))
+        self.assertEqual(len(node.node.peers.discouraged), 0)
 
     async def assert_still_serving(self, port, name):
         good = await in_thread(PlainPeer, port)
@@ -161,10 +162,12 @@ class BadInput(unittest.TestCase):
         yield in_thread(bad.send, 5, {"height": 3, "blockData": bad_block.to_json()})
         self.assertTrue((yield in_thread(bad.closed)))
         self.assertEqual((node.chain.tip, node.chain.accounts()), before)
-        self.assertTrue(node.node.peers.is_banned("127.0.0.30"))
+        self.assertFalse(node.node.peers.is_discouraged("127.0.0.30"))  # local: dropped only
         self.assertEqual(node.node.rejected_blocks, 1)
+        self.assertEqual(node.node.peers.misbehaviour_counts["invalid_block"], 2)
         yield defer.ensureDeferred(self.assert_still_serving(port, "invalid block"))
-        # A banned host is refused at once when it comes back.
+        # An operator's ban refuses it at once when it comes back.
+        node.node.peers.bans.ban("127.0.0.30", 600)
         again = yield in_thread(PlainPeer, port, "127.0.0.30")
         self.addCleanup(again.close)
         self.assertTrue((yield in_thread(again.closed)))

@@ -5,7 +5,7 @@ from twisted.trial import unittest
 
 from archivas.protocols import sync, wire
 from tests.common import builder
-from tests.test_protocol import Harness, feed, hello, sent
+from tests.test_protocol import Harness, feed, handshake, sent
 
 
 class ScriptedPeer:
@@ -21,7 +21,7 @@ class ScriptedPeer:
         feed(self.proto, wire.Status(tip.height, tip.header.difficulty, tip.hash, weight=weight,
                                      genesis_hash=self.genesis, network="fastnet", version=1,
                                      capabilities=wire.CAPABILITIES))
-        feed(self.proto, hello(node_id=node_id, genesis=self.genesis))
+        handshake(self.proto, status=False, node_id=node_id, genesis=self.genesis)
 
     def answer(self):
         """Answer every request written since the last call; returns how many."""

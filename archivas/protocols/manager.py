@@ -1,44 +1,63 @@
-"""The peer manager: connections, handshake, limits, bans, heartbeat, dialing, peer exchange.
+"""The peer manager: connections and their slots, the handshake, the gate, misbehaviour,
+bans, the heartbeat, dialing, the address book and peer exchange.
 
 It receives every framed line (an envelope) from the PeerProtocols and is the one place
-that decides whether a message may be acted on: seed messages (1-7) from anyone; an
-extension only from a peer that completed the handshake and announced its capability
-(HELLO itself only before); the original project's numbers we do not act on are dropped
-without penalty. Dropped messages are counted in `dropped_counts`. Lifecycle messages
-(PING, PONG, GET_STATUS, STATUS, HELLO, GET_PEERS, GOSSIP_PEERS) are handled here; chain
-messages go to the node. Numbers are in docs/protocol.md; every time comes from the
-injected reactor.
+that decides whether a message may be acted on: the connection's state holds the table
+of message types it accepts (`states.accepted`). Anything else is dropped unparsed and
+counted in `dropped_counts`; the original project's numbers we do not act on cost
+nothing. Every handler runs under one error boundary (`_dispatch`). Lifecycle messages
+are handled here; chain messages go to the node through `PeerEvents`. Numbers are in
+docs/protocol.md; every time comes from the injected reactor.
 """
 
 from __future__ import annotations
 
 import collections
+import ipaddress
+import json
+import os
 import random
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
 
 from twisted.application.internet import ClientService
 from twisted.internet import defer, endpoints
-from twisted.internet.interfaces import IReactorCore, IReactorTCP, IReactorTime
+from twisted.internet.interfaces import IReactorCore, IReactorTCP
 from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from archivas.protocols import wire
+from archivas.protocols import addrman, eviction, identity, states, wire
+from archivas.protocols.banlist import BanList
+from archivas.protocols.interfaces import ChainView, PeerEvents
 from archivas.protocols.peer import PeerProtocol, PeerState
-
-if TYPE_CHECKING:
-    from archivas.node import Node
 
 log = Logger()
 
 PING_INTERVAL = 10.0  # seconds between PINGs to each peer
 PEER_TIMEOUT = 30.0  # a peer silent this long is disconnected
-MAX_INBOUND = 32
-MAX_OUTBOUND = 8
-BAN_SCORE = 100  # misbehaviour points that end the connection and ban the host
-BAN_SECONDS = 600.0
+READY_TIMEOUT = 30.0  # a connection not READY by then is closed (idle sockets hold no slot)
+STATUS_EVERY = 3  # heartbeats between GET_STATUS refreshes of a ready peer's tip (30 s)
 
-# Points per kind of misbehaviour (a ban at BAN_SCORE).
+# Connections, as Bitcoin Core's: 125 in all, 8 full-relay and 2 block-relay-only
+# outbound, 1 feeler at a time; the rest inbound.
+MAX_CONNECTIONS = 125
+MAX_OUTBOUND = 8
+MAX_BLOCK_RELAY = 2
+MAX_FEELERS = 1
+MAX_INBOUND = MAX_CONNECTIONS - MAX_OUTBOUND - MAX_BLOCK_RELAY - MAX_FEELERS  # 114
+
+BAN_SCORE = 100  # misbehaviour points that end the connection and discourage the address
+BAN_SECONDS = 24 * 3600.0  # default length of an operator's ban (and of a discouragement)
+MAX_DISCOURAGED = 50_000  # addresses remembered as discouraged (oldest forgotten first)
+
+FILL_INTERVAL = 5.0  # seconds between attempts to fill free outbound slots from the book
+FEELER_INTERVAL = 120.0  # seconds between feeler connections to untried addresses
+BOOK_SAVE_INTERVAL = 900.0  # seconds between saves of the address book
+BOOTSTRAP_BELOW = 32  # the network's bootstrap host names are dialed while the book is this small
+DIAL_TIMEOUT = 10.0  # seconds for one attempt from the book
+
+# Points per kind of misbehaviour (the connection ends at BAN_SCORE).
 PENALTIES = {
     "bad_json": 10,
     "bad_shape": 10,
@@ -48,6 +67,7 @@ PENALTIES = {
     "invalid_transaction": 5,
     "unrequested": 2,
     "timeout": 10,
+    "bad_handshake": BAN_SCORE,
     "rate_limit": BAN_SCORE,
     "line_too_long": BAN_SCORE,
 }
@@ -62,6 +82,7 @@ DIAL_MAX_DELAY = 60.0
 STABLE_SECONDS = 60.0
 WRONG_CHAIN_DELAY = 600.0  # first wait after "another network or genesis", doubling
 WRONG_CHAIN_MAX_DELAY = 4 * 3600.0
+DISCOURAGED_REDIAL = 600.0  # a --peers entry that misbehaved is tried again after this at the soonest
 
 
 class DialPolicy:
@@ -85,80 +106,138 @@ class DialPolicy:
             delay = max(delay, min(WRONG_CHAIN_DELAY * 2.0 ** (self.wrong_chain - 1), WRONG_CHAIN_MAX_DELAY))
         if self.last_host is not None:
             delay = max(delay, self.manager.ban_remaining(self.last_host))
+            if self.manager.is_discouraged(self.last_host):
+                delay = max(delay, DISCOURAGED_REDIAL)
         return delay
 
 
 class PeerFactory(Factory):
-    """Builds PeerProtocols for one direction (and, outbound, one dialed address); the
-    manager holds everything else."""
+    """Builds PeerProtocols for one direction and slot (and, outbound, one dialed
+    address); the manager holds everything else."""
 
     noisy = False
 
-    def __init__(self, manager: "PeerManager", direction: str, dial_address: Optional[str] = None) -> None:
+    def __init__(self, manager: "PeerManager", direction: str, dial_address: Optional[str] = None,
+                 slot: str = "") -> None:
         self.manager = manager
         self.direction = direction
         self.dial_address = dial_address
+        self.slot = slot or ("inbound" if direction == "inbound" else "manual")
 
     def buildProtocol(self, addr: object) -> PeerProtocol:
-        return PeerProtocol(self.manager, self.manager.reactor, self.direction, self.dial_address)
+        proto = PeerProtocol(self.manager, self.manager.reactor, self.direction, self.dial_address)
+        proto.slot = self.slot
+        return proto
+
+
+def is_local(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port`: (host, port); ValueError for anything else."""
+    host, port = addrman.parse_address(address)
+    return host, port
 
 
 class PeerManager:
     def __init__(
         self,
-        node: "Node",
-        reactor: IReactorTime,
-        node_id: bytes,
+        view: ChainView,
+        events: PeerEvents,
+        reactor: Any,
+        node_identity: Optional[identity.NodeIdentity] = None,
         listen_port: int = 0,
         max_inbound: int = MAX_INBOUND,
         max_outbound: int = MAX_OUTBOUND,
+        max_block_relay: int = MAX_BLOCK_RELAY,
         ping_interval: float = PING_INTERVAL,
         peer_timeout: float = PEER_TIMEOUT,
+        ready_timeout: float = READY_TIMEOUT,
         ban_seconds: float = BAN_SECONDS,
+        whitelist: Iterable[str] = (),
+        bans: Optional[BanList] = None,
+        book: Optional[addrman.AddressBook] = None,
+        book_path: Optional[str] = None,
+        group: Callable[[str], bytes] = eviction.address_group,
+        discover: bool = True,
     ) -> None:
-        self.node = node
+        self.view = view
+        self.events = events
         self.reactor = reactor
-        self.node_id = node_id
+        self.identity = node_identity or identity.NodeIdentity.ephemeral()
+        self.node_id = self.identity.node_id
         self.listen_port = listen_port
         self.max_inbound = max_inbound
         self.max_outbound = max_outbound
+        self.max_block_relay = max_block_relay
         self.ping_interval = ping_interval
         self.peer_timeout = peer_timeout
+        self.ready_timeout = ready_timeout
         self.ban_seconds = ban_seconds
+        self.whitelist = [ipaddress.ip_network(net, strict=False) for net in whitelist]
+        self.bans = bans if bans is not None else BanList(reactor.seconds)
+        self.group = group
+        self.discover = discover  # fill outbound slots from the address book
+        self._rng = random.Random()
+        self.book = book if book is not None else addrman.AddressBook(reactor.seconds, self._rng, group=group)
+        self.book_path = book_path
+        self.addr_limiter = addrman.AddrRateLimiter(reactor.seconds)
         self.peers: list[PeerProtocol] = []
-        self.bans: dict[str, float] = {}
+        self.discouraged: collections.OrderedDict[str, float] = collections.OrderedDict()
         self.dialers: dict[str, ClientService] = {}
         self.dial_policies: dict[str, DialPolicy] = {}
-        self.misbehaviour_counts: dict[str, int] = {}
+        self.misbehaviour_counts: collections.Counter[str] = collections.Counter()
         self.dropped_counts: collections.Counter[str] = collections.Counter()
+        self.evicted = 0
         self.inbound_factory = PeerFactory(self, "inbound")
-        self.outbound_factory = PeerFactory(self, "outbound")
-        self.limits = wire.Limits.from_params(node.params)
-        self._heartbeat: Optional[LoopingCall] = None
+        self.outbound_factory = PeerFactory(self, "outbound", slot="outbound")
+        self.limits = wire.Limits.from_params(view.params)
+        self._loops: list[LoopingCall] = []
+        self._beats = 0
         self.on_ready: list[Callable[[PeerProtocol], None]] = []
-        self._rng = random.Random()
-        self._learning: set[str] = set()  # learned addresses being dialed
+        self._dialing: dict[str, str] = {}  # address -> slot, attempts from the book in flight
+        self._own_nonces: set[bytes] = set()  # HELLO nonces of our open connections
+        self.bootstrap: list[str] = []  # host names dialed while the book is small
         self._lifecycle: dict[type[wire.Message], Callable[[PeerProtocol, Any], None]] = {
             wire.Ping: self._on_ping,
             wire.Pong: self._on_pong,
             wire.GetStatus: self._on_get_status,
             wire.Status: self._on_status,
             wire.Hello: self._on_hello,
+            wire.HelloAck: self._on_hello_ack,
             wire.GetPeers: self._on_get_peers,
             wire.Peers: self._on_peers,
         }
 
     # life of the manager
 
+    def _every(self, seconds: float, f: Callable[[], None]) -> None:
+        loop = LoopingCall(f)
+        loop.clock = self.reactor
+        loop.start(seconds, now=False).addErrback(lambda failure: log.failure("[p2p] periodic task failed",
+                                                                              failure))
+        self._loops.append(loop)
+
     def start(self) -> None:
-        self._heartbeat = LoopingCall(self.heartbeat)
-        self._heartbeat.clock = self.reactor
-        self._heartbeat.start(self.ping_interval, now=False)
+        self._load_book()
+        self._every(self.ping_interval, self.heartbeat)
+        if self.discover:
+            self._every(FILL_INTERVAL, self.fill_outbound)
+            self._every(FEELER_INTERVAL, self.feeler)
+        if self.book_path is not None:
+            self._every(BOOK_SAVE_INTERVAL, self.save_book)
 
     def stop(self) -> defer.Deferred:
         """Stop dialing and close every connection; fires when all are gone."""
-        if self._heartbeat is not None and self._heartbeat.running:
-            self._heartbeat.stop()
+        for loop in self._loops:
+            if loop.running:
+                loop.stop()
+        self._loops.clear()
+        self.save_book()
         waits = [service.stopService() for service in self.dialers.values() if service.running]
         self.dialers.clear()
         for proto in list(self.peers):
@@ -166,17 +245,44 @@ class PeerManager:
             waits.append(proto.lost)
         return defer.DeferredList(waits, consumeErrors=True)
 
+    def _load_book(self) -> None:
+        if self.book_path is None or not os.path.exists(self.book_path):
+            return
+        try:
+            with open(self.book_path) as f:
+                self.book = addrman.AddressBook.from_json(json.load(f), self.reactor.seconds, self._rng,
+                                                          group=self.group)
+        except (OSError, ValueError) as e:
+            log.warn("[p2p] address book {path} unreadable, starting afresh: {e}", path=self.book_path, e=str(e))
+            return
+        new, tried = self.book.counts()
+        log.info("[p2p] address book: {new} new, {tried} tried addresses", new=new, tried=tried)
+
+    def save_book(self) -> None:
+        if self.book_path is None:
+            return
+        tmp = f"{self.book_path}.tmp"
+        try:
+            with open(tmp, "w") as f:
+                json.dump(self.book.to_json(), f)
+            os.replace(tmp, self.book_path)
+        except OSError as e:
+            log.warn("[p2p] could not save the address book: {e}", e=str(e))
+
+    # dialing
+
     def client_service(self, address: str, endpoint: Optional[Any] = None) -> ClientService:
-        """A (not yet started) service keeping an outbound connection to `host:port`,
-        reconnecting with backoff (DialPolicy); the node's service tree starts and stops
-        it. `endpoint` replaces the TCP one (tests)."""
+        """A (not yet started) service keeping an outbound connection to `host:port`
+        (a host name, resolved again at every attempt, or `[v6]:port`), reconnecting with
+        backoff (DialPolicy); the node's service tree starts and stops it. `endpoint`
+        replaces the TCP one (tests)."""
         if address in self.dialers:
             return self.dialers[address]
-        host, _, port = address.rpartition(":")
+        host, port = split_address(address)
         if endpoint is None:
-            endpoint = endpoints.HostnameEndpoint(self.reactor, host.strip("[]"), int(port))  # type: ignore[arg-type]
+            endpoint = endpoints.HostnameEndpoint(self.reactor, host, port)
         policy = self.dial_policies[address] = DialPolicy(self, address, self._rng)
-        service = ClientService(endpoint, PeerFactory(self, "outbound", address),
+        service = ClientService(endpoint, PeerFactory(self, "outbound", address, "manual"),
                                 retryPolicy=policy, clock=self.reactor)
         service.setName(f"peer {address}")
         self.dialers[address] = service
@@ -195,6 +301,75 @@ class PeerManager:
         if service is not None and service.running:
             service.stopService()
 
+    def connect_once(self, address: str, slot: str, endpoint: Optional[Any] = None) -> Optional[defer.Deferred]:
+        """One attempt at `address` for an outbound slot (from the book, a feeler, a
+        bootstrap name); the book hears how it went."""
+        if address in self._dialing:
+            return None
+        try:
+            host, port = split_address(address)
+        except ValueError:
+            self.book.remove(address)
+            return None
+        if endpoint is None:
+            endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=DIAL_TIMEOUT)
+        self._dialing[address] = slot
+        self.book.attempt(address)
+        d = endpoint.connect(PeerFactory(self, "outbound", address, slot))
+
+        def failed(failure: Any) -> None:
+            self.book.failed(address)
+            log.debug("[p2p] could not reach {address}: {e}", address=address, e=failure.getErrorMessage())
+
+        d.addErrback(failed)
+        d.addBoth(lambda _: self._dialing.pop(address, None))
+        return d
+
+    def _dial_candidates(self) -> set[str]:
+        busy = set(self._dialing) | set(self.dialers)
+        for proto in self.peers:
+            if proto.info is not None:
+                busy.add(proto.dial_address or "")
+                if proto.info.listen_address:
+                    busy.add(proto.info.listen_address)
+        return busy
+
+    def _pick(self, new_only: bool = False) -> Optional[str]:
+        exclude = self._dial_candidates()
+        for _ in range(8):
+            address = self.book.select(new_only=new_only, exclude=exclude)
+            if address is None:
+                return None
+            host = split_address(address)[0]
+            if not (self.is_banned(host) or self.is_discouraged(host)):
+                return address
+            exclude.add(address)
+        return None
+
+    def fill_outbound(self) -> None:
+        """Keep the outbound slots full: full-relay first, then block-relay-only."""
+        if len(self.book) < BOOTSTRAP_BELOW:
+            for name in self.bootstrap:
+                if name not in self._dial_candidates():
+                    self.connect_once(name, "outbound")
+        for slot, limit in (("outbound", self.max_outbound), ("block-relay", self.max_block_relay)):
+            have = self.count_slot(slot) + sum(1 for s in self._dialing.values() if s == slot)
+            if slot == "outbound":
+                have += self.count_slot("manual")
+            if have < limit:
+                address = self._pick()
+                if address is not None:
+                    self.connect_once(address, slot)
+                return  # one new attempt per round
+
+    def feeler(self) -> None:
+        """Test one address the book has never connected to (closed once READY)."""
+        if self.count_slot("feeler") + sum(1 for s in self._dialing.values() if s == "feeler") >= MAX_FEELERS:
+            return
+        address = self._pick(new_only=True)
+        if address is not None:
+            self.connect_once(address, "feeler")
+
     # views
 
     def ready_peers(self) -> list[PeerProtocol]:
@@ -203,41 +378,105 @@ class PeerManager:
     def count(self, direction: str) -> int:
         return sum(1 for p in self.peers if p.info is not None and p.info.direction == direction)
 
+    def count_slot(self, slot: str) -> int:
+        return sum(1 for p in self.peers if p.slot == slot)
+
     def is_banned(self, host: str) -> bool:
-        return self.ban_remaining(host) > 0
+        return self.bans.is_banned(host)
 
     def ban_remaining(self, host: str) -> float:
-        until = self.bans.get(host)
+        return self.bans.remaining(host)
+
+    def is_whitelisted(self, host: str) -> bool:
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return False
+        return any(address in net for net in self.whitelist)
+
+    def is_discouraged(self, host: str) -> bool:
+        until = self.discouraged.get(host)
         if until is None:
-            return 0.0
-        left = until - self.reactor.seconds()
-        if left <= 0:
-            del self.bans[host]
-            return 0.0
-        return left
+            return False
+        if until <= self.reactor.seconds():
+            del self.discouraged[host]
+            return False
+        return True
+
+    def discourage(self, host: str) -> None:
+        self.discouraged[host] = self.reactor.seconds() + self.ban_seconds
+        self.discouraged.move_to_end(host)
+        while len(self.discouraged) > MAX_DISCOURAGED:
+            self.discouraged.popitem(last=False)
 
     # events from PeerProtocol
 
     def peer_connected(self, proto: PeerProtocol) -> None:
         info = proto.info
         assert info is not None
+        info.slot = proto.slot
         if self.is_banned(info.host):
             proto.disconnect("banned")
             return
-        limit = self.max_inbound if info.direction == "inbound" else self.max_outbound
-        if self.count(info.direction) >= limit:
-            proto.disconnect(f"{info.direction} limit of {limit} reached")
-            return
+        if info.direction == "inbound" and self.count("inbound") >= self.max_inbound:
+            if self.is_discouraged(info.host) or not self._evict_for(proto):
+                proto.disconnect(f"inbound limit of {self.max_inbound} reached")
+                return
+        elif info.direction == "outbound" and proto.slot == "outbound" and proto.dial_address is None:
+            if self.count_slot("outbound") >= self.max_outbound:
+                proto.disconnect(f"outbound limit of {self.max_outbound} reached")
+                return
         self.peers.append(proto)
         policy = self.dial_policies.get(proto.dial_address or "")
         if policy is not None:
             policy.last_host = info.host
+        proto.ready_timer = self.reactor.callLater(self.ready_timeout, self._not_ready, proto)
         log.info("[p2p] connected to peer {peer} ({direction})", peer=info.address, direction=info.direction)
         proto.send(wire.GetStatus())
+
+    def _not_ready(self, proto: PeerProtocol) -> None:
+        if proto.info is not None and proto.info.state is PeerState.CONNECTED:
+            proto.disconnect(f"no handshake within {self.ready_timeout:.0f} s")
+
+    def _evict_for(self, newcomer: PeerProtocol) -> bool:
+        """Inbound slots are full: evict one inbound peer as Bitcoin Core does, or refuse."""
+        candidates = []
+        by_id = {}
+        for proto in self.peers:
+            info = proto.info
+            if info is None or info.direction != "inbound":
+                continue
+            by_id[id(proto)] = proto
+            candidates.append(eviction.Candidate(
+                id=id(proto), group=self.group(info.host), connected_at=info.connected_at,
+                min_ping=info.min_ping, last_block_time=info.last_block_at, last_tx_time=info.last_tx_at,
+                prefer_evict=self.is_discouraged(info.host), no_ban=self.is_whitelisted(info.host),
+                is_local=is_local(info.host), block_relay_only=info.block_relay_only))
+        chosen = eviction.select_to_evict(candidates)
+        if chosen is None:
+            return False
+        victim = by_id[chosen]
+        self.evicted += 1
+        victim.disconnect("evicted for a newcomer (inbound slots full)")
+        self._remove(victim)
+        return True
+
+    def _remove(self, proto: PeerProtocol) -> None:
+        if proto in self.peers:
+            self.peers.remove(proto)
+            assert proto.info is not None
+            if proto.info.hello_nonce is not None:
+                self._own_nonces.discard(proto.info.hello_nonce)
+            self.addr_limiter.forget(id(proto))
+            log.info("[p2p] peer {peer} disconnected", peer=proto.info.address)
+            self.events.peer_lost(proto)
 
     def peer_disconnected(self, proto: PeerProtocol) -> None:
         info = proto.info
         assert info is not None
+        timer = proto.ready_timer
+        if timer is not None and timer.active():
+            timer.cancel()
         policy = self.dial_policies.get(proto.dial_address or "")
         if policy is not None:
             lasted = self.reactor.seconds() - info.connected_at
@@ -245,52 +484,55 @@ class PeerManager:
                 policy.early_drops += 1  # backs off the redial (see DialPolicy)
             else:
                 policy.early_drops = 0
-        if proto in self.peers:
-            self.peers.remove(proto)
-            log.info("[p2p] peer {peer} disconnected", peer=info.address)
-            self.node.peer_lost(proto)
+        self._remove(proto)
 
     def misbehaved(self, proto: PeerProtocol, reason: str, detail: str) -> None:
         info = proto.info
         assert info is not None
-        self.misbehaviour_counts[reason] = self.misbehaviour_counts.get(reason, 0) + 1
+        self.misbehaviour_counts[reason] += 1
         info.misbehaviour += PENALTIES.get(reason, 10)
         log.warn("[p2p] peer {peer} misbehaved ({reason}): {detail} [score {score}]",
                  peer=info.address, reason=reason, detail=detail[:200], score=info.misbehaviour)
-        if info.misbehaviour >= BAN_SCORE:
-            self.bans[info.host] = self.reactor.seconds() + self.ban_seconds
-            proto.disconnect(f"banned for {self.ban_seconds:.0f} s after {reason}")
-
-    def may_act_on(self, proto: PeerProtocol, kind: int) -> bool:
-        """The gate: seed messages from anyone; HELLO until the handshake is done; any
-        other extension only from a peer that completed it and announced the capability."""
-        if kind in wire.SEED_TYPES:
-            return True
-        cls = wire.MESSAGES.get(kind)
-        info = proto.info
-        if cls is None or info is None:
-            return False
-        if cls is wire.Hello:  # after a STATUS that announced it (an Archivas peer sends one first)
-            return info.node_id is None and info.announced_hello
-        return info.speaks_extensions and cls.CAPABILITY is not None and info.can(cls.CAPABILITY)
+        if info.misbehaviour >= BAN_SCORE and info.state is not PeerState.CLOSED:
+            # As Bitcoin Core: drop it and discourage its address (evicted first, not dialed);
+            # a local or whitelisted peer is dropped but never discouraged.
+            if is_local(info.host) or self.is_whitelisted(info.host):
+                proto.disconnect(f"misbehaved ({reason}); local or whitelisted, not discouraged")
+            else:
+                self.discourage(info.host)
+                proto.disconnect(f"misbehaved ({reason}); address discouraged")
 
     def envelope_received(self, proto: PeerProtocol, envelope: wire.Envelope) -> None:
-        """A framed line: gated, then parsed, then handled (or counted against the peer)."""
+        """A framed line: gated by the connection's state, then parsed, then handled (or
+        counted against the peer)."""
         kind = envelope.type
+        info = proto.info
+        assert info is not None
         if kind not in wire.MESSAGES and kind not in wire.RESERVED_TYPES:
             self.misbehaved(proto, "unknown_type", wire.type_name(kind))
             return
-        if not self.may_act_on(proto, kind):
+        cls = wire.MESSAGES.get(kind)
+        if cls is None or cls not in states.accepted(info):
             self.dropped_counts[wire.type_name(kind)] += 1
-            log.debug("[p2p] ignored {kind} from {peer}: not handshaked or not announced",
-                      kind=wire.type_name(kind), peer=proto.info.address if proto.info else "?")
+            log.debug("[p2p] ignored {kind} from {peer} in state {state}", kind=wire.type_name(kind),
+                      peer=info.address, state=states.name(info))
             return
         try:
             message = wire.parse(envelope, self.limits)
         except wire.WireError as e:
             self.misbehaved(proto, e.reason, str(e))
             return
-        self.message_received(proto, message)
+        self._dispatch(proto, message)
+
+    def _dispatch(self, proto: PeerProtocol, message: wire.Message) -> None:
+        """The error boundary: a handler's unexpected failure is logged with the peer and
+        the message type, and the connection is closed (without penalty: it is our bug)."""
+        try:
+            self.message_received(proto, message)
+        except Exception:
+            log.failure("[p2p] handling {kind} from {peer} failed", kind=message.NAME,
+                        peer=proto.info.address if proto.info else "?")
+            proto.disconnect(f"internal error handling {message.NAME}")
 
     def message_received(self, proto: PeerProtocol, message: wire.Message) -> None:
         info = proto.info
@@ -301,7 +543,7 @@ class PeerManager:
         if handler is not None:
             handler(proto, message)
         else:
-            self.node.message_received(proto, message)
+            self.events.message_received(proto, message)
 
     # lifecycle messages
 
@@ -309,10 +551,17 @@ class PeerManager:
         proto.send(wire.Pong(message.timestamp))
 
     def _on_pong(self, proto: PeerProtocol, message: wire.Pong) -> None:
-        pass  # last_seen was updated by the protocol
+        info = proto.info
+        assert info is not None
+        if info.ping_sent_at is None:
+            return  # answers no PING of ours: nothing to measure
+        rtt = self.reactor.seconds() - info.ping_sent_at
+        info.ping_sent_at = None
+        info.last_ping = rtt
+        info.min_ping = min(info.min_ping, rtt)
 
     def _on_get_status(self, proto: PeerProtocol, message: wire.GetStatus) -> None:
-        proto.send(self.node.status())
+        proto.send(self.view.status())
 
     def _on_status(self, proto: PeerProtocol, message: wire.Status) -> None:
         info = proto.info
@@ -325,15 +574,20 @@ class PeerManager:
         if "hello" in message.capabilities:
             info.announced_hello = True
             if not info.hello_sent:
-                info.hello_sent = True
-                proto.send(self._hello())
+                self._send_hello(proto)
         elif info.state is PeerState.CONNECTED:
             self._ready(proto)  # a seed peer: its STATUS is all the handshake it has
-        self.node.peer_updated(proto)
+        self.events.peer_updated(proto)
 
-    def _hello(self) -> wire.Hello:
-        return wire.Hello(self.node.params.name, self.node.genesis_hash, wire.PROTOCOL_VERSION,
-                          self.node_id, self.listen_port, wire.CAPABILITIES)
+    def _send_hello(self, proto: PeerProtocol) -> None:
+        info = proto.info
+        assert info is not None
+        info.hello_sent = True
+        info.hello_nonce = identity.fresh_nonce()
+        self._own_nonces.add(info.hello_nonce)
+        proto.send(wire.Hello(self.view.params.name, self.view.genesis_hash, wire.PROTOCOL_VERSION,
+                              self.identity.public_key, info.hello_nonce, self.listen_port, wire.CAPABILITIES,
+                              block_relay_only=proto.slot == "block-relay"))
 
     def _on_hello(self, proto: PeerProtocol, message: wire.Hello) -> None:
         info = proto.info
@@ -345,105 +599,129 @@ class PeerManager:
                      peer=info.address, theirs=message.protocol_version, ours=wire.PROTOCOL_VERSION)
             proto.disconnect("protocol version too old")
             return
-        if message.node_id == self.node_id:
+        if message.nonce in self._own_nonces or message.node_key == self.identity.public_key:
             log.info("[p2p] {peer} is this node itself: dropping it", peer=info.address)
-            if info.direction == "outbound":
-                for address in list(self.dialers):
-                    if address.endswith(f":{info.port}"):
-                        self.forget(address)
+            if proto.dial_address is not None:
+                self.forget(proto.dial_address)
+                self.book.remove(proto.dial_address)
             proto.disconnect("connection to ourselves")
             return
-        twin = next((p for p in self.ready_peers() if p.info and p.info.node_id == message.node_id), None)
+        info.hello = message  # not trusted until its HELLO_ACK proves the key
+        if not info.hello_sent:
+            self._send_hello(proto)
+        assert info.hello_nonce is not None
+        proto.send(wire.HelloAck(self.identity.prove(self.view.genesis_hash, message.nonce, info.hello_nonce)))
+
+    def _on_hello_ack(self, proto: PeerProtocol, message: wire.HelloAck) -> None:
+        info = proto.info
+        assert info is not None
+        hello = info.hello
+        assert hello is not None and info.hello_nonce is not None  # states.accepted saw to it
+        if not identity.check_proof(hello.node_key, self.view.genesis_hash, info.hello_nonce, hello.nonce,
+                                    message.signature):
+            self.misbehaved(proto, "bad_handshake", "HELLO_ACK does not prove the HELLO's node key")
+            proto.disconnect("handshake proof refused")
+            return
+        twin = next((p for p in self.ready_peers() if p.info and p.info.node_id == hello.node_id), None)
         if twin is not None:
             where = twin.info.address if twin.info else "?"
-            proto.disconnect(f"already connected to node {message.node_id.hex()[:12]} as {where}")
+            proto.disconnect(f"already connected to node {hello.node_id.hex()[:12]} as {where}")
             return
-        info.node_id = message.node_id
-        info.listen_port = message.listen_port
-        info.capabilities = frozenset(message.capabilities)
-        if not info.hello_sent:
-            info.hello_sent = True
-            proto.send(self._hello())
+        info.node_id = hello.node_id
+        info.listen_port = hello.listen_port
+        info.capabilities = frozenset(hello.capabilities)
+        info.block_relay_only = hello.block_relay_only or proto.slot == "block-relay"
         if info.state is PeerState.CONNECTED:
             self._ready(proto)
-        if info.can("peers") and self.count("outbound") < self.max_outbound:
+        if info.can("peers") and not info.block_relay_only:
             proto.send(wire.GetPeers())
-        self.node.peer_updated(proto)
+        self.events.peer_updated(proto)
 
     def _same_chain(self, proto: PeerProtocol, network: Optional[str], genesis: Optional[bytes]) -> bool:
         info = proto.info
         assert info is not None
-        ours = self.node.params.name
+        ours = self.view.params.name
         if network is not None and network != ours:
             log.warn("[p2p] refusing peer {peer}: it is on network {theirs}, we are on {ours}",
                      peer=info.address, theirs=network, ours=ours)
-        elif genesis is not None and genesis != self.node.genesis_hash:
+        elif genesis is not None and genesis != self.view.genesis_hash:
             log.warn("[p2p] refusing peer {peer}: its genesis {theirs} is not ours ({ours})",
-                     peer=info.address, theirs=genesis.hex()[:16], ours=self.node.genesis_hash.hex()[:16])
+                     peer=info.address, theirs=genesis.hex()[:16], ours=self.view.genesis_hash.hex()[:16])
         else:
             return True
         policy = self.dial_policies.get(proto.dial_address or "")
         if policy is not None:
             policy.wrong_chain += 1  # not redialed for a long, growing while
+        if proto.dial_address is not None:
+            self.book.remove(proto.dial_address)
         proto.disconnect("another network or genesis")
         return False
 
     def _ready(self, proto: PeerProtocol) -> None:
-        assert proto.info is not None
-        proto.info.state = PeerState.READY
-        proto.info.ready_at = self.reactor.seconds()
+        info = proto.info
+        assert info is not None
+        info.state = PeerState.READY
+        info.ready_at = self.reactor.seconds()
+        timer = proto.ready_timer
+        if timer is not None and timer.active():
+            timer.cancel()
+        if proto.dial_address is not None and info.direction == "outbound":
+            self.book.good(proto.dial_address)
+        if proto.slot == "feeler":
+            proto.disconnect("feeler: address works")
+            return
         for callback in self.on_ready:
             callback(proto)
 
     def _on_get_peers(self, proto: PeerProtocol, message: wire.GetPeers) -> None:
+        info = proto.info
+        assert info is not None
+        if info.answered_get_peers:
+            return  # once per connection, as Bitcoin Core answers getaddr
+        info.answered_get_peers = True
         addresses = [p.info.listen_address for p in self.ready_peers()
                      if p is not proto and p.info is not None and p.info.listen_address]
+        for address in self.book.addresses_for_exchange(wire.MAX_PEERS_LISTED):
+            if address not in addresses:
+                addresses.append(address)
         proto.send(wire.Peers(tuple(a for a in addresses if a)[: wire.MAX_PEERS_LISTED],
-                              int(self.reactor.seconds()), self.node.params.name))
+                              int(self.reactor.seconds()), self.view.params.name))
 
     def _on_peers(self, proto: PeerProtocol, message: wire.Peers) -> None:
-        if message.net_id and message.net_id != self.node.params.name:
+        """Addresses are rate-limited per connection and only stored: never dialed on
+        arrival (the outbound filler picks from the book, one at a time)."""
+        info = proto.info
+        assert info is not None
+        if message.net_id and message.net_id != self.view.params.name:
             self.dropped_counts[message.NAME] += 1
             return
-        known = {p.info.listen_address for p in self.peers if p.info} | set(self.dialers) | self._learning
-        for address in message.addresses:
-            # Dial only into free outbound slots, counting attempts still in flight (one
-            # message must not make the node dial many addresses at once).
-            if self.count("outbound") + len(self._learning) >= self.max_outbound:
-                break
-            host, _, port = address.rpartition(":")
-            if address in known or not host or not port.isdigit() or not 0 < int(port) < 65536:
-                continue
-            if self.is_banned(host):
-                continue
-            log.info("[p2p] learned peer {address} from {peer}", address=address,
-                     peer=proto.info.address if proto.info else "?")
-            self._connect_once(address, host, int(port))
-
-    def _connect_once(self, address: str, host: str, port: int) -> None:
-        endpoint = endpoints.HostnameEndpoint(self.reactor, host, port)  # type: ignore[arg-type]
-        self._learning.add(address)
-        d = endpoint.connect(self.outbound_factory)
-        d.addErrback(lambda f: log.debug("[p2p] could not reach {host}:{port}: {e}", host=host, port=port,
-                                         e=f.getErrorMessage()))
-        d.addBoth(lambda _: self._learning.discard(address))
+        allowed = self.addr_limiter.filter(id(proto), list(message.addresses))
+        self.dropped_counts["address over rate"] += len(message.addresses) - len(allowed)
+        if allowed:
+            self.book.add(allowed, info.host)
 
     # heartbeat
 
     def heartbeat(self) -> None:
         now = self.reactor.seconds()
+        self._beats += 1
         for proto in list(self.peers):
             info = proto.info
             if info is None:
                 continue
             if now - info.last_seen > self.peer_timeout:
                 proto.disconnect(f"silent for {now - info.last_seen:.0f} s")
-            else:
-                proto.send(wire.Ping(int(now)))
+                continue
+            if info.ping_sent_at is None:
+                info.ping_sent_at = now
+            proto.send(wire.Ping(int(now)))
+            if info.state is PeerState.READY and self._beats % STATUS_EVERY == 0:
+                proto.send(wire.GetStatus())  # keeps its live tip and weight current
 
 
-def listen_endpoint(reactor: IReactorCore | IReactorTCP, description: str) -> endpoints.TCP4ServerEndpoint:
-    """A server endpoint from `:9090`, `9090`, `127.0.0.1:9090` or an endpoint string."""
+def listen_endpoint(reactor: IReactorCore | IReactorTCP, description: str) -> Any:
+    """A server endpoint from `:9090`, `9090`, `127.0.0.1:9090`, `[::1]:9090` or an
+    endpoint string."""
     return endpoints.serverFromString(reactor, endpoint_description(description))
 
 
@@ -451,7 +729,26 @@ def endpoint_description(description: str) -> str:
     text = description.strip()
     if text.isdigit():
         return f"tcp:{text}"
+    if text.startswith("[") and "]:" in text:
+        host, _, port = text[1:].partition("]:")
+        if port.isdigit():
+            return f"tcp6:{port}:interface={host.replace(':', chr(92) + ':')}"
     host, sep, port = text.rpartition(":")
     if sep and port.isdigit() and ":" not in host and not host.startswith(("tcp", "unix", "ssl")):
         return f"tcp:{port}:interface={host}" if host else f"tcp:{port}"
     return text
+
+
+def whitelist_networks(entries: Iterable[str]) -> list[str]:
+    """Validate `--whitelist` entries (an address or a CIDR); ValueError naming a bad one."""
+    out = []
+    for entry in entries:
+        try:
+            out.append(str(ipaddress.ip_network(entry, strict=False)))
+        except ValueError:
+            raise ValueError(f"--whitelist {entry!r} is not an address or CIDR network") from None
+    return out
+
+
+__all__ = ["PeerManager", "PeerFactory", "DialPolicy", "listen_endpoint", "endpoint_description",
+           "whitelist_networks", "Path"]

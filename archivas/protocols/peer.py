@@ -3,24 +3,26 @@
 The protocol only frames: each line is read as a JSON envelope and handed to the peer
 manager, which decides whether the message may be acted on, parses it and answers through
 the narrow `send` / `disconnect` interface. Limits enforced here: line length (64 KiB
-until the peer is READY, MAX_LENGTH after), message rate (a token bucket on the injected
-reactor's clock). Framing costs time linear in the bytes received, however they are cut.
+until the peer is READY, MAX_LENGTH after), messages and bytes per type and in total
+(ratelimit.LIMITS, on the injected reactor's clock). Framing costs time linear in the
+bytes received, however they are cut.
 """
 
 from __future__ import annotations
 
 import collections
 import enum
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
-from archivas.protocols import wire
+from archivas.protocols import ratelimit, wire
+from archivas.protocols.knownset import RollingKnownSet
 
 if TYPE_CHECKING:
     from archivas.protocols.manager import PeerManager
@@ -29,8 +31,6 @@ log = Logger()
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a 1 MiB block in a BLOCKS batch of a few, as JSON
 HANDSHAKE_LINE_BYTES = 64 * 1024  # until READY: STATUS and HELLO are a few hundred bytes
-RATE_PER_SECOND = 200.0  # sustained messages a second from one peer
-RATE_BURST = 1000.0  # messages a peer may send at once
 KNOWN_CACHE = 4096  # block or transfer ids remembered per peer (to relay each only once)
 
 
@@ -60,22 +60,6 @@ class BoundedSet:
         return len(self._items)
 
 
-@attrs.define
-class TokenBucket:
-    rate: float
-    burst: float
-    tokens: float
-    stamp: float
-
-    def take(self, now: float) -> bool:
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens < 1:
-            return False
-        self.tokens -= 1
-        return True
-
-
 @attrs.define(eq=False)
 class PeerInfo:
     """What the node knows of one connection."""
@@ -93,12 +77,28 @@ class PeerInfo:
     node_id: Optional[bytes] = None
     listen_port: int = 0
     capabilities: frozenset[str] = frozenset()
+    slot: str = ""  # inbound, manual (--peers), outbound, block-relay, feeler
+    block_relay_only: bool = False
+    hello: Optional[wire.Hello] = None  # its HELLO, trusted once HELLO_ACK proved the key
+    hello_nonce: Optional[bytes] = None  # the nonce of our HELLO on this connection
     hello_sent: bool = False
     announced_hello: bool = False  # its STATUS listed "hello": it may send HELLO
     hash_style: str = wire.HEX  # how to write hashes to a seed peer: as it last wrote them
     misbehaviour: int = 0
-    known_blocks: BoundedSet = attrs.field(factory=BoundedSet)
-    known_txs: BoundedSet = attrs.field(factory=BoundedSet)
+    answered_get_peers: bool = False
+    ping_sent_at: Optional[float] = None
+    last_ping: Optional[float] = None  # seconds, the last PING's round trip
+    min_ping: float = float("inf")
+    last_block_at: float = 0.0  # when it last sent a block that became ours (eviction)
+    last_tx_at: float = 0.0  # when it last sent a transfer we admitted (eviction)
+    messages_in: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    bytes_in: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    messages_out: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    bytes_out: collections.Counter[str] = attrs.field(factory=collections.Counter)
+    # What it has (sent, announced, or got from us): relayed to it once. Rolling Bloom
+    # filters, about 24 KB each (knownset.py), where an ordered dict of 4,096 ids was 600 KB.
+    known_blocks: RollingKnownSet = attrs.field(factory=RollingKnownSet)
+    known_txs: RollingKnownSet = attrs.field(factory=RollingKnownSet)
 
     @property
     def address(self) -> str:
@@ -117,6 +117,16 @@ class PeerInfo:
         return capability in self.capabilities
 
 
+def set_no_delay(transport: object) -> None:
+    """TCP_NODELAY: a small message (PING, NEW_BLOCK) leaves at once, not after Nagle's wait."""
+    set_nodelay = getattr(transport, "setTcpNoDelay", None)
+    if set_nodelay is not None:
+        try:
+            set_nodelay(True)
+        except OSError:
+            pass
+
+
 class PeerProtocol(LineReceiver):
     """A LineReceiver whose framing is linear in the bytes received: only the new chunk is
     searched for the delimiter (LineReceiver rescans its whole buffer for every chunk, so a
@@ -133,8 +143,12 @@ class PeerProtocol(LineReceiver):
         self.dial_address = dial_address  # the --peers entry an outbound connection is for
         self.info: Optional[PeerInfo] = None
         self.lost: Deferred[None] = Deferred()  # fires when the connection is gone
-        self.bucket = TokenBucket(RATE_PER_SECOND, RATE_BURST, RATE_BURST, reactor.seconds())
+        self.limiter = ratelimit.RateLimiter(reactor.seconds)  # per message type (ratelimit.LIMITS)
         self._partial = bytearray()
+        self.slot = "inbound" if direction == "inbound" else "manual"
+        self.ready_timer: Optional[IDelayedCall] = None
+        self.writes_paused = False  # the peer is not reading what we write
+        self.sync_agent: Optional[Any] = None  # sync.SyncAgent: this peer's requests in flight
 
     @property
     def line_cap(self) -> int:
@@ -145,7 +159,24 @@ class PeerProtocol(LineReceiver):
         remote = self.transport.getPeer()  # type: ignore[attr-defined]
         now = self.reactor.seconds()
         self.info = PeerInfo(getattr(remote, "host", "?"), getattr(remote, "port", 0), self.direction, now, now)
+        set_no_delay(self.transport)
+        # Backpressure: the transport pauses us when what we wrote is not being read;
+        # then we read (and so serve) nothing more from this peer until it drains.
+        register = getattr(self.transport, "registerProducer", None)
+        if register is not None:
+            try:
+                register(self, True)
+            except RuntimeError:
+                pass  # a producer is already registered (a wrapping transport)
         self.manager.peer_connected(self)
+
+    def pauseProducing(self) -> None:
+        self.writes_paused = True
+        super().pauseProducing()
+
+    def resumeProducing(self) -> None:
+        self.writes_paused = False
+        super().resumeProducing()
 
     def _open(self) -> bool:
         return self.info is not None and self.info.state is not PeerState.CLOSED
@@ -155,7 +186,7 @@ class PeerProtocol(LineReceiver):
         searched = len(buffer)  # the bytes held so far hold no delimiter
         buffer += data
         start = 0
-        while self._open():
+        while self._open() and not self.paused:
             end = buffer.find(b"\n", searched)
             if end < 0:
                 break
@@ -179,15 +210,20 @@ class PeerProtocol(LineReceiver):
         assert self.info is not None
         if not line.strip():
             return
-        if not self.bucket.take(self.reactor.seconds()):
-            self.manager.misbehaved(self, "rate_limit", f"more than {RATE_PER_SECOND:.0f} messages/s")
-            return
         try:
             envelope = wire.decode_envelope(line)
         except wire.WireError as e:
-            self.manager.misbehaved(self, e.reason, str(e))
+            refused = self.limiter.check(ratelimit.OTHER, len(line))
+            self.manager.misbehaved(self, "rate_limit" if refused else e.reason, refused or str(e))
+            return
+        kind = wire.type_name(envelope.type)
+        refused = self.limiter.check(kind, len(line))
+        if refused is not None:
+            self.manager.misbehaved(self, "rate_limit", refused)
             return
         self.info.last_seen = self.reactor.seconds()
+        self.info.messages_in[kind] += 1
+        self.info.bytes_in[kind] += len(line) + 1
         self.manager.envelope_received(self, envelope)
 
     def lineLengthExceeded(self, line: bytes) -> None:
@@ -198,7 +234,10 @@ class PeerProtocol(LineReceiver):
         if self.transport is not None and self._open():
             assert self.info is not None
             style = wire.HEX if self.info.node_id is not None else self.info.hash_style
-            self.transport.write(wire.encode(message, style) + b"\n")
+            line = wire.encode(message, style) + b"\n"
+            self.info.messages_out[message.NAME] += 1
+            self.info.bytes_out[message.NAME] += len(line)
+            self.transport.write(line)
 
     def disconnect(self, reason: str) -> None:
         if self.info is not None and self.info.state is not PeerState.CLOSED:

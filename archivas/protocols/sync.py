@@ -11,7 +11,7 @@ the chain reorganises if the fetched branch is heavier. Then it looks again.
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -19,10 +19,11 @@ from twisted.python.failure import Failure
 
 from archivas.chain.block import Block
 from archivas.protocols import wire
+from archivas.protocols.interfaces import BlockSink, ChainView
 from archivas.protocols.peer import PeerProtocol, PeerState
 
 if TYPE_CHECKING:
-    from archivas.node import Node
+    from archivas.protocols.manager import PeerManager
 
 log = Logger()
 
@@ -38,19 +39,81 @@ class SyncFailed(Exception):
     pass
 
 
+class SyncAgent:
+    """One peer's outstanding sync requests and their timeouts; it lives on the peer
+    (`PeerProtocol.sync_agent`), so a peer that leaves takes its requests with it."""
+
+    def __init__(self, proto: PeerProtocol, reactor: Any) -> None:
+        self.proto = proto
+        self.reactor = reactor
+        self.waiting: dict[tuple[str, int], tuple[defer.Deferred, Any]] = {}
+
+    def request(self, message: wire.Message, kind: str, start: int, timeout: float) -> defer.Deferred:
+        key = (kind, start)
+        d: defer.Deferred = defer.Deferred()
+        if key in self.waiting:  # the same request is out already: share its answer
+            def share(result: object) -> object:
+                if isinstance(result, Failure):
+                    d.errback(result)
+                else:
+                    d.callback(result)
+                return result
+
+            self.waiting[key][0].addBoth(share)
+            return d
+        info = self.proto.info
+
+        def expire() -> None:
+            if self.waiting.pop(key, None) is not None:
+                d.errback(defer.TimeoutError(f"{kind} {start} from {info.address if info else '?'}"))
+
+        call = self.reactor.callLater(timeout, expire)
+        self.waiting[key] = (d, call)
+        self.proto.send(message)
+        return d
+
+    def reply(self, kind: str, start: int, message: wire.Message) -> bool:
+        """True when the reply answers a request of ours (and was delivered to it)."""
+        entry = self.waiting.pop((kind, start), None)
+        if entry is None:
+            return False
+        d, call = entry
+        if call.active():
+            call.cancel()
+        d.callback(message)
+        return True
+
+    def cancel_all(self, reason: str) -> None:
+        for d, call in list(self.waiting.values()):
+            if call.active():
+                call.cancel()
+            d.errback(SyncFailed(reason))
+        self.waiting.clear()
+
+
 class Syncer:
-    def __init__(self, node: "Node") -> None:
-        self.node = node
+    def __init__(self, view: ChainView, sink: BlockSink, peers: "PeerManager", reactor: Any) -> None:
+        self.view = view
+        self.sink = sink
+        self.peers = peers
+        self.reactor = reactor
         self.active = False
-        self._waiting: dict[tuple[int, str, int], tuple[defer.Deferred, object]] = {}
         self._stopped = False
 
     def stop(self) -> None:
         self._stopped = True
-        for _, call in list(self._waiting.values()):
-            if call.active():  # type: ignore[attr-defined]
-                call.cancel()  # type: ignore[attr-defined]
-        self._waiting.clear()
+        for proto in list(self.peers.peers):
+            agent = proto.sync_agent
+            if agent is not None:
+                for _, call in list(agent.waiting.values()):
+                    if call.active():
+                        call.cancel()
+                agent.waiting.clear()
+
+    def agent(self, proto: PeerProtocol) -> SyncAgent:
+        if proto.sync_agent is None:
+            proto.sync_agent = SyncAgent(proto, self.reactor)
+        return proto.sync_agent
 
     # triggers
 
@@ -58,12 +121,12 @@ class Syncer:
         info = proto.info
         if info is None or info.state is not PeerState.READY:
             return False
-        tip = self.node.chain.tip
+        tip = self.view.tip()
         if info.weight:
             if info.weight > tip.weight:
                 return True
             return (info.weight == tip.weight and info.tip_hash is not None
-                    and not self.node.chain.has_block(info.tip_hash))
+                    and not self.view.has_block(info.tip_hash))
         return info.height > tip.height
 
     def peer_updated(self, proto: PeerProtocol) -> None:
@@ -73,23 +136,13 @@ class Syncer:
                 lambda f: log.failure("[sync] round failed", f))
 
     def peer_lost(self, proto: PeerProtocol) -> None:
-        for key in [k for k in self._waiting if k[0] == id(proto)]:
-            d, call = self._waiting.pop(key)
-            if call.active():  # type: ignore[attr-defined]
-                call.cancel()  # type: ignore[attr-defined]
-            d.errback(SyncFailed("peer disconnected"))
+        if proto.sync_agent is not None:
+            proto.sync_agent.cancel_all("peer disconnected")
 
     # replies (True: consumed by a waiting request)
 
     def _fire(self, proto: PeerProtocol, kind: str, start: int, message: wire.Message) -> bool:
-        entry = self._waiting.pop((id(proto), kind, start), None)
-        if entry is None:
-            return False
-        d, call = entry
-        if call.active():  # type: ignore[attr-defined]
-            call.cancel()  # type: ignore[attr-defined]
-        d.callback(message)
-        return True
+        return proto.sync_agent is not None and proto.sync_agent.reply(kind, start, message)
 
     def blocks(self, proto: PeerProtocol, message: wire.Blocks) -> bool:
         return self._fire(proto, "blocks", message.start, message)
@@ -101,27 +154,7 @@ class Syncer:
         return self._fire(proto, "hashes", message.start, message)
 
     def _request(self, proto: PeerProtocol, message: wire.Message, kind: str, start: int) -> defer.Deferred:
-        key = (id(proto), kind, start)
-        d: defer.Deferred = defer.Deferred()
-        if key in self._waiting:  # the same request is out already: share its answer
-            def share(result: object) -> object:
-                if isinstance(result, Failure):
-                    d.errback(result)
-                else:
-                    d.callback(result)
-                return result
-
-            self._waiting[key][0].addBoth(share)
-            return d
-
-        def expire() -> None:
-            if self._waiting.pop(key, None) is not None:
-                d.errback(defer.TimeoutError(f"{kind} {start} from {proto.info.address if proto.info else '?'}"))
-
-        call = self.node.reactor.callLater(REQUEST_TIMEOUT, expire)
-        self._waiting[key] = (d, call)
-        proto.send(message)
-        return d
+        return self.agent(proto).request(message, kind, start, REQUEST_TIMEOUT)
 
     async def fetch_range(self, proto: PeerProtocol, start: int, count: int) -> list[Block]:
         """Main-chain blocks start.. from one peer (fewer when it has fewer)."""
@@ -145,10 +178,9 @@ class Syncer:
     # a round
 
     async def _round(self, target: PeerProtocol) -> None:
-        chain = self.node.chain
         try:
             assert target.info is not None
-            start_height = chain.height
+            start_height = self.view.tip().height
             fork, held_blocks = await self._find_fork(target)
             held = {h: (block, target) for h, block in held_blocks.items()}
             goal = target.info.height
@@ -160,11 +192,11 @@ class Syncer:
             def sources() -> list[PeerProtocol]:
                 """Peers on the target's tip: asked again as the round goes, so peers that
                 become ready meanwhile join in."""
-                return [p for p in self.node.peers.ready_peers()
+                return [p for p in self.peers.ready_peers()
                         if p.info is not None and p.info.tip_hash == tip_hash]
 
             await self._fetch(fork + 1, goal, sources() or [target], held, sources)
-            log.info("Synced to tip (height={height})", height=chain.height)
+            log.info("Synced to tip (height={height})", height=self.view.tip().height)
         except (SyncFailed, defer.TimeoutError, defer.CancelledError) as e:
             log.info("[sync] round with {peer} ended early: {e}",
                      peer=target.info.address if target.info else "?", e=str(e) or type(e).__name__)
@@ -172,21 +204,20 @@ class Syncer:
             self.active = False
         if self._stopped:  # the node shut down meanwhile: its database is closed
             return
-        tip = chain.block(chain.tip.hash)
+        tip = self.view.block(self.view.tip().hash)
         if tip is not None and tip.height > 0:
-            self.node.relay_block(tip)
-        for proto in self.node.peers.ready_peers():
+            self.sink.relay_block(tip)
+        for proto in self.peers.ready_peers():
             if self._ahead(proto):
-                self.node.reactor.callLater(0, self.peer_updated, proto)
+                self.reactor.callLater(0, self.peer_updated, proto)
                 break
 
     async def _find_fork(self, proto: PeerProtocol) -> tuple[int, dict[int, Block]]:
         """The highest height where our main chain and the peer's agree, and any blocks
         above it that the search already fetched."""
-        chain = self.node.chain
         info = proto.info
         assert info is not None
-        hi = min(chain.height, info.height)
+        hi = min(self.view.tip().height, info.height)
         held: dict[int, Block] = {}
         if info.can("hashes"):
             window = 64
@@ -194,14 +225,14 @@ class Syncer:
                 lo = max(0, hi - window + 1)
                 reply = await self._request(proto, wire.GetHashes(lo, hi - lo + 1), "hashes", lo)
                 for i in range(len(reply.hashes) - 1, -1, -1):
-                    if chain.storage.main_hash(lo + i) == reply.hashes[i]:
+                    if self.view.main_hash(lo + i) == reply.hashes[i]:
                         return lo + i, held
                 if lo == 0:
                     raise SyncFailed("no common block, not even genesis")
                 hi, window = lo - 1, min(window * 2, wire.MAX_HASHES)
         for height in range(hi, -1, -1):
             block = (await self.fetch_range(proto, height, 1))[0]
-            if chain.has_block(block.hash):
+            if self.view.has_block(block.hash):
                 return height, held
             held[height] = block
         raise SyncFailed("no common block, not even genesis")
@@ -209,7 +240,6 @@ class Syncer:
     async def _fetch(self, first: int, last: int, sources: list[PeerProtocol],
                      held: dict[int, tuple[Block, PeerProtocol]],
                      more_sources: Callable[[], list[PeerProtocol]] = list) -> None:
-        node = self.node
         received: dict[int, tuple[Block, PeerProtocol]] = dict(held)  # height -> block, sender
         queue = collections.deque(
             (s, min(BATCH, last - s + 1)) for s in range(first, last + 1, BATCH)
@@ -226,7 +256,7 @@ class Syncer:
                     live.append(proto)
         state = {"next": first, "importing": False}
         finished: defer.Deferred = defer.Deferred()
-        clock = node.reactor
+        clock = self.reactor
         started, last_log = clock.seconds(), clock.seconds()
 
         def fail(reason: str) -> None:
@@ -268,7 +298,7 @@ class Syncer:
             queue.appendleft((start, count))
             if failure.check(defer.TimeoutError):
                 timeouts[id(proto)] += 1
-                node.peers.misbehaved(proto, "timeout", f"no answer to a block request for {REQUEST_TIMEOUT:.0f} s")
+                self.peers.misbehaved(proto, "timeout", f"no answer to a block request for {REQUEST_TIMEOUT:.0f} s")
             if (timeouts[id(proto)] >= MAX_TIMEOUTS or not failure.check(defer.TimeoutError)) and proto in live:
                 live.remove(proto)
                 dropped.add(id(proto))
@@ -291,7 +321,7 @@ class Syncer:
             if not run:
                 return
             state["importing"] = True
-            d = defer.ensureDeferred(node.import_batch(run, senders))
+            d = defer.ensureDeferred(self.sink.import_batch(run, senders))
 
             def imported(added: int) -> None:
                 nonlocal last_log

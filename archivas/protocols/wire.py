@@ -24,6 +24,7 @@ from archivas.chain.encoding import (
     canonical_json,
     field,
     hex_field,
+    sha256,
     str_field,
     strict_hex,
     strict_loads,
@@ -32,7 +33,8 @@ from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.chain.vdf import FORM_SIZE, Segment
 
-# 2: the extensions moved to the original project's numbers and to 100+ (1 used 8-17).
+# 2: the extensions moved to the original project's numbers and to 100+ (1 used 8-17);
+# HELLO carries a node key and nonce, proved by HELLO_ACK.
 PROTOCOL_VERSION = 2
 MAX_BATCH = 64  # blocks in one BLOCKS_BATCH reply (and at most node.MAX_BLOCKS_REPLY_BYTES)
 MAX_HASHES = 512
@@ -371,7 +373,9 @@ class Blocks(Message):
 
 @dataclasses.dataclass(frozen=True)
 class Hello(Message):
-    """The handshake, sent once a peer's STATUS showed it speaks the extensions."""
+    """The handshake, sent once a peer's STATUS showed it speaks the extensions: the
+    node's public key (its id is sha256 of it), a fresh nonce for this connection, and
+    what it offers. The other side proves its key with HELLO_ACK."""
 
     TYPE: ClassVar[int] = 100
     NAME: ClassVar[str] = "HELLO"
@@ -379,18 +383,27 @@ class Hello(Message):
     network: str
     genesis_hash: bytes
     protocol_version: int
-    node_id: bytes
+    node_key: bytes
+    nonce: bytes
     listen_port: int  # 0: not listening
     capabilities: tuple[str, ...]
+    block_relay_only: bool = False  # this connection carries blocks only (no transfers or addresses)
+
+    @property
+    def node_id(self) -> bytes:
+        return sha256(self.node_key)
 
     def payload(self, style: str = HEX) -> dict[str, Any]:
         return {
             "network": self.network,
             "genesisHash": self.genesis_hash.hex(),
             "protocolVersion": self.protocol_version,
+            "nodeKey": self.node_key.hex(),
             "nodeId": self.node_id.hex(),
+            "nonce": self.nonce.hex(),
             "listenPort": self.listen_port,
             "capabilities": list(self.capabilities),
+            "blockRelayOnly": self.block_relay_only,
         }
 
     @classmethod
@@ -398,14 +411,40 @@ class Hello(Message):
         port = field(payload, "listenPort", int)
         if port > 65535:
             raise DecodeError("listenPort above 65535")
-        return cls(
+        relay_only = payload.get("blockRelayOnly", False)
+        if not isinstance(relay_only, bool):
+            raise DecodeError("field 'blockRelayOnly' must be a boolean")
+        hello = cls(
             network=str_field(payload, "network", 32),
             genesis_hash=hex_field(payload, "genesisHash", 32),
             protocol_version=field(payload, "protocolVersion", int),
-            node_id=hex_field(payload, "nodeId", 16),
+            node_key=hex_field(payload, "nodeKey", 32),
+            nonce=hex_field(payload, "nonce", 32),
             listen_port=port,
             capabilities=_capabilities(payload),
+            block_relay_only=relay_only,
         )
+        if "nodeId" in payload and hex_field(payload, "nodeId", 32) != hello.node_id:
+            raise DecodeError("nodeId is not sha256(nodeKey)")
+        return hello
+
+
+@dataclasses.dataclass(frozen=True)
+class HelloAck(Message):
+    """The proof of a HELLO's key: a signature over the other side's nonce (see
+    archivas/protocols/identity.py)."""
+
+    TYPE: ClassVar[int] = 106
+    NAME: ClassVar[str] = "HELLO_ACK"
+    CAPABILITY: ClassVar[Optional[str]] = "hello"
+    signature: bytes
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"signature": self.signature.hex()}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "HelloAck":
+        return cls(hex_field(payload, "signature", 64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -506,7 +545,7 @@ class PushBlock(Message):
 MESSAGES: dict[int, type[Message]] = {
     m.TYPE: m
     for m in (Ping, Pong, NewBlock, GetBlock, BlockData, GetStatus, Status, Peers, NewTransaction,
-              GetBlocks, Blocks, Hello, VdfOutput, GetPeers, GetHashes, Hashes, PushBlock)
+              GetBlocks, Blocks, Hello, VdfOutput, GetPeers, GetHashes, Hashes, PushBlock, HelloAck)
 }
 
 # Capabilities a peer announces in STATUS ("capabilities") and HELLO: every extension's.

@@ -1,0 +1,84 @@
+"""The operator's bans: addresses or CIDR subnets refused until a time, kept in a store
+that survives restarts (the node's database), listed and lifted over the RPC."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Callable, Optional, Protocol
+
+MAX_BANS = 10_000  # entries an operator may hold; the oldest-expiring goes first beyond it
+
+
+class BanStore(Protocol):
+    def load_bans(self) -> list[tuple[str, float, str]]: ...
+    def save_ban(self, subnet: str, until: float, reason: str) -> None: ...
+    def delete_ban(self, subnet: str) -> None: ...
+
+
+def normalise(target: str) -> str:
+    """`1.2.3.4`, `1.2.0.0/16`, `::1`, `[::1]`: the canonical subnet text; ValueError else."""
+    text = target.strip().strip("[]")
+    try:
+        return str(ipaddress.ip_network(text, strict=False))
+    except ValueError:
+        raise ValueError(f"{target!r} is not an IP address or CIDR subnet") from None
+
+
+class BanList:
+    def __init__(self, now: Callable[[], float], store: Optional[BanStore] = None) -> None:
+        self.now = now
+        self.store = store
+        self._bans: dict[str, tuple[float, str]] = {}
+        if store is not None:
+            for subnet, until, reason in store.load_bans():
+                self._bans[subnet] = (until, reason)
+
+    def ban(self, target: str, seconds: float, reason: str = "operator") -> str:
+        subnet = normalise(target)
+        until = self.now() + seconds
+        self._bans[subnet] = (until, reason)
+        while len(self._bans) > MAX_BANS:
+            oldest = min(self._bans, key=lambda s: self._bans[s][0])
+            self.unban(oldest)
+        if self.store is not None:
+            self.store.save_ban(subnet, until, reason)
+        return subnet
+
+    def unban(self, target: str) -> bool:
+        subnet = normalise(target)
+        found = self._bans.pop(subnet, None) is not None
+        if found and self.store is not None:
+            self.store.delete_ban(subnet)
+        return found
+
+    def _expire(self) -> None:
+        now = self.now()
+        for subnet in [s for s, (until, _) in self._bans.items() if until <= now]:
+            self.unban(subnet)
+
+    def listing(self) -> list[dict[str, object]]:
+        self._expire()
+        return [{"subnet": s, "until": until, "reason": reason}
+                for s, (until, reason) in sorted(self._bans.items())]
+
+    def remaining(self, host: str) -> float:
+        """Seconds until `host` may connect again (0: not banned)."""
+        if not self._bans:
+            return 0.0
+        try:
+            address = ipaddress.ip_address(host.split("%")[0])
+        except ValueError:
+            return 0.0
+        self._expire()
+        left = 0.0
+        for subnet, (until, _) in self._bans.items():
+            if address in ipaddress.ip_network(subnet):
+                left = max(left, until - self.now())
+        return left
+
+    def is_banned(self, host: str) -> bool:
+        return self.remaining(host) > 0
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._bans)

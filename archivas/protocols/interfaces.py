@@ -1,0 +1,57 @@
+"""The seams between the peer layer and the chain: what `archivas/protocols/` may ask of
+the node, declared here so that the peer layer never imports it (not even for types).
+The node implements them; `Node.__init__` (and so `service.node_service`) wires them."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
+
+from twisted.internet.defer import Deferred
+
+from archivas.chain.block import Block
+from archivas.chain.params import NetworkParams
+
+if TYPE_CHECKING:
+    from archivas.protocols import wire
+    from archivas.protocols.peer import PeerProtocol
+
+
+class Tip(Protocol):
+    @property
+    def height(self) -> int: ...
+    @property
+    def hash(self) -> bytes: ...
+    @property
+    def weight(self) -> int: ...
+
+
+class ChainView(Protocol):
+    """Read-only: the network, the tip, the main chain."""
+
+    @property
+    def params(self) -> NetworkParams: ...
+    @property
+    def genesis_hash(self) -> bytes: ...
+    def status(self) -> "wire.Status": ...
+    def tip(self) -> Tip: ...
+    def has_block(self, block_hash: bytes) -> bool: ...
+    def main_hash(self, height: int) -> Optional[bytes]: ...
+    def block(self, block_hash: bytes) -> Optional[Block]: ...
+
+
+class BlockSink(Protocol):
+    """Where blocks from peers go (validated there, in the node's pipeline)."""
+
+    def receive_block(self, block: Block, source: Optional["PeerProtocol"] = None) -> Deferred[Any]: ...
+    async def import_batch(self, blocks: list[Block],
+                           sources: Optional[Sequence[Optional["PeerProtocol"]]] = None) -> int: ...
+    def relay_block(self, block: Block) -> None: ...
+
+
+class PeerEvents(Protocol):
+    """What the peer manager tells the node: chain messages (already gated and parsed),
+    and peers becoming ready, changing or leaving."""
+
+    def message_received(self, proto: "PeerProtocol", message: "wire.Message") -> None: ...
+    def peer_updated(self, proto: "PeerProtocol") -> None: ...
+    def peer_lost(self, proto: "PeerProtocol") -> None: ...
