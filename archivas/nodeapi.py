@@ -19,6 +19,7 @@ from archivas.chain.consensus import BlockRejected
 from archivas.chain.encoding import DecodeError, hex_field
 from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.node import Node
+from archivas.protocols.addrman import parse_address
 
 
 class ApiError(Exception):
@@ -32,6 +33,9 @@ def parse_height(text: str) -> int:
     if not (text.isascii() and text.isdigit()) or len(text) > 18:
         raise ApiError(400, f"height must be a non-negative integer, not {text[:30]!r}")
     return int(text)
+
+
+BAN_SECONDS = 24 * 3600
 
 
 class LocalNodeAPI:
@@ -107,6 +111,64 @@ class LocalNodeAPI:
                 "bytesOut": dict(info.bytes_out),
             })
         return out
+
+    # operator calls (the RPC asks for the admin token before any of these)
+
+    def bans(self) -> list[dict[str, Any]]:
+        return self.node.peers.bans.listing()
+
+    def ban(self, doc: Any) -> dict[str, Any]:
+        """{"address": IP or CIDR, "seconds": N (default a day), "reason": text}: the ban is
+        stored, survives a restart, and drops the connections it covers."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("address"), str):
+            raise ApiError(400, 'body must be {"address": "1.2.3.4" or "1.2.0.0/16", "seconds": N}')
+        seconds = doc.get("seconds", BAN_SECONDS)
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= 10 * 365 * 86400:
+            raise ApiError(400, "seconds must be a number from 1 to ten years")
+        reason = doc.get("reason", "operator")
+        if not isinstance(reason, str) or len(reason) > 200:
+            raise ApiError(400, "reason must be a short string")
+        try:
+            subnet = self.node.peers.bans.ban(doc["address"], float(seconds), reason)
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        dropped = 0
+        for proto in list(self.node.peers.peers):
+            if proto.info is not None and self.node.peers.is_banned(proto.info.host):
+                proto.disconnect(f"banned by the operator ({subnet})")
+                dropped += 1
+        return {"banned": subnet, "until": self.node.peers.bans.listing_for(subnet), "disconnected": dropped}
+
+    def unban(self, subnet: str) -> dict[str, Any]:
+        try:
+            found = self.node.peers.bans.unban(subnet.replace("_", "/"))
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        if not found:
+            raise ApiError(404, f"no ban on {subnet}")
+        return {"unbanned": subnet}
+
+    def add_peer(self, doc: Any) -> dict[str, Any]:
+        """{"address": "host:port"}: kept connected (as a --peers entry) until dropped."""
+        if not isinstance(doc, dict) or not isinstance(doc.get("address"), str):
+            raise ApiError(400, 'body must be {"address": "host:port"}')
+        try:
+            parse_address(doc["address"])
+        except ValueError as e:
+            raise ApiError(400, str(e)) from None
+        self.node.peers.dial(doc["address"])
+        return {"dialing": doc["address"]}
+
+    def drop_peer(self, address: str) -> dict[str, Any]:
+        """Stop dialing `address` and close connections to or from it."""
+        self.node.peers.forget(address)
+        closed = 0
+        for proto in list(self.node.peers.peers):
+            info = proto.info
+            if info is not None and address in (info.address, proto.dial_address, info.listen_address):
+                proto.disconnect("dropped by the operator")
+                closed += 1
+        return {"dropped": address, "disconnected": closed}
 
     def submit_tx(self, doc: Any) -> dict[str, Any]:
         try:

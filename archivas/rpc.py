@@ -7,12 +7,13 @@ gets 413 without being buffered. Nothing a client sends produces a 500.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Optional
 
 from klein import Klein
 from twisted.logger import Logger
 from twisted.web import resource, server
 
+from archivas.admin import authorised
 from archivas.nodeapi import ApiError, LocalNodeAPI, as_deferred, parse_height
 
 log = Logger()
@@ -82,10 +83,20 @@ class Utf8Paths(resource.Resource):
 
 
 class NodeRPC:
+    """The routes. Operator routes (bans, adding and dropping peers) need the admin token
+    (archivas/admin.py) as `Authorization: Bearer <token>`: 401 without it."""
+
     app = Klein()
 
-    def __init__(self, api: LocalNodeAPI) -> None:
+    def __init__(self, api: LocalNodeAPI, admin_token: Optional[str] = None) -> None:
         self.api = api
+        self.admin_token = admin_token
+
+    def _operator(self, request: Any) -> None:
+        if not authorised(request.getHeader(b"authorization"), self.admin_token):
+            request.setHeader(b"www-authenticate", b'Bearer realm="archivas-node"')
+            raise ApiError(401, "this call needs the node's admin token (the .cookie file in its data "
+                                "directory) as 'Authorization: Bearer <token>'")
 
     def resource(self) -> Any:
         return Utf8Paths(self.app.resource())
@@ -136,6 +147,31 @@ class NodeRPC:
     @app.route("/peers", methods=["GET"])
     def peers(self, request: Any) -> Any:
         return self._call(request, self.api.peers())
+
+    @app.route("/bans", methods=["GET"])
+    def bans(self, request: Any) -> Any:
+        self._operator(request)
+        return self._call(request, self.api.bans())
+
+    @app.route("/bans", methods=["POST"])
+    def ban(self, request: Any) -> Any:
+        self._operator(request)
+        return self._call(request, self.api.ban(_json_body(request)))
+
+    @app.route("/bans/<path:subnet>", methods=["DELETE"])
+    def unban(self, request: Any, subnet: str) -> Any:
+        self._operator(request)
+        return self._call(request, self.api.unban(subnet))
+
+    @app.route("/peers", methods=["POST"])
+    def add_peer(self, request: Any) -> Any:
+        self._operator(request)
+        return self._call(request, self.api.add_peer(_json_body(request)))
+
+    @app.route("/peers/<string:address>", methods=["DELETE"])
+    def drop_peer(self, request: Any, address: str) -> Any:
+        self._operator(request)
+        return self._call(request, self.api.drop_peer(address))
 
     @app.route("/submitTx", methods=["POST"])
     def submit_tx(self, request: Any) -> Any:

@@ -16,6 +16,7 @@ from twisted.internet import defer, endpoints
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from archivas.admin import write_cookie
 from archivas.chain import params as network_params
 from archivas.chain.blockchain import Chain
 from archivas.chain.keys import PrivateKey
@@ -23,6 +24,8 @@ from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
 from archivas.node import Node
 from archivas.nodeapi import LocalNodeAPI
+from archivas.protocols.banlist import BanList
+from archivas.protocols.identity import NodeIdentity
 from archivas.protocols.manager import endpoint_description
 from archivas.rpc import NodeRPC, site
 from archivas.timelord import Timelord
@@ -120,6 +123,7 @@ def node_service(
     farmer_key: Optional[str] = None,
     reactor: Any = None,
     operator: bool = False,
+    whitelist: Sequence[str] = (),
 ) -> NodeMultiService:
     """Build an Archivas node as a MultiService. Opens (or creates) the database now, so
     a locked, corrupt or foreign database raises StorageError here. `operator=True` (twistd,
@@ -131,7 +135,12 @@ def node_service(
     params = network_params.load(network)
     chain = Chain.open(db, params)
     try:
-        node = Node(chain, reactor)
+        directory = chain.storage.directory
+        node = Node(chain, reactor, NodeIdentity.load_or_create(directory),
+                    whitelist=whitelist, bans=BanList(reactor.seconds, chain.storage),
+                    book_path=str(directory / "peers.json"))
+        node.peers.bootstrap = list(params.bootstrap_peers)
+        admin_token = write_cookie(directory)
         top = (OperatorNodeService if operator else NodeMultiService)(node)
         top.setName("archivas-node")
         NodeService(node).setServiceParent(top)
@@ -142,7 +151,7 @@ def node_service(
         p2p_service = ListeningService(reactor, p2p, node.peers.inbound_factory, "p2p", p2p_listening)
         p2p_service.setName("p2p")
         p2p_service.setServiceParent(top)
-        rpc_service = ListeningService(reactor, rpc, site(NodeRPC(top.api).resource()), "rpc")
+        rpc_service = ListeningService(reactor, rpc, site(NodeRPC(top.api, admin_token).resource()), "rpc")
         rpc_service.setName("rpc")
         rpc_service.setServiceParent(top)
         for address in peers:

@@ -18,7 +18,8 @@ from twisted.python import usage
 from archivas.chain.keys import KeyFileError, PrivateKey
 from archivas.chain.params import NETWORKS
 from archivas.chain.storage import StorageError
-from archivas.protocols.manager import endpoint_description
+from archivas.protocols.addrman import parse_address
+from archivas.protocols.manager import endpoint_description, whitelist_networks
 from archivas.service import NodeMultiService, fail, node_service
 
 DEFAULTS: dict[str, Any] = {
@@ -30,6 +31,7 @@ DEFAULTS: dict[str, Any] = {
     "timelord": False,
     "farm": None,
     "farmer-key": None,
+    "whitelist": [],
 }
 ENVIRONMENT = {
     "rpc-port": "ARCHIVAS_RPC_PORT",
@@ -44,9 +46,12 @@ def split_peers(text: str) -> list[str]:
 
 
 def check_peer(address: str) -> str:
-    host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise usage.UsageError(f"peer {address!r} is not host:port")
+    """`host:port` (a name, resolved at every connection attempt), `1.2.3.4:port` or
+    `[v6]:port`."""
+    try:
+        parse_address(address)
+    except ValueError as e:
+        raise usage.UsageError(f"peer {address!r} is not host:port, 1.2.3.4:port or [::1]:port ({e})") from None
     return address
 
 
@@ -86,11 +91,17 @@ class Options(usage.Options):
         self.environ = os.environ if environ is None else environ
         self.exit_on_error = exit_on_error
         self._peer_flags: list[str] = []
+        self._whitelist_flags: list[str] = []
         self["peers"] = None
+        self["whitelist"] = None
 
     def opt_peers(self, value: str) -> None:
-        """peer addresses host:port, comma separated; may repeat"""
+        """peer addresses host:port or [v6]:port, comma separated; may repeat"""
         self._peer_flags.extend(split_peers(value))
+
+    def opt_whitelist(self, value: str) -> None:
+        """an address or CIDR network whose peers are never discouraged or evicted; may repeat"""
+        self._whitelist_flags.extend(split_peers(value))
 
     def parseOptions(self, options: Any = None) -> None:
         try:
@@ -105,6 +116,7 @@ class Options(usage.Options):
         file_settings = self._read_config(self["config"]) if self["config"] else {}
         flags = {k: self[k] for k in ("rpc-port", "p2p-port", "db", "network", "farm", "farmer-key")}
         flags["peers"] = self._peer_flags or None
+        flags["whitelist"] = self._whitelist_flags or None
         flags["timelord"] = True if self["timelord"] else None
         for key, default in DEFAULTS.items():
             value = flags.get(key)
@@ -127,7 +139,7 @@ class Options(usage.Options):
         unknown = sorted(set(doc) - set(DEFAULTS))
         if unknown:
             raise usage.UsageError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
-        kinds = {"peers": list, "timelord": bool}
+        kinds = {"peers": list, "whitelist": list, "timelord": bool}
         for key, value in doc.items():
             want = kinds.get(key, (str, int) if key.endswith("port") else str)
             if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
@@ -140,6 +152,10 @@ class Options(usage.Options):
         self["rpc-port"] = check_listen("rpc-port", self["rpc-port"])
         self["p2p-port"] = check_listen("p2p-port", self["p2p-port"])
         self["peers"] = [check_peer(p) for p in self["peers"]]
+        try:
+            self["whitelist"] = whitelist_networks(self["whitelist"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
         if self["farm"] is not None:
             if self["farmer-key"] is None:
                 raise usage.UsageError("--farm needs --farmer-key")
@@ -157,7 +173,7 @@ def makeService(config: Options, reactor: Any = None) -> NodeMultiService:
         return node_service(
             db=config["db"], network=config["network"], rpc=config["rpc-port"], p2p=config["p2p-port"],
             peers=config["peers"], timelord=config["timelord"], farm=config["farm"],
-            farmer_key=config["farmer-key"], reactor=reactor, operator=True,
+            farmer_key=config["farmer-key"], reactor=reactor, operator=True, whitelist=config["whitelist"],
         )
     except (StorageError, KeyFileError) as e:
         fail(str(e))

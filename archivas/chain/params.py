@@ -32,6 +32,8 @@ class NetworkParams:
     max_block_bytes: int
     median_time_blocks: int = 11
     max_future_ms: int = 30_000
+    # host:port names dialed while the address book is nearly empty (resolved at each try)
+    bootstrap_peers: tuple[str, ...] = ()
 
     def with_allocation(self, allocation: Mapping[str, int]) -> "NetworkParams":
         """The same network with another genesis allocation (and so another genesis)."""
@@ -76,6 +78,10 @@ def from_json(data: Mapping[str, Any]) -> NetworkParams:
         raise ValueError(f"network parameters lack {', '.join(missing)}")
     values = {attr: data[key] for key, attr in _FIELDS.items()}
     values["genesis_allocation"] = _allocation(values["genesis_allocation"])
+    bootstrap = data.get("bootstrapPeers", [])
+    if not isinstance(bootstrap, list) or not all(isinstance(p, str) for p in bootstrap):
+        raise ValueError("bootstrapPeers must be a list of host:port strings")
+    values["bootstrap_peers"] = tuple(bootstrap)
     params = NetworkParams(**values)
     if params.initial_difficulty < 1 or params.difficulty_window < 2:
         raise ValueError("initialDifficulty must be >= 1 and difficultyWindow >= 2")

@@ -101,11 +101,28 @@ class Storage:
             raise StorageError(f"database {path} is corrupt or not an Archivas database ({e})") from None
         # A new database gets its tables in the same transaction as its genesis block
         # (create_schema), so a process killed while creating it leaves no tables.
-        self.fresh = not tables
+        self.fresh = not (tables - {"peer_bans"})  # peer_bans is made below, outside genesis
         if not self.fresh and not {"meta", "blocks", "main_chain", "accounts", "undo"} <= tables:
             self.close()
             raise StorageError(f"database {path} is not an Archivas database (tables missing)")
         self._depth = 0
+        try:  # the operator's peer bans (banlist.py): not chain data, made on demand
+            self.db.execute("CREATE TABLE IF NOT EXISTS peer_bans "
+                            "(subnet TEXT PRIMARY KEY, until REAL NOT NULL, reason TEXT NOT NULL)")
+        except sqlite3.DatabaseError as e:
+            self.close()
+            raise StorageError(f"database {path} is corrupt or read-only ({e})") from None
+
+    # the operator's peer bans (a BanStore for archivas.protocols.banlist)
+
+    def load_bans(self) -> list[tuple[str, float, str]]:
+        return [(s, float(u), r) for s, u, r in self.db.execute("SELECT subnet, until, reason FROM peer_bans")]
+
+    def save_ban(self, subnet: str, until: float, reason: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO peer_bans VALUES (?, ?, ?)", (subnet, until, reason))
+
+    def delete_ban(self, subnet: str) -> None:
+        self.db.execute("DELETE FROM peer_bans WHERE subnet = ?", (subnet,))
 
     def _take_lock(self) -> int:
         path = self.directory / LOCK_FILE

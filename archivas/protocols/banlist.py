@@ -61,6 +61,10 @@ class BanList:
         return [{"subnet": s, "until": until, "reason": reason}
                 for s, (until, reason) in sorted(self._bans.items())]
 
+    def listing_for(self, subnet: str) -> Optional[float]:
+        entry = self._bans.get(normalise(subnet))
+        return None if entry is None else entry[0]
+
     def remaining(self, host: str) -> float:
         """Seconds until `host` may connect again (0: not banned)."""
         if not self._bans:
