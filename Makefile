@@ -12,7 +12,7 @@ P2P_PORT ?= :9090
 # make devnet: the three-node walk-through in the background.
 DEVNET_DIR ?= devnet
 
-.PHONY: run test bench devnet devnet-stop clean
+.PHONY: run test lint bench devnet devnet-stop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check archivas tests bench twisted
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python bench/validation_throughput.py

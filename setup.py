@@ -24,7 +24,9 @@ setup(
         "rbloom==1.5.4",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100",
+                 # make lint: ruff, and mypy with the plugin that reads zope.interface.
+                 "ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0"],
     },
     entry_points={
         "console_scripts": [

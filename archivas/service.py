@@ -83,7 +83,7 @@ class ListeningService(service.Service):
 class NodeService(service.Service):
     """Starts and stops the node; closes its database last."""
 
-    name = "node"
+    name: Optional[str] = "node"  # type: ignore[assignment]  # Twisted types it None
 
     def __init__(self, node: Node) -> None:
         self.node = node

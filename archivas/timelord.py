@@ -23,7 +23,7 @@ POLL_SECONDS = 0.2  # how often to look at the tip when there is nothing new to 
 
 
 class Timelord(service.Service):
-    name = "timelord"
+    name: Optional[str] = "timelord"  # type: ignore[assignment]  # Twisted types it None
 
     def __init__(self, api: Any, reactor: Any, poll: float = POLL_SECONDS) -> None:
         self.api = api

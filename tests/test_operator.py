@@ -106,5 +106,6 @@ class PersistenceTests(unittest.TestCase):
         self.assertEqual(mode, 0o600)
         self.assertEqual(admin.read_cookie(directory), first)
         self.assertNotEqual(admin.write_cookie(directory), first)
-        self.assertTrue(admin.authorised(f"Bearer {admin.read_cookie(directory)}".encode(), admin.read_cookie(directory)))
-        self.assertFalse(admin.authorised(b"Basic abc", admin.read_cookie(directory)))
+        token = admin.read_cookie(directory)
+        self.assertTrue(admin.authorised(f"Bearer {token}".encode(), token))
+        self.assertFalse(admin.authorised(b"Basic abc", token))

@@ -197,7 +197,8 @@ class GateTests(unittest.TestCase):
 
     def state(self):
         node = self.h.node
-        return (node.chain.tip.hash, len(node.mempool), dict(node.peers.dialers), dict(node.peers._dialing), len(node.peers.book))
+        return (node.chain.tip.hash, len(node.mempool), dict(node.peers.dialers), dict(node.peers._dialing),
+                len(node.peers.book))
 
     def check_nothing_changes(self, proto, transport, messages):
         before = self.state()

@@ -24,7 +24,7 @@ POLL_SECONDS = 0.2
 
 
 class Farmer(service.Service):
-    name = "farmer"
+    name: Optional[str] = "farmer"  # type: ignore[assignment]  # Twisted types it None
 
     def __init__(self, api: Any, plots: Sequence[Plot], key: PrivateKey, reactor: Any,
                  reward_address: Optional[str] = None, poll: float = POLL_SECONDS) -> None:

@@ -156,7 +156,8 @@ class PeerProtocol(LineReceiver):
         return self.MAX_LENGTH if ready else HANDSHAKE_LINE_BYTES
 
     def connectionMade(self) -> None:
-        remote = self.transport.getPeer()  # type: ignore[attr-defined]
+        assert self.transport is not None
+        remote = self.transport.getPeer()
         now = self.reactor.seconds()
         self.info = PeerInfo(getattr(remote, "host", "?"), getattr(remote, "port", 0), self.direction, now, now)
         set_no_delay(self.transport)
