@@ -1,0 +1,257 @@
+"""The peer layer without sockets: the (state x message type) table, identity, eviction
+under a flood, and the address book feeding outbound slots."""
+
+import random
+
+from twisted.internet import defer
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransportWithDisconnection
+from twisted.trial import unittest
+
+from archivas.chain.params import COIN
+from archivas.chain.vdf import Segment
+from archivas.protocols import addrman, identity, states, wire
+from archivas.protocols.peer import PeerState
+from tests.common import ALICE, CAROL, builder
+from tests.test_protocol import Harness, feed, handshake, hello, peer_identity, sent
+
+ALL = sorted(wire.MESSAGES.values(), key=lambda cls: cls.TYPE)
+SEED = {wire.Ping, wire.Pong, wire.NewBlock, wire.GetBlock, wire.BlockData, wire.GetStatus, wire.Status}
+
+# The table, written out: for each state, the message types it acts on. Everything else
+# is dropped unparsed (and changes nothing).
+TABLE = {
+    "handshaking (before STATUS)": SEED,
+    "handshaking (STATUS announced hello)": SEED | {wire.Hello},
+    "handshaking (HELLO received)": SEED | {wire.HelloAck},
+    "seed": SEED,
+    "ready": SEED | {wire.Peers, wire.NewTransaction, wire.GetBlocks, wire.Blocks, wire.VdfOutput, wire.GetPeers,
+                     wire.GetHashes, wire.Hashes, wire.PushBlock},
+    "ready, block-relay-only": SEED | {wire.GetBlocks, wire.Blocks, wire.VdfOutput, wire.GetHashes, wire.Hashes,
+                                       wire.PushBlock},
+    "ready, no capabilities": SEED,
+    "closed": set(),
+}
+
+
+class StateTableTests(unittest.TestCase):
+    """Every (state, message type) pair either has its documented effect or changes
+    nothing; the table above is the documentation, checked against states.accepted and
+    against what the node does."""
+
+    def setUp(self):
+        b = builder()
+        self.blocks = b.extend(b.genesis, 3)
+        self.h = Harness(self, self.blocks[:2])
+        tx = b.transfer(ALICE, CAROL.address, COIN, 0)
+        genesis = self.h.node.genesis_hash
+        self.samples = {
+            wire.Ping: wire.Ping(5), wire.Pong: wire.Pong(5), wire.NewBlock: wire.NewBlock(3, self.blocks[2].hash),
+            wire.GetBlock: wire.GetBlock(1), wire.BlockData: wire.BlockData(3, self.blocks[2]),
+            wire.GetStatus: wire.GetStatus(), wire.Status: wire.Status(2, 1, self.blocks[1].hash),
+            wire.Peers: wire.Peers(("10.5.5.5:9090",)), wire.NewTransaction: wire.NewTransaction(tx),
+            wire.GetBlocks: wire.GetBlocks(1, 2), wire.Blocks: wire.Blocks(3, (self.blocks[2],)),
+            wire.Hello: hello(node_id=b"\x44" * 16, genesis=genesis),
+            wire.HelloAck: wire.HelloAck(b"\x00" * 64),
+            wire.VdfOutput: wire.VdfOutput(self.blocks[1].hash, 1, Segment(b"\x08" + b"\x00" * 99, b"\x00" * 100)),
+            wire.GetPeers: wire.GetPeers(), wire.GetHashes: wire.GetHashes(0, 2),
+            wire.Hashes: wire.Hashes(0, (genesis,)), wire.PushBlock: wire.PushBlock(self.blocks[2]),
+        }
+        self.assertEqual(set(self.samples), set(ALL))
+
+    def connection(self, state):
+        self.count = getattr(self, "count", 0) + 1
+        proto, transport = self.h.connect(host=f"10.{self.count % 250}.{self.count // 250}.1")
+        genesis = self.h.node.genesis_hash
+        unique = self.count.to_bytes(16, "big")
+        if state == "handshaking (STATUS announced hello)":
+            feed(proto, wire.Status(0, 1, b"\x00" * 32, capabilities=("hello",)))
+        elif state == "handshaking (HELLO received)":
+            feed(proto, wire.Status(0, 1, b"\x00" * 32, capabilities=("hello",)))
+            feed(proto, hello(node_id=unique, genesis=genesis))
+        elif state == "seed":
+            feed(proto, wire.Status(0, 1, b"\x00" * 32))
+        elif state == "ready":
+            handshake(proto, node_id=unique, genesis=genesis)
+        elif state == "ready, block-relay-only":
+            handshake(proto, node_id=unique, genesis=genesis)
+            proto.info.block_relay_only = True
+        elif state == "ready, no capabilities":
+            handshake(proto, node_id=unique, genesis=genesis, capabilities=())
+        elif state == "closed":
+            handshake(proto, node_id=unique, genesis=genesis)
+            proto.disconnect("test")
+        sent(transport)
+        return proto, transport
+
+    def test_the_table_is_what_states_accept(self):
+        for state, expected in TABLE.items():
+            proto, _ = self.connection(state)
+            with self.subTest(state=state):
+                self.assertEqual(set(states.accepted(proto.info)), expected)
+
+    def test_refused_pairs_change_nothing(self):
+        node = self.h.node
+        for state, expected in TABLE.items():
+            for cls in ALL:
+                if cls in expected:
+                    continue
+                proto, transport = self.connection(state)
+                before = (node.chain.tip.hash, len(node.mempool), len(node.peers.book), proto.info.state,
+                          proto.info.misbehaviour, dict(node.peers._dialing))
+                dropped = sum(node.peers.dropped_counts.values())
+                with self.subTest(state=state, message=cls.NAME):
+                    self.assertEqual(proto.info.state is PeerState.CLOSED, state == "closed")
+                    feed(proto, self.samples[cls])
+                    self.assertEqual(transport.value(), b"")
+                    self.assertEqual((node.chain.tip.hash, len(node.mempool), len(node.peers.book), proto.info.state,
+                                      proto.info.misbehaviour, dict(node.peers._dialing)), before)
+                    if state != "closed":
+                        self.assertEqual(sum(node.peers.dropped_counts.values()), dropped + 1,
+                                         f"{state}: {cls.NAME} not counted as dropped")
+
+    def test_accepted_pairs_have_their_effect(self):
+        """A few of the accepted pairs' documented effects, one per kind of handler."""
+        node = self.h.node
+        proto, transport = self.connection("seed")
+        feed(proto, wire.Ping(9))
+        self.assertEqual(sent(transport), [wire.Pong(9)])
+        feed(proto, wire.GetBlock(1))
+        self.assertEqual(sent(transport), [wire.BlockData(1, self.blocks[0])])
+        ready, rt = self.connection("ready")
+        feed(ready, wire.GetHashes(0, 2))
+        self.assertEqual(sent(rt), [wire.Hashes(0, (node.genesis_hash, self.blocks[0].hash))])
+        feed(ready, wire.Peers(("10.77.0.1:9090",)))
+        self.assertIn("10.77.0.1:9090", node.peers.book)
+        self.assertEqual(node.peers._dialing, {})  # stored, never dialed on arrival
+        feed(ready, wire.PushBlock(self.blocks[2]))
+        self.assertEqual(node.chain.tip.hash, self.blocks[2].hash)
+
+
+class IdentityTests(unittest.TestCase):
+    def test_a_replayed_hello_is_refused(self):
+        """An attacker replays a real node's HELLO (and even its HELLO_ACK from another
+        connection) without its key: never READY, never that node's id."""
+        h = Harness(self)
+        genesis = h.node.genesis_hash
+        victim_id = peer_identity(b"\x61" * 16)
+        # The real node's handshake on its own connection: its HELLO and the ACK it sent.
+        real, real_t = h.connect(host="10.0.0.61")
+        handshake(real, node_id=b"\x61" * 16, genesis=genesis)
+        self.assertEqual(real.info.node_id, victim_id.node_id)
+        real.disconnect("gone")
+        stolen_hello = hello(node_id=b"\x61" * 16, genesis=genesis)
+        stolen_ack = wire.HelloAck(victim_id.prove(genesis, real.info.hello_nonce, stolen_hello.nonce))
+        attacker, at = h.connect(host="10.0.0.66")
+        feed(attacker, wire.Status(0, 1, b"\x00" * 32, capabilities=("hello",)))
+        feed(attacker, stolen_hello)
+        self.assertIs(attacker.info.state, PeerState.CONNECTED)
+        feed(attacker, stolen_ack)  # signed over another connection's nonce
+        self.assertTrue(at.disconnecting)
+        self.assertIsNone(attacker.info.node_id)
+        self.assertNotEqual(attacker.info.state, PeerState.READY)
+
+    def test_a_silent_replayer_times_out(self):
+        h = Harness(self)
+        attacker, at = h.connect(host="10.0.0.67")
+        feed(attacker, wire.Status(0, 1, b"\x00" * 32, capabilities=("hello",)))
+        feed(attacker, hello(node_id=b"\x62" * 16, genesis=h.node.genesis_hash))
+        h.clock.advance(h.node.peers.ready_timeout + 1)
+        self.assertTrue(at.disconnecting)
+
+    def test_the_node_key_persists(self):
+        import os
+
+        directory = self.mktemp()
+        os.makedirs(directory)
+        a = identity.NodeIdentity.load_or_create(directory)
+        b = identity.NodeIdentity.load_or_create(directory)
+        self.assertEqual(a.node_id, b.node_id)
+        self.assertEqual(oct(os.stat(os.path.join(directory, identity.KEY_FILE)).st_mode & 0o777), "0o600")
+
+
+def _inbound(h, host, port=40000):
+    proto = h.node.peers.inbound_factory.buildProtocol(None)
+    transport = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", host, port))
+    transport.protocol = proto
+    proto.makeConnection(transport)
+    return proto, transport
+
+
+class EvictionTests(unittest.TestCase):
+    def test_a_flood_from_one_group_evicts_only_its_own(self):
+        """Inbound nearly full of honest peers (some relayed blocks, some have the lowest
+        pings), then 500 connections from one address group: the honest ones are all still
+        connected and every evicted connection was the flood's."""
+        h = Harness(self, max_inbound=30)
+        honest = []
+        for i in range(20):
+            proto, _ = _inbound(h, f"10.{i + 1}.0.1")
+            feed(proto, wire.Status(0, 1, b"\x00" * 32))
+            if i < 8:
+                proto.info.last_block_at = h.clock.seconds() - i  # relayed novel blocks
+            elif i < 14:
+                proto.info.min_ping = 0.001 * i  # the lowest pings
+            honest.append(proto)
+            h.clock.advance(1)
+        flood = []
+        for i in range(500):
+            proto, transport = _inbound(h, f"10.200.{i // 250}.{i % 250 + 1}")
+            flood.append((proto, transport))
+            h.clock.advance(0.01)
+        connected = set(map(id, h.node.peers.peers))
+        self.assertTrue(all(id(p) in connected for p in honest))
+        self.assertEqual(h.node.peers.count("inbound"), 30)
+        self.assertEqual(h.node.peers.evicted, 490)
+        gone = [p for p, t in flood if not t.connected]
+        self.assertEqual(len(gone), 490)
+
+
+class AddressBookTests(unittest.TestCase):
+    def test_the_book_survives_a_restart(self):
+        path = self.mktemp()
+        h = Harness(self, book_path=path)
+        h.node.peers.book.add(["10.1.2.3:9090", "10.4.5.6:9090"], "10.9.9.9")
+        h.node.peers.book.good("10.1.2.3:9090")
+        h.node.peers.save_book()
+        again = Harness(self, book_path=path)
+        again.node.peers._load_book()
+        self.assertEqual(again.node.peers.book.counts(), (1, 1))
+        self.assertIn("10.4.5.6:9090", again.node.peers.book)
+
+    def test_an_address_flood_leaves_outbound_slots_for_honest_peers(self):
+        """An attacker announces 10,000 addresses from one source group: they take at most
+        its buckets, and the outbound filler still picks honest addresses."""
+        h = Harness(self)
+        book = h.node.peers.book
+        rng = random.Random(7)
+        attacker = [f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.1:9090" for _ in range(10_000)]
+        book.add(attacker, "6.6.6.6")
+        honest = [f"{20 + i}.1.1.1:9090" for i in range(40)]
+        for i, address in enumerate(honest):
+            book.add([address], f"{100 + i}.2.2.2")
+        buckets = {book.position(a)[1] for a in attacker if book.position(a) is not None}
+        self.assertLessEqual(len(buckets), addrman.NEW_BUCKETS_PER_SOURCE_GROUP)
+        picks = []
+        h.node.peers.connect_once = lambda address, slot, endpoint=None: picks.append(address)
+        for _ in range(400):
+            h.node.peers.fill_outbound()
+        self.assertGreater(sum(1 for a in picks if a in honest), 40)
+
+    def test_fill_outbound_dials_from_the_book_one_at_a_time(self):
+        h = Harness(self)
+        h.node.peers.book.add([f"10.{i}.0.1:9090" for i in range(1, 30)], "10.99.0.1")
+        attempts = []
+
+        def fake_connect(address, slot, endpoint=None):
+            attempts.append((address, slot))
+            h.node.peers._dialing[address] = slot
+            return defer.Deferred()
+
+        h.node.peers.connect_once = fake_connect
+        for _ in range(20):
+            h.clock.advance(5)
+        slots = [slot for _, slot in attempts]
+        self.assertEqual(slots.count("outbound"), h.node.peers.max_outbound)
+        self.assertEqual(slots.count("block-relay"), h.node.peers.max_block_relay)
+        self.assertEqual(len(set(a for a, _ in attempts)), len(attempts))  # never the same twice at once
