@@ -24,6 +24,7 @@ from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
 from archivas.node import Node
 from archivas.nodeapi import LocalNodeAPI
+from archivas.protocols import tls
 from archivas.protocols.banlist import BanList
 from archivas.protocols.identity import NodeIdentity
 from archivas.protocols.manager import endpoint_description
@@ -42,9 +43,10 @@ class ListeningService(service.Service):
     a port in use fails startService itself (ListenError) rather than later in a log."""
 
     def __init__(self, reactor: Any, description: str, factory: Any, what: str,
-                 on_listening: Optional[Callable[[Any], None]] = None) -> None:
+                 on_listening: Optional[Callable[[Any], None]] = None, endpoint: Any = None) -> None:
         self.reactor = reactor
         self.description = endpoint_description(description)
+        self.endpoint = endpoint  # instead of the description (a TLS listener with the node's certificate)
         self.factory = factory
         self.what = what
         self.on_listening = on_listening
@@ -52,7 +54,8 @@ class ListeningService(service.Service):
 
     def startService(self) -> None:
         try:
-            d = endpoints.serverFromString(self.reactor, self.description).listen(self.factory)
+            endpoint = self.endpoint or endpoints.serverFromString(self.reactor, self.description)
+            d = endpoint.listen(self.factory)
         except (ValueError, TypeError, KeyError) as e:
             raise ListenError(f"cannot listen for {self.what} on {self.description!r}: {e}") from None
         outcome: list[Any] = []
@@ -124,6 +127,7 @@ def node_service(
     reactor: Any = None,
     operator: bool = False,
     whitelist: Sequence[str] = (),
+    p2p_tls: bool = False,
 ) -> NodeMultiService:
     """Build an Archivas node as a MultiService. Opens (or creates) the database now, so
     a locked, corrupt or foreign database raises StorageError here. `operator=True` (twistd,
@@ -136,9 +140,11 @@ def node_service(
     chain = Chain.open(db, params)
     try:
         directory = chain.storage.directory
+        certificate = tls.load_or_create_certificate(directory) if p2p_tls or any(
+            p.startswith(tls.TLS_PREFIX) for p in peers) else None
         node = Node(chain, reactor, NodeIdentity.load_or_create(directory),
                     whitelist=whitelist, bans=BanList(reactor.seconds, chain.storage),
-                    book_path=str(directory / "peers.json"))
+                    book_path=str(directory / "peers.json"), tls_certificate=certificate)
         node.peers.bootstrap = list(params.bootstrap_peers)
         admin_token = write_cookie(directory)
         top = (OperatorNodeService if operator else NodeMultiService)(node)
@@ -148,7 +154,17 @@ def node_service(
         def p2p_listening(port: Any) -> None:
             node.peers.listen_port = port.getHost().port
 
-        p2p_service = ListeningService(reactor, p2p, node.peers.inbound_factory, "p2p", p2p_listening)
+        tls_endpoint = None
+        if p2p_tls:
+            assert certificate is not None
+            described = endpoint_description(p2p)
+            parts = dict(part.split("=", 1) for part in described.split(":")[2:] if "=" in part)
+            if not described.startswith("tcp:"):
+                raise ValueError(f"--p2p-tls needs a TCP listen address, not {p2p!r}")
+            tls_endpoint = tls.server_endpoint(reactor, int(described.split(":")[1]),
+                                               parts.get("interface", ""), certificate)
+        p2p_service = ListeningService(reactor, p2p, node.peers.inbound_factory, "p2p", p2p_listening,
+                                       endpoint=tls_endpoint)
         p2p_service.setName("p2p")
         p2p_service.setServiceParent(top)
         rpc_service = ListeningService(reactor, rpc, site(NodeRPC(top.api, admin_token).resource()), "rpc")

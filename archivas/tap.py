@@ -20,6 +20,7 @@ from archivas.chain.params import NETWORKS
 from archivas.chain.storage import StorageError
 from archivas.protocols.addrman import parse_address
 from archivas.protocols.manager import endpoint_description, whitelist_networks
+from archivas.protocols.tls import TLS_PREFIX
 from archivas.service import NodeMultiService, fail, node_service
 
 DEFAULTS: dict[str, Any] = {
@@ -32,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
     "farm": None,
     "farmer-key": None,
     "whitelist": [],
+    "p2p-tls": False,
 }
 ENVIRONMENT = {
     "rpc-port": "ARCHIVAS_RPC_PORT",
@@ -49,7 +51,7 @@ def check_peer(address: str) -> str:
     """`host:port` (a name, resolved at every connection attempt), `1.2.3.4:port` or
     `[v6]:port`."""
     try:
-        parse_address(address)
+        parse_address(address[len(TLS_PREFIX):] if address.startswith(TLS_PREFIX) else address)
     except ValueError as e:
         raise usage.UsageError(f"peer {address!r} is not host:port, 1.2.3.4:port or [::1]:port ({e})") from None
     return address
@@ -84,7 +86,9 @@ class Options(usage.Options):
         ["farm", None, None, "farm the plots in this directory"],
         ["farmer-key", None, None, "key file of the farmer (with --farm)"],
     ]
-    optFlags = [["timelord", None, "run a timelord in the node"]]
+    optFlags = [["timelord", None, "run a timelord in the node"],
+                ["p2p-tls", None, "peers connect to the p2p port over TLS (a certificate per node, bound to "
+                                  "its node key in the handshake); dial such peers as tls:host:port"]]
 
     def __init__(self, environ: Optional[Mapping[str, str]] = None, exit_on_error: bool = True) -> None:
         super().__init__()
@@ -118,6 +122,7 @@ class Options(usage.Options):
         flags["peers"] = self._peer_flags or None
         flags["whitelist"] = self._whitelist_flags or None
         flags["timelord"] = True if self["timelord"] else None
+        flags["p2p-tls"] = True if self["p2p-tls"] else None
         for key, default in DEFAULTS.items():
             value = flags.get(key)
             if value is None and key in ENVIRONMENT and self.environ.get(ENVIRONMENT[key]):
@@ -139,7 +144,7 @@ class Options(usage.Options):
         unknown = sorted(set(doc) - set(DEFAULTS))
         if unknown:
             raise usage.UsageError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
-        kinds = {"peers": list, "whitelist": list, "timelord": bool}
+        kinds = {"peers": list, "whitelist": list, "timelord": bool, "p2p-tls": bool}
         for key, value in doc.items():
             want = kinds.get(key, (str, int) if key.endswith("port") else str)
             if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
@@ -174,6 +179,7 @@ def makeService(config: Options, reactor: Any = None) -> NodeMultiService:
             db=config["db"], network=config["network"], rpc=config["rpc-port"], p2p=config["p2p-port"],
             peers=config["peers"], timelord=config["timelord"], farm=config["farm"],
             farmer_key=config["farmer-key"], reactor=reactor, operator=True, whitelist=config["whitelist"],
+            p2p_tls=config["p2p-tls"],
         )
     except (StorageError, KeyFileError) as e:
         fail(str(e))

@@ -255,3 +255,35 @@ class AddressBookTests(unittest.TestCase):
         self.assertEqual(slots.count("outbound"), h.node.peers.max_outbound)
         self.assertEqual(slots.count("block-relay"), h.node.peers.max_block_relay)
         self.assertEqual(len(set(a for a, _ in attempts)), len(attempts))  # never the same twice at once
+
+
+class SendBudgetTests(unittest.TestCase):
+    def test_a_peer_that_asks_too_much_is_read_more_slowly(self):
+        """Small requests for large replies: past its send budget a peer's further requests
+        wait (unread) until the budget refills; nothing is lost or refused."""
+        from archivas.protocols import peer as peer_module
+
+        b = builder()
+        blocks = b.extend(b.genesis, 3)
+        h = Harness(self, blocks)
+        size = len(wire.encode(wire.BlockData(1, blocks[0]))) + 1
+        self.patch(peer_module, "SEND_BURST_BYTES", size * 5)
+        self.patch(peer_module, "SEND_BYTES_PER_SECOND", size)  # one block a second
+        proto, transport = h.connect()
+        feed(proto, wire.Status(3, 1, blocks[-1].hash))
+        sent(transport)
+        proto._send_budget = size * 5
+        proto.dataReceived(b"".join(wire.encode(wire.GetBlock(1 + i % 3)) + b"\n" for i in range(20)))
+        def replies():
+            return [m for m in sent(transport) if isinstance(m, wire.BlockData)]
+
+        first = replies()
+        self.assertEqual(len(first), 6)  # the burst (and the reply that overdrew it)
+        for _ in range(3):
+            h.clock.advance(1.0)
+        soon = replies()
+        self.assertLessEqual(len(soon), 4)  # about one a second
+        for _ in range(20):
+            h.clock.advance(1.0)
+        self.assertEqual(len(first) + len(soon) + len(replies()), 20)  # all answered in the end
+        self.assertFalse(transport.disconnecting)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Optional
 
 from archivas.chain import keys
 from archivas.chain.encoding import sha256
@@ -23,16 +24,18 @@ def node_id_of(public_key: bytes) -> bytes:
     return sha256(public_key)
 
 
-def proof_message(genesis_hash: bytes, challenger_nonce: bytes, prover_nonce: bytes, prover_key: bytes) -> bytes:
+def proof_message(genesis_hash: bytes, challenger_nonce: bytes, prover_nonce: bytes, prover_key: bytes,
+                  tls_fingerprint: Optional[bytes] = None) -> bytes:
     """What a prover signs: the nonce the other side chose for this connection, bound to the
-    chain, its own nonce and its own key."""
-    return HELLO_DOMAIN + genesis_hash + challenger_nonce + prover_nonce + prover_key
+    chain, its own nonce, its own key and (on TLS) the certificate it presents."""
+    return (HELLO_DOMAIN + genesis_hash + challenger_nonce + prover_nonce + prover_key
+            + (b"tls" + tls_fingerprint if tls_fingerprint is not None else b""))
 
 
 def check_proof(prover_key: bytes, genesis_hash: bytes, challenger_nonce: bytes, prover_nonce: bytes,
-                signature: bytes) -> bool:
-    return keys.verify(prover_key, proof_message(genesis_hash, challenger_nonce, prover_nonce, prover_key),
-                       signature)
+                signature: bytes, tls_fingerprint: Optional[bytes] = None) -> bool:
+    message = proof_message(genesis_hash, challenger_nonce, prover_nonce, prover_key, tls_fingerprint)
+    return keys.verify(prover_key, message, signature)
 
 
 def fresh_nonce() -> bytes:
@@ -58,5 +61,7 @@ class NodeIdentity:
             keys.PrivateKey.generate().save(path)
         return cls(keys.PrivateKey.load(path))
 
-    def prove(self, genesis_hash: bytes, challenger_nonce: bytes, own_nonce: bytes) -> bytes:
-        return self.key.sign(proof_message(genesis_hash, challenger_nonce, own_nonce, self.public_key))
+    def prove(self, genesis_hash: bytes, challenger_nonce: bytes, own_nonce: bytes,
+              tls_fingerprint: Optional[bytes] = None) -> bytes:
+        return self.key.sign(proof_message(genesis_hash, challenger_nonce, own_nonce, self.public_key,
+                                           tls_fingerprint))

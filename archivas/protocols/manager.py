@@ -27,7 +27,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from archivas.protocols import addrman, eviction, identity, states, wire
+from archivas.protocols import addrman, eviction, identity, states, tls, wire
 from archivas.protocols.banlist import BanList
 from archivas.protocols.interfaces import ChainView, PeerEvents
 from archivas.protocols.peer import PeerProtocol, PeerState
@@ -164,6 +164,7 @@ class PeerManager:
         book_path: Optional[str] = None,
         group: Callable[[str], bytes] = eviction.address_group,
         discover: bool = True,
+        tls_certificate: Optional[Any] = None,
     ) -> None:
         self.view = view
         self.events = events
@@ -182,6 +183,7 @@ class PeerManager:
         self.bans = bans if bans is not None else BanList(reactor.seconds)
         self.group = group
         self.discover = discover  # fill outbound slots from the address book
+        self.tls_certificate = tls_certificate  # for tls:host:port peers (tls.py); made on first need
         self._rng = random.Random()
         self.book = book if book is not None else addrman.AddressBook(reactor.seconds, self._rng, group=group)
         self.book_path = book_path
@@ -278,8 +280,13 @@ class PeerManager:
         replaces the TCP one (tests)."""
         if address in self.dialers:
             return self.dialers[address]
-        host, port = split_address(address)
-        if endpoint is None:
+        use_tls = address.startswith(tls.TLS_PREFIX)
+        host, port = split_address(address[len(tls.TLS_PREFIX):] if use_tls else address)
+        if endpoint is None and use_tls:
+            if self.tls_certificate is None:
+                self.tls_certificate = tls.load_or_create_certificate()
+            endpoint = tls.client_endpoint(self.reactor, host, port, self.tls_certificate)
+        elif endpoint is None:
             endpoint = endpoints.HostnameEndpoint(self.reactor, host, port)
         policy = self.dial_policies[address] = DialPolicy(self, address, self._rng)
         service = ClientService(endpoint, PeerFactory(self, "outbound", address, "manual"),
@@ -587,7 +594,8 @@ class PeerManager:
         self._own_nonces.add(info.hello_nonce)
         proto.send(wire.Hello(self.view.params.name, self.view.genesis_hash, wire.PROTOCOL_VERSION,
                               self.identity.public_key, info.hello_nonce, self.listen_port, wire.CAPABILITIES,
-                              block_relay_only=proto.slot == "block-relay"))
+                              block_relay_only=proto.slot == "block-relay",
+                              tls_fingerprint=tls.local_fingerprint(proto.transport)))
 
     def _on_hello(self, proto: PeerProtocol, message: wire.Hello) -> None:
         info = proto.info
@@ -610,7 +618,8 @@ class PeerManager:
         if not info.hello_sent:
             self._send_hello(proto)
         assert info.hello_nonce is not None
-        proto.send(wire.HelloAck(self.identity.prove(self.view.genesis_hash, message.nonce, info.hello_nonce)))
+        proto.send(wire.HelloAck(self.identity.prove(self.view.genesis_hash, message.nonce, info.hello_nonce,
+                                                     tls.local_fingerprint(proto.transport))))
 
     def _on_hello_ack(self, proto: PeerProtocol, message: wire.HelloAck) -> None:
         info = proto.info
@@ -618,10 +627,17 @@ class PeerManager:
         hello = info.hello
         assert hello is not None and info.hello_nonce is not None  # states.accepted saw to it
         if not identity.check_proof(hello.node_key, self.view.genesis_hash, info.hello_nonce, hello.nonce,
-                                    message.signature):
+                                    message.signature, hello.tls_fingerprint):
             self.misbehaved(proto, "bad_handshake", "HELLO_ACK does not prove the HELLO's node key")
             proto.disconnect("handshake proof refused")
             return
+        if tls.is_tls(proto.transport):
+            presented = tls.peer_fingerprint(proto.transport)
+            if presented is not None and presented != hello.tls_fingerprint:
+                log.warn("[p2p] refusing peer {peer}: its TLS certificate is not the one its node key signed",
+                         peer=info.address)
+                proto.disconnect("TLS certificate not bound to the node key")
+                return
         twin = next((p for p in self.ready_peers() if p.info and p.info.node_id == hello.node_id), None)
         if twin is not None:
             where = twin.info.address if twin.info else "?"

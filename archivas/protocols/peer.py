@@ -31,6 +31,12 @@ log = Logger()
 
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a 1 MiB block in a BLOCKS batch of a few, as JSON
 HANDSHAKE_LINE_BYTES = 64 * 1024  # until READY: STATUS and HELLO are a few hundred bytes
+CLOSE_GRACE = 5.0  # seconds a closing connection may take before it is aborted
+# What we write to one peer: 4 MiB/s sustained, 64 MiB at once (about 2,000 fastnet or 140
+# devnet blocks a second). A peer that asks for more stops being read until the budget
+# refills, so no single peer can turn small requests into unbounded work and bandwidth.
+SEND_BYTES_PER_SECOND = 4 * 1024 * 1024
+SEND_BURST_BYTES = 64 * 1024 * 1024
 KNOWN_CACHE = 4096  # block or transfer ids remembered per peer (to relay each only once)
 
 
@@ -145,6 +151,11 @@ class PeerProtocol(LineReceiver):
         self.lost: Deferred[None] = Deferred()  # fires when the connection is gone
         self.limiter = ratelimit.RateLimiter(reactor.seconds)  # per message type (ratelimit.LIMITS)
         self._partial = bytearray()
+        self._reading_paused = False
+        self._abort_call: Optional[IDelayedCall] = None
+        self._send_budget = float(SEND_BURST_BYTES)
+        self._send_stamp = reactor.seconds()
+        self._budget_call: Optional[IDelayedCall] = None
         self.slot = "inbound" if direction == "inbound" else "manual"
         self.ready_timer: Optional[IDelayedCall] = None
         self.writes_paused = False  # the peer is not reading what we write
@@ -172,20 +183,35 @@ class PeerProtocol(LineReceiver):
         self.manager.peer_connected(self)
 
     def pauseProducing(self) -> None:
+        """What we wrote is not being read (or TLS is still buffering its handshake): stop
+        serving this peer's lines; past one line's worth of unread input, stop reading."""
         self.writes_paused = True
-        super().pauseProducing()
+        self.paused = True
 
     def resumeProducing(self) -> None:
         self.writes_paused = False
-        super().resumeProducing()
+        if self._budget_call is not None:
+            return  # still over its send budget: _budget_back resumes
+        self.paused = False
+        if self._reading_paused:
+            self._reading_paused = False
+            producer: Any = self.transport  # a TCP or TLS transport is also its reading's producer
+            producer.resumeProducing()
+        self.dataReceived(b"")
 
     def _open(self) -> bool:
         return self.info is not None and self.info.state is not PeerState.CLOSED
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self._partial
-        searched = len(buffer)  # the bytes held so far hold no delimiter
+        searched = 0 if not data else len(buffer)  # (after a pause, lines may wait in the buffer)
         buffer += data
+        if self.paused:
+            if len(buffer) > self.line_cap and not self._reading_paused and self.transport is not None:
+                self._reading_paused = True  # TCP backpressure reaches the peer
+                producer: Any = self.transport
+                producer.pauseProducing()
+            return
         start = 0
         while self._open() and not self.paused:
             end = buffer.find(b"\n", searched)
@@ -201,6 +227,8 @@ class PeerProtocol(LineReceiver):
             buffer.clear()
             return
         del buffer[:start]
+        if self.paused:  # paused by a line we just served: the rest waits for resumeProducing
+            return
         if len(buffer) > self.line_cap:
             buffer.clear()
             self.lineLengthExceeded(b"")
@@ -239,6 +267,22 @@ class PeerProtocol(LineReceiver):
             self.info.messages_out[message.NAME] += 1
             self.info.bytes_out[message.NAME] += len(line)
             self.transport.write(line)
+            self._spend(len(line))
+
+    def _spend(self, nbytes: int) -> None:
+        now = self.reactor.seconds()
+        self._send_budget = min(SEND_BURST_BYTES, self._send_budget + (now - self._send_stamp) * SEND_BYTES_PER_SECOND)
+        self._send_stamp = now
+        self._send_budget -= nbytes
+        if self._send_budget < 0 and self._budget_call is None:
+            self.paused = True  # read (and serve) nothing more until the budget is back
+            wait = -self._send_budget / SEND_BYTES_PER_SECOND
+            self._budget_call = self.reactor.callLater(wait, self._budget_back)
+
+    def _budget_back(self) -> None:
+        self._budget_call = None
+        if not self.writes_paused and self._open():
+            self.resumeProducing()
 
     def disconnect(self, reason: str) -> None:
         if self.info is not None and self.info.state is not PeerState.CLOSED:
@@ -246,8 +290,23 @@ class PeerProtocol(LineReceiver):
             self.info.state = PeerState.CLOSED
         if self.transport is not None:
             self.transport.loseConnection()
+            # A peer that never lets a close finish (a TLS shutdown it does not answer, a
+            # socket it does not drain) holds no slot past the grace period.
+            if self._abort_call is None:
+                self._abort_call = self.reactor.callLater(CLOSE_GRACE, self._abort)
+
+    def _abort(self) -> None:
+        self._abort_call = None
+        if not self.lost.called and self.transport is not None:
+            abort = getattr(self.transport, "abortConnection", None)
+            if abort is not None:
+                abort()
 
     def connectionLost(self, reason: Failure = Failure(ConnectionError())) -> None:  # noqa: B008
+        for call in (self._abort_call, self._budget_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._abort_call = self._budget_call = None
         if self.info is not None:
             self.info.state = PeerState.CLOSED
             self.manager.peer_disconnected(self)

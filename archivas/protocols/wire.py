@@ -388,6 +388,7 @@ class Hello(Message):
     listen_port: int  # 0: not listening
     capabilities: tuple[str, ...]
     block_relay_only: bool = False  # this connection carries blocks only (no transfers or addresses)
+    tls_fingerprint: Optional[bytes] = None  # sha256 of the TLS certificate it presents (TLS only)
 
     @property
     def node_id(self) -> bytes:
@@ -404,6 +405,7 @@ class Hello(Message):
             "listenPort": self.listen_port,
             "capabilities": list(self.capabilities),
             "blockRelayOnly": self.block_relay_only,
+            **({"tlsCert": self.tls_fingerprint.hex()} if self.tls_fingerprint is not None else {}),
         }
 
     @classmethod
@@ -423,6 +425,7 @@ class Hello(Message):
             listen_port=port,
             capabilities=_capabilities(payload),
             block_relay_only=relay_only,
+            tls_fingerprint=hex_field(payload, "tlsCert", 32) if "tlsCert" in payload else None,
         )
         if "nodeId" in payload and hex_field(payload, "nodeId", 32) != hello.node_id:
             raise DecodeError("nodeId is not sha256(nodeKey)")
