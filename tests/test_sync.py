@@ -63,7 +63,9 @@ class SyncTests(unittest.TestCase):
         served = {p: [m for m in p.requests if isinstance(m, wire.GetBlocks)] for p in (first, third)}
         self.assertTrue(served[first] and served[third], "batches went to both answering peers")
         self.assertFalse(h.node.sync.active)
-        self.assertGreater(silent.proto.info.misbehaviour, 0)  # its timeouts were counted
+        # Slowness costs no score; its timeouts were counted and back its requests off.
+        self.assertEqual(silent.proto.info.misbehaviour, 0)
+        self.assertGreater(silent.proto.sync_agent.timeouts, 0)
 
     def test_a_peer_ready_mid_round_joins_the_fetching(self):
         h = Harness(self)
@@ -119,3 +121,22 @@ class OrphanTests(unittest.TestCase):
             pool.add(block)
         self.assertEqual(len(pool), 3)
         self.assertEqual([blk.hash for blk, _ in pool.take_children(blocks[3].hash)], [blocks[4].hash])
+
+
+class RotationTests(unittest.TestCase):
+    def test_a_silent_peer_claiming_more_is_not_picked_forever(self):
+        """A liar claims far more weight and answers nothing; an honest peer is 40 blocks
+        ahead: rounds rotate off the liar, and the node reaches the honest tip."""
+        blocks = builder().extend(builder().genesis, 40)
+        h = Harness(self)
+        liar = ScriptedPeer(h, "10.0.0.66", blocks, b"\x66" * 16, weight=10**12)
+        honest = ScriptedPeer(h, "10.0.0.1", blocks, b"\x01" * 16)
+        for _ in range(200):
+            sent(liar.transport)  # never answered
+            honest.answer()
+            if h.node.chain.height == 40:
+                break
+            h.clock.advance(1)
+        self.assertEqual(h.node.chain.tip.hash, blocks[-1].hash)
+        self.assertLess(h.clock.seconds() - 1_800_000_000, 30)  # within 30 simulated seconds
+        self.assertGreater(liar.proto.sync_agent.failed_rounds, 0)

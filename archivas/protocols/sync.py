@@ -30,13 +30,45 @@ log = Logger()
 BATCH = 32  # heights per GET_BLOCKS request
 IN_FLIGHT_PER_PEER = 3  # outstanding batch requests per peer
 LOOKAHEAD_BATCHES = 24  # fetched-but-not-imported batches at most (memory bound)
-REQUEST_TIMEOUT = 15.0  # seconds before a request is retried elsewhere
+REQUEST_TIMEOUT = 2.0  # seconds a request may take at first (plus BYTES_ALLOWANCE); doubles per timeout
+MAX_REQUEST_TIMEOUT = 64.0
+BYTES_ALLOWANCE = 0.25  # seconds more per block asked for (a devnet block may be large)
 MAX_TIMEOUTS = 2  # a peer timing out this often leaves the round
+AVOID_SECONDS = 2.0  # a source that failed a round is not picked again for this long, doubling
 PROGRESS_EVERY = 2.0  # seconds between progress lines on long syncs
 
 
 class SyncFailed(Exception):
     pass
+
+
+class _Batches:
+    """The heights still to fetch, in batches: made as they are needed (a peer claiming a
+    height of 10^18 costs nothing up front), retried ones first."""
+
+    def __init__(self, first: int, last: int) -> None:
+        self.retry: collections.deque[tuple[int, int]] = collections.deque()
+        self.cursor = first
+        self.last = last
+
+    def __bool__(self) -> bool:
+        return bool(self.retry) or self.cursor <= self.last
+
+    def peek(self) -> tuple[int, int]:
+        if self.retry:
+            return self.retry[0]
+        return self.cursor, min(BATCH, self.last - self.cursor + 1)
+
+    def popleft(self) -> tuple[int, int]:
+        batch = self.peek()
+        if self.retry:
+            self.retry.popleft()
+        else:
+            self.cursor += batch[1]
+        return batch
+
+    def appendleft(self, batch: tuple[int, int]) -> None:
+        self.retry.appendleft(batch)
 
 
 class SyncAgent:
@@ -47,6 +79,17 @@ class SyncAgent:
         self.proto = proto
         self.reactor = reactor
         self.waiting: dict[tuple[str, int], tuple[defer.Deferred, Any]] = {}
+        self.timeouts = 0  # in a row; each doubles the next request's timeout
+        self.failed_rounds = 0  # rounds it led that ended early
+        self.avoid_until = 0.0  # not picked as a round's target before this
+
+    def timeout(self, blocks: int) -> float:
+        return min(REQUEST_TIMEOUT * 2 ** self.timeouts, MAX_REQUEST_TIMEOUT) + BYTES_ALLOWANCE * blocks
+
+    def round_failed(self) -> None:
+        self.failed_rounds += 1
+        self.avoid_until = self.reactor.seconds() + min(AVOID_SECONDS * 2 ** (self.failed_rounds - 1),
+                                                        MAX_REQUEST_TIMEOUT)
 
     def request(self, message: wire.Message, kind: str, start: int, timeout: float) -> defer.Deferred:
         key = (kind, start)
@@ -65,6 +108,7 @@ class SyncAgent:
 
         def expire() -> None:
             if self.waiting.pop(key, None) is not None:
+                self.timeouts += 1
                 d.errback(defer.TimeoutError(f"{kind} {start} from {info.address if info else '?'}"))
 
         call = self.reactor.callLater(timeout, expire)
@@ -77,6 +121,7 @@ class SyncAgent:
         entry = self.waiting.pop((kind, start), None)
         if entry is None:
             return False
+        self.timeouts = 0
         d, call = entry
         if call.active():
             call.cancel()
@@ -99,9 +144,12 @@ class Syncer:
         self.reactor = reactor
         self.active = False
         self._stopped = False
+        self._retry: Any = None
 
     def stop(self) -> None:
         self._stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
         for proto in list(self.peers.peers):
             agent = proto.sync_agent
             if agent is not None:
@@ -131,9 +179,35 @@ class Syncer:
 
     def peer_updated(self, proto: PeerProtocol) -> None:
         if not self.active and not self._stopped and self._ahead(proto):
-            self.active = True
-            defer.ensureDeferred(self._round(proto)).addErrback(
-                lambda f: log.failure("[sync] round failed", f))
+            self.start_round()
+
+    def _candidates(self) -> list[PeerProtocol]:
+        """Peers ahead of us, those that led no failed round recently first, then by the
+        weight (or height) they show: rounds rotate, so a liar cannot be picked forever."""
+        now = self.reactor.seconds()
+        ahead = [p for p in self.peers.ready_peers() if self._ahead(p)]
+
+        def rank(p: PeerProtocol) -> tuple[bool, int, int, int]:
+            agent = self.agent(p)
+            assert p.info is not None
+            return (agent.avoid_until > now, agent.failed_rounds, -p.info.weight, -p.info.height)
+
+        return sorted(ahead, key=rank)
+
+    def start_round(self) -> None:
+        if self.active or self._stopped:
+            return
+        candidates = self._candidates()
+        if not candidates:
+            return
+        target = candidates[0]
+        wait = self.agent(target).avoid_until - self.reactor.seconds()
+        if wait > 0:  # every peer ahead failed lately: try the least bad one when its wait ends
+            if self._retry is None or not self._retry.active():
+                self._retry = self.reactor.callLater(wait, self.start_round)
+            return
+        self.active = True
+        defer.ensureDeferred(self._round(target)).addErrback(lambda f: log.failure("[sync] round failed", f))
 
     def peer_lost(self, proto: PeerProtocol) -> None:
         if proto.sync_agent is not None:
@@ -153,14 +227,16 @@ class Syncer:
     def hashes(self, proto: PeerProtocol, message: wire.Hashes) -> bool:
         return self._fire(proto, "hashes", message.start, message)
 
-    def _request(self, proto: PeerProtocol, message: wire.Message, kind: str, start: int) -> defer.Deferred:
-        return self.agent(proto).request(message, kind, start, REQUEST_TIMEOUT)
+    def _request(self, proto: PeerProtocol, message: wire.Message, kind: str, start: int,
+                 blocks: int = 1) -> defer.Deferred:
+        agent = self.agent(proto)
+        return agent.request(message, kind, start, agent.timeout(blocks))
 
     async def fetch_range(self, proto: PeerProtocol, start: int, count: int) -> list[Block]:
         """Main-chain blocks start.. from one peer (fewer when it has fewer)."""
         assert proto.info is not None
         if proto.info.can("blocks"):
-            reply = await self._request(proto, wire.GetBlocks(start, count), "blocks", start)
+            reply = await self._request(proto, wire.GetBlocks(start, count), "blocks", start, count)
             return list(reply.blocks)
         results = await defer.DeferredList(
             [self._request(proto, wire.GetBlock(h), "block", h) for h in range(start, start + count)],
@@ -178,6 +254,7 @@ class Syncer:
     # a round
 
     async def _round(self, target: PeerProtocol) -> None:
+        weight_before = self.view.tip().weight
         try:
             assert target.info is not None
             start_height = self.view.tip().height
@@ -190,16 +267,22 @@ class Syncer:
             tip_hash = target.info.tip_hash
 
             def sources() -> list[PeerProtocol]:
-                """Peers on the target's tip: asked again as the round goes, so peers that
-                become ready meanwhile join in."""
+                """Peers on the target's tip that did not fail us lately: asked again as the
+                round goes, so peers that become ready meanwhile join in."""
+                now = self.reactor.seconds()
                 return [p for p in self.peers.ready_peers()
-                        if p.info is not None and p.info.tip_hash == tip_hash]
+                        if p.info is not None and p.info.tip_hash == tip_hash
+                        and (p is target or self.agent(p).avoid_until <= now)]
 
             await self._fetch(fork + 1, goal, sources() or [target], held, sources)
             log.info("Synced to tip (height={height})", height=self.view.tip().height)
         except (SyncFailed, defer.TimeoutError, defer.CancelledError) as e:
+            self.agent(target).round_failed()
             log.info("[sync] round with {peer} ended early: {e}",
                      peer=target.info.address if target.info else "?", e=str(e) or type(e).__name__)
+        else:
+            if self.view.tip().weight == weight_before and self._ahead(target):
+                self.agent(target).round_failed()  # it showed more than it gave: try others first
         finally:
             self.active = False
         if self._stopped:  # the node shut down meanwhile: its database is closed
@@ -207,10 +290,7 @@ class Syncer:
         tip = self.view.block(self.view.tip().hash)
         if tip is not None and tip.height > 0:
             self.sink.relay_block(tip)
-        for proto in self.peers.ready_peers():
-            if self._ahead(proto):
-                self.reactor.callLater(0, self.peer_updated, proto)
-                break
+        self.reactor.callLater(0, self.start_round)
 
     async def _find_fork(self, proto: PeerProtocol) -> tuple[int, dict[int, Block]]:
         """The highest height where our main chain and the peer's agree, and any blocks
@@ -241,9 +321,7 @@ class Syncer:
                      held: dict[int, tuple[Block, PeerProtocol]],
                      more_sources: Callable[[], list[PeerProtocol]] = list) -> None:
         received: dict[int, tuple[Block, PeerProtocol]] = dict(held)  # height -> block, sender
-        queue = collections.deque(
-            (s, min(BATCH, last - s + 1)) for s in range(first, last + 1, BATCH)
-        )
+        queue = _Batches(first, last)
         in_flight: dict[int, int] = {id(p): 0 for p in sources}
         timeouts: dict[int, int] = {id(p): 0 for p in sources}
         live = list(sources)
@@ -266,7 +344,7 @@ class Syncer:
         def pump() -> None:
             join_new_sources()
             while queue and live and not finished.called:
-                if queue[0][0] > state["next"] + LOOKAHEAD_BATCHES * BATCH:
+                if queue.peek()[0] > state["next"] + LOOKAHEAD_BATCHES * BATCH:
                     return
                 proto = min(live, key=lambda p: in_flight[id(p)])
                 if in_flight[id(proto)] >= IN_FLIGHT_PER_PEER:
@@ -297,8 +375,7 @@ class Syncer:
             in_flight[id(proto)] -= 1
             queue.appendleft((start, count))
             if failure.check(defer.TimeoutError):
-                timeouts[id(proto)] += 1
-                self.peers.misbehaved(proto, "timeout", f"no answer to a block request for {REQUEST_TIMEOUT:.0f} s")
+                timeouts[id(proto)] += 1  # slowness costs no score: it leaves the round and backs off
             if (timeouts[id(proto)] >= MAX_TIMEOUTS or not failure.check(defer.TimeoutError)) and proto in live:
                 live.remove(proto)
                 dropped.add(id(proto))
