@@ -47,7 +47,7 @@ class LineNode:
         # for addresses only while it has fewer outbound connections than max_outbound:
         # node 0 (which dials no one) gets 0, the others 1, filled by their dial to the
         # left neighbour before the right neighbour connects (form_line).
-        self.node = Node(self.chain, reactor, max_outbound=0 if index == 0 else 1)
+        self.node = Node(self.chain, reactor, max_outbound=0 if index == 0 else 1, discover=False)
         self.port = reactor.listenTCP(0, self.node.peers.inbound_factory, interface="127.0.0.1")
         self.node.peers.listen_port = self.port.getHost().port
         self.arrived: dict[bytes, float] = {}

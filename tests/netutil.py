@@ -45,6 +45,7 @@ def start_node(case: unittest.TestCase, directory: Optional[str] = None, blocks:
     now = int(time.time() * 1000)
     for block in blocks:
         chain.add_block(block, now)
+    options.setdefault("discover", False)  # the tests draw their own topologies
     node = Node(chain, reactor, **options)
     port = reactor.listenTCP(0, node.peers.inbound_factory, interface=interface)
     node.peers.listen_port = port.getHost().port

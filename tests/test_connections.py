@@ -147,3 +147,23 @@ def task_sleepless_settle():
 
 
 
+
+
+class DiscoveryTests(unittest.TestCase):
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_an_address_learned_by_exchange_fills_an_outbound_slot(self):
+        """A dials only B; B knows C. A hears of C through peer exchange, stores it, and
+        its outbound filler (not the message's arrival) connects to C."""
+        c = start_node(self)
+        b = start_node(self)
+        b.node.peers.dial(c.address)
+        yield defer.ensureDeferred(wait_until(lambda: connected(b, c), "B to C"))
+        a = start_node(self, discover=True)
+        a.node.peers.dial(b.address)
+        yield defer.ensureDeferred(wait_until(lambda: c.address in a.node.peers.book, "C in A's address book"))
+        self.assertFalse(connected(a, c))  # stored, not dialed on arrival
+        yield defer.ensureDeferred(wait_until(lambda: connected(a, c), "A's filler reaching C", deadline=30))
+        (proto,) = [p for p in a.node.peers.ready_peers() if p.info.node_id == c.node.node_id]
+        self.assertIn(proto.slot, ("outbound", "block-relay"))

@@ -287,3 +287,54 @@ class SendBudgetTests(unittest.TestCase):
             h.clock.advance(1.0)
         self.assertEqual(len(first) + len(soon) + len(replies()), 20)  # all answered in the end
         self.assertFalse(transport.disconnecting)
+
+
+class BackpressureTests(unittest.TestCase):
+    def test_unserved_input_stays_bounded_across_pause_cycles(self):
+        """A peer that reads just enough to resume us each time and always has 64 KiB more
+        of requests waiting: what we hold of its input stays under a bound, and we stop
+        reading its socket while we cannot serve it."""
+        from archivas.protocols import peer as peer_module
+
+        h = Harness(self)
+        proto, transport = h.connect()
+        feed(proto, wire.Status(0, 1, b"\x00" * 32))
+        line = wire.encode(wire.GetBlock(0)) + b"\n"
+        chunk = line * (65536 // len(line))
+        served = []
+        original = proto.manager.envelope_received
+
+        def serve(p, envelope):
+            served.append(envelope.type)
+            original(p, envelope)
+            if len(served) % 40 == 0:
+                p.pauseProducing()  # as the transport does when its write buffer is full
+
+        self.patch(proto.manager, "envelope_received", serve)
+        largest = 0
+        for _ in range(300):
+            if transport.producerState == "producing":
+                proto.dataReceived(chunk)
+            largest = max(largest, len(proto._partial))
+            proto.resumeProducing()
+        self.assertLess(largest, peer_module.PAUSED_INPUT_BYTES + 2 * len(chunk))
+        self.assertGreater(len(served), 300 * 30)
+
+
+class PingTests(unittest.TestCase):
+    def test_only_an_echo_of_our_ping_proves_a_round_trip(self):
+        from archivas.protocols import manager
+
+        h = Harness(self)
+        proto, transport = h.connect()
+        handshake(proto, genesis=h.node.genesis_hash)
+        sent(transport)
+        h.clock.advance(manager.PING_INTERVAL)
+        (ping,) = [m for m in sent(transport) if isinstance(m, wire.Ping)]
+        feed(proto, wire.Pong(int(h.clock.seconds())))  # a guess, streamed ahead
+        self.assertEqual(proto.info.min_ping, float("inf"))
+        h.clock.advance(0.05)
+        feed(proto, wire.Pong(ping.timestamp))  # the echo
+        self.assertAlmostEqual(proto.info.min_ping, 0.05)
+        feed(proto, wire.Pong(ping.timestamp))  # answers no PING now
+        self.assertAlmostEqual(proto.info.last_ping, 0.05)

@@ -563,9 +563,13 @@ class PeerManager:
         if info.ping_sent_at is None:
             return  # answers no PING of ours: nothing to measure
         rtt = self.reactor.seconds() - info.ping_sent_at
+        if info.ping_token is not None:
+            if message.timestamp != info.ping_token:
+                return  # not the echo of our PING (a peer streaming PONGs cannot fake a low ping)
         info.ping_sent_at = None
         info.last_ping = rtt
-        info.min_ping = min(info.min_ping, rtt)
+        if info.ping_token is not None:
+            info.min_ping = min(info.min_ping, rtt)  # only proven round trips protect from eviction
 
     def _on_get_status(self, proto: PeerProtocol, message: wire.GetStatus) -> None:
         proto.send(self.view.status())
@@ -730,7 +734,11 @@ class PeerManager:
                 continue
             if info.ping_sent_at is None:
                 info.ping_sent_at = now
-            proto.send(wire.Ping(int(now)))
+                # An Archivas peer echoes the timestamp: an unguessable one proves the round
+                # trip. A seed peer gets whole seconds, as the original sends (and answers
+                # with its own clock, so its round trip is shown but protects nothing).
+                info.ping_token = round(now + self._rng.random(), 6) if info.node_id is not None else None
+            proto.send(wire.Ping(info.ping_token if info.ping_token is not None else int(now)))
             if info.state is PeerState.READY and self._beats % STATUS_EVERY == 0:
                 proto.send(wire.GetStatus())  # keeps its live tip and weight current
 

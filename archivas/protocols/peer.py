@@ -32,6 +32,7 @@ log = Logger()
 MAX_LINE_BYTES = 4 * 1024 * 1024  # a 1 MiB block in a BLOCKS batch of a few, as JSON
 HANDSHAKE_LINE_BYTES = 64 * 1024  # until READY: STATUS and HELLO are a few hundred bytes
 CLOSE_GRACE = 5.0  # seconds a closing connection may take before it is aborted
+PAUSED_INPUT_BYTES = 64 * 1024  # unserved input held from a paused peer before we stop reading it
 # What we write to one peer: 4 MiB/s sustained, 64 MiB at once (about 2,000 fastnet or 140
 # devnet blocks a second). A peer that asks for more stops being read until the budget
 # refills, so no single peer can turn small requests into unbounded work and bandwidth.
@@ -93,6 +94,7 @@ class PeerInfo:
     misbehaviour: int = 0
     answered_get_peers: bool = False
     ping_sent_at: Optional[float] = None
+    ping_token: Optional[float] = None  # the timestamp of our outstanding PING to an Archivas peer
     last_ping: Optional[float] = None  # seconds, the last PING's round trip
     min_ping: float = float("inf")
     last_block_at: float = 0.0  # when it last sent a block that became ours (eviction)
@@ -193,11 +195,11 @@ class PeerProtocol(LineReceiver):
         if self._budget_call is not None:
             return  # still over its send budget: _budget_back resumes
         self.paused = False
-        if self._reading_paused:
+        self.dataReceived(b"")  # what waits in the buffer first (it may pause us again)
+        if self._reading_paused and not self.paused and self._open():
             self._reading_paused = False
             producer: Any = self.transport  # a TCP or TLS transport is also its reading's producer
             producer.resumeProducing()
-        self.dataReceived(b"")
 
     def _open(self) -> bool:
         return self.info is not None and self.info.state is not PeerState.CLOSED
@@ -207,10 +209,7 @@ class PeerProtocol(LineReceiver):
         searched = 0 if not data else len(buffer)  # (after a pause, lines may wait in the buffer)
         buffer += data
         if self.paused:
-            if len(buffer) > self.line_cap and not self._reading_paused and self.transport is not None:
-                self._reading_paused = True  # TCP backpressure reaches the peer
-                producer: Any = self.transport
-                producer.pauseProducing()
+            self._hold_input()
             return
         start = 0
         while self._open() and not self.paused:
@@ -228,16 +227,28 @@ class PeerProtocol(LineReceiver):
             return
         del buffer[:start]
         if self.paused:  # paused by a line we just served: the rest waits for resumeProducing
+            self._hold_input()
             return
         if len(buffer) > self.line_cap:
             buffer.clear()
             self.lineLengthExceeded(b"")
 
+    def _hold_input(self) -> None:
+        """While paused, stop reading the socket once PAUSED_INPUT_BYTES wait unserved:
+        TCP then pushes back on the peer, and what it sent costs us no more than that."""
+        if len(self._partial) > PAUSED_INPUT_BYTES and not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            producer: Any = self.transport
+            producer.pauseProducing()
+
     def lineReceived(self, line: bytes) -> None:
         if not self._open():
             return
         assert self.info is not None
-        if not line.strip():
+        if not line.strip():  # blank lines carry nothing, but are not free to send
+            refused = self.limiter.check(ratelimit.OTHER, len(line) + 1)
+            if refused is not None:
+                self.manager.misbehaved(self, "rate_limit", refused)
             return
         try:
             envelope = wire.decode_envelope(line)

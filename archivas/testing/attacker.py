@@ -212,8 +212,8 @@ def seed_handshake(conn: Conn, claim: Optional[dict[str, Any]] = None) -> dict[s
     """Become a READY seed peer (a STATUS without "hello"): the node's own tip unless
     `claim` says otherwise. Returns the node's STATUS."""
     status = node_status(conn)
-    mine = {k: status[k] for k in ("height", "difficulty", "tipHash", "weight", "genesisHash", "network")
-            if k in status}
+    keep = ("height", "difficulty", "tipHash", "weight", "genesisHash", "network")
+    mine: dict[str, Any] = {k: status[k] for k in keep if k in status}
     mine.update(claim or {})
     conn.send(7, mine)
     return status
@@ -227,7 +227,8 @@ def archivas_handshake(conn: Conn, claim: Optional[dict[str, Any]] = None,
     from archivas.protocols import identity
 
     status = node_status(conn)
-    mine = {k: status[k] for k in ("height", "difficulty", "tipHash", "weight", "genesisHash", "network")}
+    mine: dict[str, Any] = {k: status[k] for k in ("height", "difficulty", "tipHash", "weight", "genesisHash",
+                                                   "network")}
     mine.update(claim or {})
     mine["version"] = 2
     mine["capabilities"] = list(capabilities)
@@ -273,7 +274,7 @@ def repeated(ctx: Context, lines: list[bytes], max_connections: int = 40, pause:
     """Reconnect and send `lines` until the node closes each connection, for the duration;
     each connection starts one line further on, so every line is read by the node before
     some connection reaches the score that closes it."""
-    per_conn = []
+    per_conn: list[Any] = []
     while ctx.running() and len(per_conn) < max_connections:
         conn = fresh(ctx)
         if conn is None:
@@ -440,8 +441,8 @@ def s_unsolicited_block_data(ctx: Context) -> dict[str, Any]:
     requests: list[Any] = []
     sent = 0
     while ctx.running() and not conn.closed and sent < 3000:
-        for data in own + orphans:
-            if not conn.send_raw(data):
+        for raw in own + orphans:
+            if not conn.send_raw(raw):
                 break
             sent += 1
         time.sleep(0.01)
@@ -456,7 +457,7 @@ def s_unsolicited_block_data(ctx: Context) -> dict[str, Any]:
 def s_invalid_block(ctx: Context) -> dict[str, Any]:
     """Invalid blocks at the next height (--data "invalid"): each twice, on new connections."""
     blocks = [line(5, {"height": b["header"]["height"], "blockData": b}) for b in ctx.data["invalid"]]
-    per_conn = []
+    per_conn: list[Any] = []
     while ctx.running() and len(per_conn) < 12:
         conn = fresh(ctx)
         if conn is None:
