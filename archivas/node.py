@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import attrs
 from twisted.internet import defer, threads
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -40,6 +41,10 @@ log = Logger()
 
 VERIFY_THREADS = 2
 ORPHAN_FETCH_GAP = 32  # an orphan further above our tip than this starts a sync instead
+STALE_CHECK_SECONDS = 30.0  # how often the stale-tip check runs (and its least quiet time)
+STALE_TIP_BLOCKS = 3  # target block times without a new tip before peers are asked again
+RELAY_NEAR_TOP = 3  # during a sync, blocks this close to the best height peers show are relayed
+EARLY_RETRIES = 3  # a block refused only for being early is tried again this often, when it is due
 MAX_BLOCKS_REPLY_BYTES = 2 * 1024 * 1024
 MAX_INVALID_REMEMBERED = 4096
 MAX_PROOFS_REMEMBERED = 4096  # (parent, proof of space) of recent blocks, against re-made siblings
@@ -91,6 +96,9 @@ class Node:
         # (parent hash, proof of space) -> the first valid block seen with them.
         self._proofs: collections.OrderedDict[tuple[bytes, bytes], bytes] = collections.OrderedDict()
         self.dropped_siblings = 0
+        self._stale: Optional[LoopingCall] = None
+        self._last_tip_at = 0.0
+        self._early: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # retries of early blocks
         self._handlers: dict[type[wire.Message], Callable[[PeerProtocol, Any], None]] = {
             wire.NewBlock: self._on_new_block,
             wire.GetBlock: self._on_get_block,
@@ -115,10 +123,30 @@ class Node:
         if self.threaded:
             self.threadpool.start()
         self.peers.start()
+        self._last_tip_at = self.reactor.seconds()
+        self._stale = LoopingCall(self._stale_tip_check)
+        self._stale.clock = self.reactor
+        self._stale.start(STALE_CHECK_SECONDS, now=False).addErrback(
+            lambda f: log.failure("[sync] stale-tip check failed", f))
+
+    def _stale_tip_check(self) -> None:
+        """As Bitcoin Core's: no new tip for a while although a peer shows more weight ->
+        ask every peer for its status again and start a round (which rotates sources)."""
+        quiet = self.reactor.seconds() - self._last_tip_at
+        if quiet < max(STALE_TIP_BLOCKS * self.params.target_block_time_ms / 1000, STALE_CHECK_SECONDS):
+            return
+        weight = self.chain.tip.weight
+        if any(p.info is not None and p.info.weight > weight for p in self.peers.ready_peers()):
+            log.info("[sync] no new tip for {s:.0f} s while peers show more weight: asking again", s=quiet)
+            for proto in self.peers.ready_peers():
+                proto.send(wire.GetStatus())
+            self.sync.start_round()
 
     def stop(self) -> defer.Deferred:
         """Close every connection (fires when they are gone), then the thread pool."""
         self.stopped = True
+        if self._stale is not None and self._stale.running:
+            self._stale.stop()
         self.sync.stop()
         d = self.peers.stop()
         if self.threaded:
@@ -367,11 +395,16 @@ class Node:
         return threads.deferToThreadPool(self.reactor, self.threadpool, f, *args)
 
     def _hold_orphan(self, block: Block, source: Optional[PeerProtocol]) -> None:
-        self.orphans.add(block, source)
-        if block.header.parent_hash in self._in_progress or source is None:
+        """Hold a block whose parent is missing, and ask for the parent. Held only from a
+        peer past its handshake (a ready seed or Archivas peer), and only near our tip:
+        further above, it starts a sync instead (orphans.py has the size bounds)."""
+        if source is None or source.info is None or source.info.state is not PeerState.READY:
             return
         if block.height > self.chain.height + ORPHAN_FETCH_GAP:
             self.sync.peer_updated(source)
+            return
+        self.orphans.add(block, source)
+        if block.header.parent_hash in self._in_progress:
             return
         root = self.orphans.root_of(block)
         if root is not None and root.height > 0:
@@ -388,18 +421,39 @@ class Node:
         elif error.reason == "timestamp_in_future":
             log.info("[chain] block {h} from {peer} is ahead of our clock: {e}", h=block.hash.hex()[:16],
                      peer=source.info.address if source.info else "?", e=str(error))
+            self._retry_when_due(block, source)
         else:
             self.peers.misbehaved(source, "invalid_block", f"block at height {block.height}: {error}")
+
+    def _best_claimed_height(self) -> int:
+        return max([p.info.height for p in self.peers.ready_peers() if p.info is not None] + [self.chain.height])
+
+    def _retry_when_due(self, block: Block, source: PeerProtocol) -> None:
+        """Take a block that was only early once it is due: at most EARLY_RETRIES times,
+        without re-running a sync round."""
+        tries = self._early.get(block.hash, 0)
+        if tries >= EARLY_RETRIES or self.stopped:
+            return
+        self._early[block.hash] = tries + 1
+        while len(self._early) > MAX_INVALID_REMEMBERED:
+            self._early.popitem(last=False)
+        due = (block.header.timestamp - self.params.max_future_ms) / 1000 - self.reactor.seconds()
+        self.reactor.callLater(max(0.0, due) + 0.05 * (tries + 1), self._retry_early, block, source)
+
+    def _retry_early(self, block: Block, source: PeerProtocol) -> None:
+        if not self.stopped and not self.chain.has_block(block.hash):
+            self._background(self.receive_block(block, source), "early block")
 
     def _accepted(self, block: Block, result: AddResult) -> None:
         self._remember_proof(block)
         if result.status != ADDED_TIP:
             return
+        self._last_tip_at = self.reactor.seconds()
         log.info("[chain] new tip height={height} hash={hash}", height=block.height, hash=block.hash.hex()[:16])
         self.mempool.update_for_blocks(result.connected, result.disconnected, self.chain.account)
         self.vdf_parent, self.vdf_segments = block.hash, []
-        if not self.sync.active:
-            self.relay_block(block)
+        if not self.sync.active or block.height + RELAY_NEAR_TOP >= self._best_claimed_height():
+            self.relay_block(block)  # during a sync, only blocks at the top (history is not pushed)
         for callback in list(self.on_tip):
             callback(block)
 
@@ -441,6 +495,8 @@ class Node:
                     result = self.chain.add_block(block, self.now_ms(), score)
                 except BlockRejected as e:
                     self._rejected(block, sender, e)
+                    if e.permanent and sender is not None:
+                        sender.disconnect(f"served a block refused for good ({e.reason})")  # not used again
                     return added
                 if result.status == ORPHAN:
                     return added

@@ -140,3 +140,94 @@ class RotationTests(unittest.TestCase):
         self.assertEqual(h.node.chain.tip.hash, blocks[-1].hash)
         self.assertLess(h.clock.seconds() - 1_800_000_000, 30)  # within 30 simulated seconds
         self.assertGreater(liar.proto.sync_agent.failed_rounds, 0)
+
+
+class OrphanBoundTests(unittest.TestCase):
+    def garbage(self, count):
+        import dataclasses
+        import os
+
+        block = builder().make_block(builder().genesis)
+        return [dataclasses.replace(block, header=dataclasses.replace(block.header, parent_hash=os.urandom(32),
+                                                                       height=2 + i % 20))
+                for i in range(count)]
+
+    def test_no_orphans_from_a_connection_before_its_handshake(self):
+        h = Harness(self)
+        proto, transport = h.connect()
+        for block in self.garbage(50):
+            feed(proto, wire.BlockData(block.height, block))
+        self.assertEqual(len(h.node.orphans), 0)
+
+    def test_orphans_from_a_ready_peer_stay_within_the_bounds(self):
+        from archivas.protocols import orphans
+
+        h = Harness(self)
+        proto, transport = h.connect()
+        handshake(proto, genesis=h.node.genesis_hash)
+        for block in self.garbage(300):
+            feed(proto, wire.PushBlock(block))
+        self.assertLessEqual(len(h.node.orphans), orphans.MAX_ORPHANS)
+        self.assertLessEqual(h.node.orphans.bytes, orphans.MAX_ORPHAN_BYTES)
+        pool = orphans.OrphanPool(max_bytes=len(self.garbage(1)[0].encode()) * 3 + 10)
+        for block in self.garbage(10):
+            pool.add(block)
+        self.assertEqual(len(pool), 3)  # the byte bound, oldest out first
+
+    def test_far_above_the_tip_starts_a_sync_instead(self):
+        h = Harness(self)
+        proto, transport = h.connect()
+        handshake(proto, genesis=h.node.genesis_hash)
+        far = self.garbage(1)[0]
+        import dataclasses
+
+        far = dataclasses.replace(far, header=dataclasses.replace(far.header, height=500))
+        feed(proto, wire.PushBlock(far))
+        self.assertEqual(len(h.node.orphans), 0)
+
+
+class EarlyBlockTests(unittest.TestCase):
+    def test_a_block_only_early_is_taken_once_due(self):
+        b = builder()
+        h = Harness(self)
+        proto, transport = h.connect()
+        handshake(proto, genesis=h.node.genesis_hash)
+        now_ms = int(h.clock.seconds() * 1000)
+        early = b.make_block(b.genesis, timestamp=now_ms + 40_000)  # 10 s past the 30 s allowed
+        feed(proto, wire.PushBlock(early))
+        self.assertEqual(h.node.chain.height, 0)
+        self.assertEqual(proto.info.misbehaviour, 0)
+        for _ in range(12):
+            h.clock.advance(1)
+        self.assertEqual(h.node.chain.tip.hash, early.hash)
+
+    def test_retries_stop_after_three(self):
+        b = builder()
+        h = Harness(self)
+        proto, transport = h.connect()
+        handshake(proto, genesis=h.node.genesis_hash)
+        now_ms = int(h.clock.seconds() * 1000)
+        early = b.make_block(b.genesis, timestamp=now_ms + 40_000)
+        checks = []
+        real = h.node.verify
+        h.node.verify = lambda block, parent: checks.append(block.hash) or real(block, parent)
+        self.patch(h.node, "now_ms", lambda: now_ms)  # its clock stands still: never due
+        feed(proto, wire.PushBlock(early))
+        for _ in range(60):
+            h.clock.advance(1)
+        self.assertEqual(len(checks), 1 + 3)
+        self.assertEqual(h.node.chain.height, 0)
+
+
+class StaleTipTests(unittest.TestCase):
+    def test_peers_are_asked_again_when_the_tip_goes_stale(self):
+        from archivas import node as node_module
+
+        blocks = builder().extend(builder().genesis, 5)
+        h = Harness(self)
+        quiet = ScriptedPeer(h, "10.0.0.9", blocks, b"\x09" * 16)  # shows more, answers nothing
+        sent(quiet.transport)
+        h.clock.advance(node_module.STALE_CHECK_SECONDS - 1)
+        self.assertNotIn(wire.GetStatus(), sent(quiet.transport))
+        h.clock.advance(2)
+        self.assertIn(wire.GetStatus(), sent(quiet.transport))

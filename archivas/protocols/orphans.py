@@ -1,5 +1,7 @@
 """Blocks whose parent is not known yet, held (with who sent them) until the parent
-arrives; bounded, oldest evicted first."""
+arrives. An orphan's proofs cannot be checked without its parent (the VDF seed comes from
+it), so the bounds are what protect: at most MAX_ORPHANS blocks and MAX_ORPHAN_BYTES of
+them in all; past either, the oldest held goes first."""
 
 from __future__ import annotations
 
@@ -9,14 +11,18 @@ from typing import Generic, Optional, TypeVar
 from archivas.chain.block import Block
 
 MAX_ORPHANS = 256
+MAX_ORPHAN_BYTES = 8 * 1024 * 1024  # encoded size of all held blocks together
 
 Source = TypeVar("Source")
 
 
 class OrphanPool(Generic[Source]):
-    def __init__(self, size: int = MAX_ORPHANS) -> None:
+    def __init__(self, size: int = MAX_ORPHANS, max_bytes: int = MAX_ORPHAN_BYTES) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        self.bytes = 0
         self._blocks: collections.OrderedDict[bytes, tuple[Block, Optional[Source]]] = collections.OrderedDict()
+        self._sizes: dict[bytes, int] = {}
         self._children: dict[bytes, set[bytes]] = {}
 
     def __len__(self) -> int:
@@ -28,13 +34,19 @@ class OrphanPool(Generic[Source]):
     def add(self, block: Block, source: Optional[Source] = None) -> None:
         if block.hash in self._blocks:
             return
+        size = len(block.encode())
+        if size > self.max_bytes:
+            return
         self._blocks[block.hash] = (block, source)
+        self._sizes[block.hash] = size
+        self.bytes += size
         self._children.setdefault(block.header.parent_hash, set()).add(block.hash)
-        while len(self._blocks) > self.size:
+        while len(self._blocks) > self.size or self.bytes > self.max_bytes:
             _, (oldest, _) = self._blocks.popitem(last=False)
             self._unlink(oldest)
 
     def _unlink(self, block: Block) -> None:
+        self.bytes -= self._sizes.pop(block.hash, 0)
         siblings = self._children.get(block.header.parent_hash)
         if siblings is not None:
             siblings.discard(block.hash)
