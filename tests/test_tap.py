@@ -129,6 +129,30 @@ class ServiceTreeTests(unittest.TestCase):
         top.node.stop()  # nothing to wait for on a memory reactor
         top.node.chain.close()
 
+    def test_peer_layer_options(self):
+        db = self.mktemp()
+        config = parse(["--db", db, "--network", "fastnet", "--p2p-tls", "--whitelist", "10.0.0.0/8",
+                        "--whitelist", "192.0.2.7", "--peers", "tls:localhost:9999,[::1]:9998",
+                        "--rpc-port", "127.0.0.1:0", "--p2p-port", "127.0.0.1:0"])
+        self.assertEqual(config["whitelist"], ["10.0.0.0/8", "192.0.2.7/32"])
+        self.assertTrue(config["p2p-tls"])
+        reactor = MemoryReactorClock()
+        top = makeService(config, reactor)
+        self.addCleanup(top.node.chain.close)
+        peers = top.node.peers
+        self.assertTrue(peers.is_whitelisted("10.9.9.9") and not peers.is_whitelisted("11.0.0.1"))
+        self.assertIn("tls:localhost:9999", peers.dialers)
+        self.assertIsNotNone(peers.tls_certificate)
+        for name in ("node.key", "p2p-tls.pem", ".cookie"):
+            path = os.path.join(db, name)
+            self.assertEqual(os.stat(path).st_mode & 0o777, 0o600, name)
+        top.startService()
+        self.assertEqual(len(reactor.sslServers), 1)  # the p2p port speaks TLS
+        top.node.stop()
+        for bad in (["--whitelist", "not-a-net"], ["--peers", "tls:nohost"], ["--peers", "::1:9090"]):
+            with self.assertRaises(usage.UsageError, msg=bad):
+                parse(bad)
+
     def test_database_in_use_or_foreign_is_refused(self):
         db = self.mktemp()
         first = node_service(db=db, network="fastnet", reactor=MemoryReactorClock())
