@@ -21,6 +21,7 @@ from archivas.chain.storage import StorageError
 from archivas.protocols.addrman import parse_address
 from archivas.protocols.manager import endpoint_description, whitelist_networks
 from archivas.protocols.tls import TLS_PREFIX
+from archivas.scripts.common import VersionedOptions
 from archivas.service import NodeMultiService, fail, node_service
 
 DEFAULTS: dict[str, Any] = {
@@ -72,7 +73,8 @@ def check_listen(name: str, description: str) -> str:
     return str(description)
 
 
-class Options(usage.Options):
+class Options(VersionedOptions):
+    program = "archivas-node"
     synopsis = "[options]"
     longdesc = ("Run an Archivas node: validate, store and gossip blocks, serve the JSON RPC, "
                 "and optionally prove time (--timelord) and farm plots (--farm).")

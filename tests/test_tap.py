@@ -190,3 +190,22 @@ class ServiceTreeTests(unittest.TestCase):
         path = self.mktemp()
         PrivateKey.generate().save(path)
         self.assertTrue(parse(["--farmer-key", path])["farmer-key"])
+
+
+class VersionTests(unittest.TestCase):
+    def test_every_program_prints_archivas_version(self):
+        import io
+        import sys
+
+        from archivas import __version__
+        from archivas.scripts import farmer, timelord, wallet
+
+        for program, options in (("archivas-node", Options(environ={}, exit_on_error=False)),
+                                 ("archivas-wallet", wallet.Options()), ("archivas-farmer", farmer.Options()),
+                                 ("archivas-timelord", timelord.Options())):
+            out = io.StringIO()
+            self.patch(sys, "stdout", out)
+            with self.assertRaises(SystemExit) as cm:
+                options.parseOptions(["--version"])
+            self.assertEqual(cm.exception.code, 0)
+            self.assertTrue(out.getvalue().startswith(f"{program} {__version__} "), out.getvalue())

@@ -14,7 +14,7 @@ from typing import Callable, Iterable, Optional, Protocol
 
 from archivas.chain.ledger import Account
 from archivas.chain.params import NetworkParams
-from archivas.chain.transactions import InvalidTransaction, Transaction, check_stateless
+from archivas.chain.transactions import InvalidTransaction, Transaction, check_stateless, rchv
 
 AccountLookup = Callable[[str], Account]
 
@@ -86,7 +86,7 @@ class Mempool:
         if spent + tx.amount + tx.fee > balance:
             raise InvalidTransaction(
                 "insufficient_balance",
-                f"needs {tx.amount + tx.fee} after {spent} pending, balance is {balance}",
+                f"needs {rchv(tx.amount + tx.fee)} after {rchv(spent)} pending, balance is {rchv(balance)}",
             )
         if replaced is None and len(self._by_hash) >= self.max_transactions:
             self._make_room(tx)

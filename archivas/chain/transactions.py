@@ -7,7 +7,7 @@ from typing import Any
 
 from archivas.chain import keys
 from archivas.chain.encoding import DecodeError, canonical_json, field, hex_field, sha256, str_field
-from archivas.chain.params import NetworkParams
+from archivas.chain.params import COIN, NetworkParams
 
 TX_DOMAIN = b"archivas-tx-v1\x00"
 
@@ -126,11 +126,17 @@ def check_stateless(tx: Transaction, params: NetworkParams, verify_signature: bo
         raise InvalidTransaction("bad_signature", "signature does not verify")
 
 
+def rchv(units: int) -> str:
+    """Base units as RCHV, as people read amounts: 100000000 -> "1.00000000 RCHV"."""
+    return f"{units // COIN}.{units % COIN:08d} RCHV"
+
+
 def check_against_account(tx: Transaction, balance: int, nonce: int) -> None:
     """The rules that need the sender's account: nonce and balance."""
     if tx.nonce != nonce:
         raise InvalidTransaction("bad_nonce", f"nonce {tx.nonce}, account expects {nonce}")
     if tx.amount + tx.fee > balance:
         raise InvalidTransaction(
-            "insufficient_balance", f"needs {tx.amount + tx.fee}, balance is {balance}"
+            "insufficient_balance",
+            f"needs {rchv(tx.amount + tx.fee)} (amount and fee), balance is {rchv(balance)}",
         )

@@ -11,6 +11,21 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.python import usage
 
 
+class VersionedOptions(usage.Options):
+    """`--version` prints Archivas' version (usage.Options would print Twisted's)."""
+
+    program = "archivas"
+
+    def opt_version(self) -> NoReturn:
+        """print the version and exit"""
+        import twisted
+        from archivas import __version__
+
+        sys.stdout.write(f"{self.program} {__version__} (Twisted {twisted.__version__})\n")
+        sys.stdout.flush()
+        raise SystemExit(0)
+
+
 def die(program: str, message: str, code: int = 1) -> NoReturn:
     sys.stderr.write(f"{program}: error: {message}\n")
     sys.stderr.flush()

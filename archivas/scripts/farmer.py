@@ -11,7 +11,7 @@ from archivas.chain.keys import KeyFileError, PrivateKey
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
 from archivas.farmer.plotter import PlotError, create_plot
-from archivas.scripts.common import die, parse, serve_against_node
+from archivas.scripts.common import VersionedOptions, die, parse, serve_against_node
 
 PROGRAM = "archivas-farmer"
 BAR_WIDTH = 30
@@ -53,7 +53,8 @@ class FarmOptions(usage.Options):
             raise usage.UsageError("--farmer-key is required")
 
 
-class Options(usage.Options):
+class Options(VersionedOptions):
+    program = "archivas-farmer"
     subCommands = [
         ["plot", None, PlotOptions, "make plots"],
         ["farm", None, FarmOptions, "farm plots against a node"],

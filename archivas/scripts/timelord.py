@@ -5,13 +5,12 @@ from __future__ import annotations
 import sys
 from typing import Optional
 
-from twisted.python import usage
-
-from archivas.scripts.common import parse, serve_against_node
+from archivas.scripts.common import VersionedOptions, parse, serve_against_node
 from archivas.timelord import Timelord
 
 
-class Options(usage.Options):
+class Options(VersionedOptions):
+    program = "archivas-timelord"
     optParameters = [["node", None, "http://localhost:8080", "the node's RPC URL"]]
 
 

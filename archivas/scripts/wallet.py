@@ -15,7 +15,7 @@ from archivas.chain.params import COIN
 from archivas.chain.transactions import sign_transfer
 from archivas.client import HttpNodeAPI
 from archivas.nodeapi import ApiError
-from archivas.scripts.common import die, parse
+from archivas.scripts.common import VersionedOptions, die, parse
 
 PROGRAM = "archivas-wallet"
 
@@ -85,7 +85,8 @@ class BalanceOptions(usage.Options):
         self["address"] = address
 
 
-class Options(usage.Options):
+class Options(VersionedOptions):
+    program = "archivas-wallet"
     subCommands = [
         ["new", None, NewOptions, "make a key file and print its address"],
         ["send", None, SendOptions, "sign and submit a transfer"],
