@@ -338,3 +338,46 @@ class PingTests(unittest.TestCase):
         self.assertAlmostEqual(proto.info.min_ping, 0.05)
         feed(proto, wire.Pong(ping.timestamp))  # answers no PING now
         self.assertAlmostEqual(proto.info.last_ping, 0.05)
+
+
+class BootstrapTests(unittest.TestCase):
+    def test_bootstrap_names_are_dialed_only_while_the_book_is_small(self):
+        from archivas.protocols import manager
+
+        h = Harness(self)
+        peers = h.node.peers
+        peers.bootstrap = ["seed.archivas.example:9090"]
+        dialed = []
+        peers.connect_once = lambda address, slot, endpoint=None: dialed.append(address)
+        peers.fill_outbound()
+        self.assertIn("seed.archivas.example:9090", dialed)
+        peers.book.add([f"10.{i}.0.1:9090" for i in range(manager.BOOTSTRAP_BELOW + 10)], "10.200.0.1")
+        dialed.clear()
+        peers.fill_outbound()
+        self.assertNotIn("seed.archivas.example:9090", dialed)
+
+
+class FullInboundEvictionTests(unittest.TestCase):
+    def test_inbound_full_of_honest_peers_then_a_flood(self):
+        """Every inbound slot held by honest peers (some relayed blocks, some have the
+        lowest pings), then 500 connections from one group: those honest peers stay; the
+        flood loses every eviction once it holds a slot or two."""
+        h = Harness(self, max_inbound=30)
+        protected = []
+        for i in range(30):
+            proto, _ = _inbound(h, f"10.{i + 1}.0.1")
+            feed(proto, wire.Status(0, 1, b"\x00" * 32))
+            if i < 4:
+                proto.info.last_block_at = h.clock.seconds()  # the most recent novel blocks
+                protected.append(proto)
+            elif i < 12:
+                proto.info.min_ping = 0.001 * i  # the lowest pings
+                protected.append(proto)
+            h.clock.advance(1)
+        flood = [_inbound(h, f"10.200.{i // 250}.{i % 250 + 1}") for i in range(500)]
+        connected = set(map(id, h.node.peers.peers))
+        self.assertTrue(all(id(p) in connected for p in protected))
+        honest_left = sum(1 for p in h.node.peers.peers if not p.info.host.startswith("10.200."))
+        flood_evicted = sum(1 for _, t in flood if not t.connected)
+        self.assertGreaterEqual(honest_left, 28)  # at most the first newcomer or two cost an honest slot
+        self.assertGreaterEqual(flood_evicted, 497)
