@@ -37,5 +37,5 @@ def authorised(header: Optional[bytes], token: Optional[str]) -> bool:
     """The request's Authorization header carries the token (compared in constant time)."""
     if token is None or header is None:
         return False
-    scheme, _, given = header.decode("latin-1").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    scheme, _, given = header.partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), token.encode())

@@ -45,6 +45,7 @@ STALE_CHECK_SECONDS = 30.0  # how often the stale-tip check runs (and its least 
 STALE_TIP_BLOCKS = 3  # target block times without a new tip before peers are asked again
 RELAY_NEAR_TOP = 3  # during a sync, blocks this close to the best height peers show are relayed
 EARLY_RETRIES = 3  # a block refused only for being early is tried again this often, when it is due
+MAX_EARLY_PENDING = 64  # early blocks waiting for their time at once (each holds a block and a timer)
 MAX_BLOCKS_REPLY_BYTES = 2 * 1024 * 1024
 MAX_INVALID_REMEMBERED = 4096
 MAX_PROOFS_REMEMBERED = 4096  # (parent, proof of space) of recent blocks, against re-made siblings
@@ -99,6 +100,7 @@ class Node:
         self._stale: Optional[LoopingCall] = None
         self._last_tip_at = 0.0
         self._early: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # retries of early blocks
+        self._early_pending = 0
         self._handlers: dict[type[wire.Message], Callable[[PeerProtocol, Any], None]] = {
             wire.NewBlock: self._on_new_block,
             wire.GetBlock: self._on_get_block,
@@ -359,7 +361,11 @@ class Node:
 
     def _ask_again(self, block: Block, announcers: Sequence[PeerProtocol],
                    tried: Sequence[Optional[PeerProtocol]]) -> None:
-        for proto in announcers:
+        """Every copy we had of a block failed in what its id leaves out: ask a peer that
+        announced or sent it (its copy may be the real one; a forged orphan must not
+        shadow it either)."""
+        others = [p for p in self.peers.ready_peers() if p.info is not None and block.hash in p.info.known_blocks]
+        for proto in list(announcers) + others:
             if proto not in tried and proto.info is not None and proto.info.state is not PeerState.CLOSED:
                 self._request_block(proto, block.height)
                 return
@@ -432,8 +438,9 @@ class Node:
         """Take a block that was only early once it is due: at most EARLY_RETRIES times,
         without re-running a sync round."""
         tries = self._early.get(block.hash, 0)
-        if tries >= EARLY_RETRIES or self.stopped:
+        if tries >= EARLY_RETRIES or self.stopped or self._early_pending >= MAX_EARLY_PENDING:
             return
+        self._early_pending += 1
         self._early[block.hash] = tries + 1
         while len(self._early) > MAX_INVALID_REMEMBERED:
             self._early.popitem(last=False)
@@ -441,6 +448,7 @@ class Node:
         self.reactor.callLater(max(0.0, due) + 0.05 * (tries + 1), self._retry_early, block, source)
 
     def _retry_early(self, block: Block, source: PeerProtocol) -> None:
+        self._early_pending -= 1
         if not self.stopped and not self.chain.has_block(block.hash):
             self._background(self.receive_block(block, source), "early block")
 
@@ -522,8 +530,10 @@ class Node:
         try:
             self.mempool.add(tx, self.chain.account)
         except InvalidTransaction as e:
-            # Remember only what can never be admitted; a gap or a full pool may clear.
-            if e.reason in FORGERY_REASONS or e.reason == "bad_nonce":
+            # Remember only what can never be admitted by this id; a gap or a full pool may
+            # clear, and a bad signature condemns this copy only (the id leaves the
+            # signature out: a forged copy must not shadow the real transfer).
+            if e.reason != "bad_signature" and (e.reason in FORGERY_REASONS or e.reason == "bad_nonce"):
                 self._seen_txs.add(tx.hash)
             raise
         self._seen_txs.add(tx.hash)

@@ -351,7 +351,7 @@ class BootstrapTests(unittest.TestCase):
         peers.connect_once = lambda address, slot, endpoint=None: dialed.append(address)
         peers.fill_outbound()
         self.assertIn("seed.archivas.example:9090", dialed)
-        peers.book.add([f"10.{i}.0.1:9090" for i in range(manager.BOOTSTRAP_BELOW + 10)], "10.200.0.1")
+        peers.book.add([f"{20 + i}.1.0.1:9090" for i in range(manager.BOOTSTRAP_BELOW + 10)], "9.9.9.9")
         dialed.clear()
         peers.fill_outbound()
         self.assertNotIn("seed.archivas.example:9090", dialed)

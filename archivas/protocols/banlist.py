@@ -3,6 +3,7 @@ that survives restarts (the node's database), listed and lifted over the RPC."""
 
 from __future__ import annotations
 
+import collections
 import ipaddress
 from typing import Callable, Optional, Protocol
 
@@ -29,13 +30,18 @@ class BanList:
         self.now = now
         self.store = store
         self._bans: dict[str, tuple[float, str]] = {}
+        self._networks: dict[str, ipaddress.IPv4Network | ipaddress.IPv6Network] = {}  # parsed once
+        self._prefixes: collections.Counter[tuple[int, int]] = collections.Counter()  # (version, length) in use
         if store is not None:
             for subnet, until, reason in store.load_bans():
                 self._bans[subnet] = (until, reason)
+                self._index(subnet)
 
     def ban(self, target: str, seconds: float, reason: str = "operator") -> str:
         subnet = normalise(target)
         until = self.now() + seconds
+        if subnet not in self._bans:
+            self._index(subnet)
         self._bans[subnet] = (until, reason)
         while len(self._bans) > MAX_BANS:
             oldest = min(self._bans, key=lambda s: self._bans[s][0])
@@ -44,9 +50,20 @@ class BanList:
             self.store.save_ban(subnet, until, reason)
         return subnet
 
+    def _index(self, subnet: str) -> None:
+        network = ipaddress.ip_network(subnet)
+        self._networks[subnet] = network
+        self._prefixes[(network.version, network.prefixlen)] += 1
+
     def unban(self, target: str) -> bool:
         subnet = normalise(target)
         found = self._bans.pop(subnet, None) is not None
+        network = self._networks.pop(subnet, None)
+        if network is not None:
+            key = (network.version, network.prefixlen)
+            self._prefixes[key] -= 1
+            if self._prefixes[key] <= 0:
+                del self._prefixes[key]
         if found and self.store is not None:
             self.store.delete_ban(subnet)
         return found
@@ -70,14 +87,26 @@ class BanList:
         if not self._bans:
             return 0.0
         try:
-            address = ipaddress.ip_address(host.split("%")[0])
+            address = ipaddress.ip_address(host.strip("[]").split("%")[0])
         except ValueError:
             return 0.0
-        self._expire()
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped  # an IPv4 peer seen through a dual-stack listener
+        now = self.now()
         left = 0.0
-        for subnet, (until, _) in self._bans.items():
-            if address in ipaddress.ip_network(subnet):
-                left = max(left, until - self.now())
+        # One dictionary look-up per prefix length in use (not one test per ban): a check
+        # costs the same with ten bans or ten thousand.
+        for version, prefix in list(self._prefixes):
+            if version != address.version:
+                continue
+            subnet = str(ipaddress.ip_network((address, prefix), strict=False))
+            entry = self._bans.get(subnet)
+            if entry is None:
+                continue
+            if entry[0] <= now:
+                self.unban(subnet)
+            else:
+                left = max(left, entry[0] - now)
         return left
 
     def is_banned(self, host: str) -> bool:

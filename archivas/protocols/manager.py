@@ -131,10 +131,43 @@ class PeerFactory(Factory):
 
 
 def is_local(host: str) -> bool:
+    ip = canonical_ip(host)
+    return ip.is_loopback if ip is not None else host == "localhost"
+
+
+def canonical_ip(host: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The address of a host, with an IPv4-mapped IPv6 address (a dual-stack listener's
+    view of an IPv4 peer) unwrapped; None for a name."""
     try:
-        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
     except ValueError:
-        return host == "localhost"
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def canonical_host(host: str) -> str:
+    ip = canonical_ip(host)
+    return str(ip) if ip is not None else host
+
+
+def gossip_acceptable(address: str, source_host: str) -> bool:
+    """Whether an address heard in peer exchange may enter the book (as Bitcoin Core's
+    IsRoutable): an IP literal, never a name (names come from configuration only), never
+    link-local, multicast, reserved or unspecified; a private or loopback address only
+    from a peer that is itself private or loopback (a LAN or one-host network)."""
+    try:
+        host, _ = split_address(address)
+    except ValueError:
+        return False
+    ip = canonical_ip(host)
+    if ip is None or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified:
+        return False
+    if ip.is_global:
+        return True
+    source = canonical_ip(source_host)
+    return source is not None and not source.is_global
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -395,13 +428,11 @@ class PeerManager:
         return self.bans.remaining(host)
 
     def is_whitelisted(self, host: str) -> bool:
-        try:
-            address = ipaddress.ip_address(host.split("%")[0])
-        except ValueError:
-            return False
-        return any(address in net for net in self.whitelist)
+        address = canonical_ip(host)
+        return address is not None and any(address in net for net in self.whitelist)
 
     def is_discouraged(self, host: str) -> bool:
+        host = canonical_host(host)
         until = self.discouraged.get(host)
         if until is None:
             return False
@@ -411,6 +442,7 @@ class PeerManager:
         return True
 
     def discourage(self, host: str) -> None:
+        host = canonical_host(host)
         self.discouraged[host] = self.reactor.seconds() + self.ban_seconds
         self.discouraged.move_to_end(host)
         while len(self.discouraged) > MAX_DISCOURAGED:
@@ -508,6 +540,12 @@ class PeerManager:
             else:
                 self.discourage(info.host)
                 proto.disconnect(f"misbehaved ({reason}); address discouraged")
+
+    def may_receive(self, proto: PeerProtocol, kind: int) -> bool:
+        """Whether the connection's state accepts this message type (the gate, asked early
+        for a long line before it is parsed)."""
+        cls = wire.MESSAGES.get(kind)
+        return proto.info is not None and cls is not None and cls in states.accepted(proto.info)
 
     def envelope_received(self, proto: PeerProtocol, envelope: wire.Envelope) -> None:
         """A framed line: gated by the connection's state, then parsed, then handled (or
@@ -611,7 +649,15 @@ class PeerManager:
                      peer=info.address, theirs=message.protocol_version, ours=wire.PROTOCOL_VERSION)
             proto.disconnect("protocol version too old")
             return
-        if message.nonce in self._own_nonces or message.node_key == self.identity.public_key:
+        if message.nonce == info.hello_nonce:
+            # Our own nonce echoed on this connection: a reflection, never an honest peer.
+            self.misbehaved(proto, "bad_handshake", "HELLO echoes our own nonce")
+            proto.disconnect("HELLO echoes our nonce")
+            return
+        if message.nonce in self._own_nonces:
+            # The nonce of another of our connections: this is our own node at the far end
+            # (a peer cannot know it unless it is us). A HELLO merely naming our key is not
+            # believed: its HELLO_ACK will not verify.
             log.info("[p2p] {peer} is this node itself: dropping it", peer=info.address)
             if proto.dial_address is not None:
                 self.forget(proto.dial_address)
@@ -642,6 +688,12 @@ class PeerManager:
                          peer=info.address)
                 proto.disconnect("TLS certificate not bound to the node key")
                 return
+        if hello.node_key == self.identity.public_key:  # proved: our own key at the far end
+            log.info("[p2p] {peer} is this node itself: dropping it", peer=info.address)
+            if proto.dial_address is not None:
+                self.forget(proto.dial_address)
+            proto.disconnect("connection to ourselves")
+            return
         twin = next((p for p in self.ready_peers() if p.info and p.info.node_id == hello.node_id), None)
         if twin is not None:
             where = twin.info.address if twin.info else "?"
@@ -686,7 +738,14 @@ class PeerManager:
         if timer is not None and timer.active():
             timer.cancel()
         if proto.dial_address is not None and info.direction == "outbound":
-            self.book.good(proto.dial_address)
+            address = proto.dial_address
+            if not address.startswith(tls.TLS_PREFIX):
+                if address not in self.book:
+                    try:
+                        self.book.add([address], split_address(address)[0])
+                    except ValueError:
+                        pass
+                self.book.good(address)
         if proto.slot == "feeler":
             proto.disconnect("feeler: address works")
             return
@@ -715,8 +774,10 @@ class PeerManager:
         if message.net_id and message.net_id != self.view.params.name:
             self.dropped_counts[message.NAME] += 1
             return
-        allowed = self.addr_limiter.filter(id(proto), list(message.addresses))
-        self.dropped_counts["address over rate"] += len(message.addresses) - len(allowed)
+        routable = [a for a in message.addresses if gossip_acceptable(a, info.host)]
+        self.dropped_counts["address not routable"] += len(message.addresses) - len(routable)
+        allowed = self.addr_limiter.filter(id(proto), routable)
+        self.dropped_counts["address over rate"] += len(routable) - len(allowed)
         if allowed:
             self.book.add(allowed, info.host)
 

@@ -34,6 +34,9 @@ REQUEST_TIMEOUT = 2.0  # seconds a request may take at first (plus BYTES_ALLOWAN
 MAX_REQUEST_TIMEOUT = 64.0
 BYTES_ALLOWANCE = 0.25  # seconds more per block asked for (a devnet block may be large)
 MAX_TIMEOUTS = 2  # a peer timing out this often leaves the round
+MAX_HOSTS_REMEMBERED = 4096  # hosts whose failed rounds are remembered past their connection
+MAX_WALK = 512  # blocks a fork-point walk with a seed peer goes back at most
+MAX_WALK_BYTES = 16 * 1024 * 1024  # and the blocks it holds meanwhile
 AVOID_SECONDS = 2.0  # a source that failed a round is not picked again for this long, doubling
 PROGRESS_EVERY = 2.0  # seconds between progress lines on long syncs
 
@@ -145,6 +148,7 @@ class Syncer:
         self.active = False
         self._stopped = False
         self._retry: Any = None
+        self._host_failures: collections.OrderedDict[str, tuple[int, float]] = collections.OrderedDict()
 
     def stop(self) -> None:
         self._stopped = True
@@ -158,9 +162,23 @@ class Syncer:
                         call.cancel()
                 agent.waiting.clear()
 
+    def round_failed(self, proto: PeerProtocol) -> None:
+        """Remember the failure on the connection and on its host (a reconnect, or another
+        connection from the same address, does not start afresh)."""
+        agent = self.agent(proto)
+        host = proto.info.host if proto.info is not None else "?"
+        agent.failed_rounds = max(agent.failed_rounds, self._host_failures.get(host, (0, 0.0))[0])
+        agent.round_failed()
+        self._host_failures[host] = (agent.failed_rounds, agent.avoid_until)
+        self._host_failures.move_to_end(host)
+        while len(self._host_failures) > MAX_HOSTS_REMEMBERED:
+            self._host_failures.popitem(last=False)
+
     def agent(self, proto: PeerProtocol) -> SyncAgent:
         if proto.sync_agent is None:
-            proto.sync_agent = SyncAgent(proto, self.reactor)
+            agent = proto.sync_agent = SyncAgent(proto, self.reactor)
+            if proto.info is not None and proto.info.host in self._host_failures:
+                agent.failed_rounds, agent.avoid_until = self._host_failures[proto.info.host]
         return proto.sync_agent
 
     # triggers
@@ -276,13 +294,16 @@ class Syncer:
 
             await self._fetch(fork + 1, goal, sources() or [target], held, sources)
             log.info("Synced to tip (height={height})", height=self.view.tip().height)
-        except (SyncFailed, defer.TimeoutError, defer.CancelledError) as e:
-            self.agent(target).round_failed()
+        except Exception as e:  # any failure of the round is the target's: rotate off it
+            if not isinstance(e, (SyncFailed, defer.TimeoutError, defer.CancelledError)):
+                log.failure("[sync] round with {peer} failed unexpectedly",
+                            peer=target.info.address if target.info else "?")
+            self.round_failed(target)
             log.info("[sync] round with {peer} ended early: {e}",
                      peer=target.info.address if target.info else "?", e=str(e) or type(e).__name__)
         else:
             if self.view.tip().weight == weight_before and self._ahead(target):
-                self.agent(target).round_failed()  # it showed more than it gave: try others first
+                self.round_failed(target)  # it showed more than it gave: try others first
         finally:
             self.active = False
         if self._stopped:  # the node shut down meanwhile: its database is closed
@@ -310,12 +331,22 @@ class Syncer:
                 if lo == 0:
                     raise SyncFailed("no common block, not even genesis")
                 hi, window = lo - 1, min(window * 2, wire.MAX_HASHES)
-        for height in range(hi, -1, -1):
-            block = (await self.fetch_range(proto, height, 1))[0]
+        held_bytes = 0
+        for height in range(hi, max(-1, hi - MAX_WALK - 1), -1):
+            got = await self.fetch_range(proto, height, 1)
+            if not got:
+                raise SyncFailed(f"no block at height {height} from a peer that claims more")
+            block = got[0]
             if self.view.has_block(block.hash):
                 return height, held
+            above = held.get(height + 1)
+            if above is not None and above.header.parent_hash != block.hash:
+                raise SyncFailed(f"the blocks walked back do not link at height {height}")
+            held_bytes += len(block.encode())
+            if held_bytes > MAX_WALK_BYTES:
+                raise SyncFailed("the walk back holds too much")
             held[height] = block
-        raise SyncFailed("no common block, not even genesis")
+        raise SyncFailed(f"no common block within {MAX_WALK} of height {hi}")
 
     async def _fetch(self, first: int, last: int, sources: list[PeerProtocol],
                      held: dict[int, tuple[Block, PeerProtocol]],
@@ -359,6 +390,7 @@ class Syncer:
 
         def arrived(blocks: list[Block], proto: PeerProtocol, start: int, count: int) -> None:
             in_flight[id(proto)] -= 1
+            blocks = blocks[:count]  # more than asked for: the rest is not ours to take
             for i, block in enumerate(blocks):
                 received[start + i] = (block, proto)
             if len(blocks) < count:
