@@ -45,6 +45,7 @@ STALE_CHECK_SECONDS = 30.0  # how often the stale-tip check runs (and its least 
 STALE_TIP_BLOCKS = 3  # target block times without a new tip before peers are asked again
 RELAY_NEAR_TOP = 3  # during a sync, blocks this close to the best height peers show are relayed
 EARLY_RETRIES = 3  # a block refused only for being early is tried again this often, when it is due
+MAX_PENDING_PER_PEER = 8  # blocks or VDF segments from one peer under check at once (more wait their turn)
 MAX_EARLY_PENDING = 64  # early blocks waiting for their time at once (each holds a block and a timer)
 MAX_BLOCKS_REPLY_BYTES = 2 * 1024 * 1024
 MAX_INVALID_REMEMBERED = 4096
@@ -101,6 +102,8 @@ class Node:
         self._last_tip_at = 0.0
         self._early: collections.OrderedDict[bytes, int] = collections.OrderedDict()  # retries of early blocks
         self._early_pending = 0
+        self._pending: collections.Counter[int] = collections.Counter()  # checks in flight per peer
+        self._vdf_checking: set[tuple[bytes, int]] = set()
         self._handlers: dict[type[wire.Message], Callable[[PeerProtocol, Any], None]] = {
             wire.NewBlock: self._on_new_block,
             wire.GetBlock: self._on_get_block,
@@ -319,7 +322,11 @@ class Node:
         if source is not None and self._remade_sibling(block):
             self.dropped_siblings += 1
             return None
+        if source is not None and self._pending[id(source)] >= MAX_PENDING_PER_PEER:
+            return None  # it has enough blocks under check already; it may send this one again
         checking = self._in_progress[block.hash] = _Checking(block)
+        if source is not None:
+            self._pending[id(source)] += 1
         tried: list[Optional[PeerProtocol]] = []
         candidate, sender = block, source
         try:
@@ -348,6 +355,8 @@ class Node:
                     candidate, sender = checking.copies.pop(0)
         finally:
             del self._in_progress[block.hash]
+            if source is not None:
+                self._release(source)
         if result.status == ORPHAN:  # parent vanished meanwhile: cannot happen, but be safe
             self._hold_orphan(candidate, sender)
             return None
@@ -358,6 +367,11 @@ class Node:
             sender.info.tip_hash = candidate.hash
         self._connect_children(candidate.hash)
         return result
+
+    def _release(self, source: PeerProtocol) -> None:
+        self._pending[id(source)] -= 1
+        if self._pending[id(source)] <= 0:
+            del self._pending[id(source)]
 
     def _ask_again(self, block: Block, announcers: Sequence[PeerProtocol],
                    tried: Sequence[Optional[PeerProtocol]]) -> None:
@@ -562,10 +576,23 @@ class Node:
                        source: Optional[PeerProtocol]) -> bool:
         if parent_hash != self.vdf_parent or index != len(self.vdf_segments) + 1:
             return False
-        seed = self.chain.seed_for_child(parent_hash)
-        start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
-        ok = await self._in_thread(vdf.verify_segment, seed, start, segment,
-                                   self.params.discriminant_bits, self.params.vdf_iterations)
+        # One check at a time per segment slot, and a few per peer: a burst of forged
+        # segments cannot fill the verify threads before its penalty lands.
+        slot = (parent_hash, index)
+        if slot in self._vdf_checking or (source is not None and self._pending[id(source)] >= MAX_PENDING_PER_PEER):
+            return False
+        self._vdf_checking.add(slot)
+        if source is not None:
+            self._pending[id(source)] += 1
+        try:
+            seed = self.chain.seed_for_child(parent_hash)
+            start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
+            ok = await self._in_thread(vdf.verify_segment, seed, start, segment,
+                                       self.params.discriminant_bits, self.params.vdf_iterations)
+        finally:
+            self._vdf_checking.discard(slot)
+            if source is not None:
+                self._release(source)
         if self.stopped:
             return False
         if not ok:

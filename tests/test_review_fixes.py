@@ -180,3 +180,29 @@ class AdminHoles(unittest.TestCase):
     def test_a_non_ascii_token_is_refused_not_an_error(self):
         self.assertFalse(admin.authorised(b"Bearer \xff\xfe", "f" * 64))
         self.assertTrue(admin.authorised(b"Bearer " + b"f" * 64, "f" * 64))
+
+
+class VerifyQueueHoles(unittest.TestCase):
+    def test_a_burst_of_forged_work_cannot_fill_the_verify_threads(self):
+        import os
+
+        from twisted.internet import defer
+
+        from archivas.chain.vdf import Segment
+        from archivas.node import MAX_PENDING_PER_PEER
+
+        b = builder()
+        h = Harness(self)
+        queued = []
+        h.node._in_thread = lambda f, *args: queued.append(f) or defer.Deferred()
+        h.node.verify = lambda block, parent: queued.append(block) or defer.Deferred()
+        proto, _ = h.connect(host="10.0.0.66")
+        handshake(proto, node_id=b"\x66" * 16, genesis=h.node.genesis_hash)
+        for _ in range(300):
+            feed(proto, wire.VdfOutput(h.node.vdf_parent, 1, Segment(os.urandom(100), os.urandom(100))))
+        self.assertEqual(len(queued), 1)  # one check per segment slot
+        children = [dataclasses.replace(blk, header=dataclasses.replace(blk.header, timestamp=blk.header.timestamp + i))
+                    for i, blk in enumerate([b.make_block(b.genesis)] * 50)]
+        for child in children:
+            feed(proto, wire.PushBlock(child))
+        self.assertLessEqual(len(queued), 1 + MAX_PENDING_PER_PEER)
