@@ -194,15 +194,25 @@ class VerifyQueueHoles(unittest.TestCase):
         b = builder()
         h = Harness(self)
         queued = []
-        h.node._in_thread = lambda f, *args: queued.append(f) or defer.Deferred()
-        h.node.verify = lambda block, parent: queued.append(block) or defer.Deferred()
+
+        def held(what):
+            d = defer.Deferred()  # a check that is still running (the thread pool holds it)
+            queued.append((what, d))
+            return d
+
+        h.node._in_thread = lambda f, *args: held(f)
+        h.node.verify = lambda block, parent: held(block)
         proto, _ = h.connect(host="10.0.0.66")
         handshake(proto, node_id=b"\x66" * 16, genesis=h.node.genesis_hash)
         for _ in range(300):
             feed(proto, wire.VdfOutput(h.node.vdf_parent, 1, Segment(os.urandom(100), os.urandom(100))))
+        import gc
+
+        gc.collect()  # (the checks are alive: held as the thread pool would)
         self.assertEqual(len(queued), 1)  # one check per segment slot
         children = [dataclasses.replace(blk, header=dataclasses.replace(blk.header, timestamp=blk.header.timestamp + i))
                     for i, blk in enumerate([b.make_block(b.genesis)] * 50)]
         for child in children:
             feed(proto, wire.PushBlock(child))
+            gc.collect()
         self.assertLessEqual(len(queued), 1 + MAX_PENDING_PER_PEER)
