@@ -33,7 +33,7 @@ class MakeRun(unittest.TestCase):
     @defer.inlineCallbacks
     def test_fresh_clone_reaches_height_one(self):
         if shutil.which("make") is None or shutil.which("git") is None:
-            raise unittest.SkipTest("make and git are needed")
+            self.fail("make and git are needed (CI has both: a skip here would hide a missing install)")
         clone = os.path.abspath(self.mktemp())
         subprocess.run(["git", "clone", "--quiet", str(ROOT), clone], check=True)
         rpc = free_port()

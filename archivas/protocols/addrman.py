@@ -195,6 +195,18 @@ def canonical_host(text: object) -> str:
     return _parse_host(text, bracketed=False)
 
 
+def canonical_ip(host: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The address of a host, with an IPv4-mapped IPv6 address (a dual-stack listener's
+    view of an IPv4 peer) unwrapped; None for a name."""
+    try:
+        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 def address_group(host: str) -> bytes:
     """The default grouping of a canonical host: the /16 of an IPv4 address (IPv4-mapped
     IPv6 counts as IPv4), the /32 of an IPv6 address, the lowercased name of a host name.

@@ -7,6 +7,8 @@ import collections
 import ipaddress
 from typing import Callable, Optional, Protocol
 
+from archivas.protocols.addrman import canonical_ip
+
 MAX_BANS = 10_000  # entries an operator may hold; the oldest-expiring goes first beyond it
 
 
@@ -86,12 +88,9 @@ class BanList:
         """Seconds until `host` may connect again (0: not banned)."""
         if not self._bans:
             return 0.0
-        try:
-            address = ipaddress.ip_address(host.strip("[]").split("%")[0])
-        except ValueError:
+        address = canonical_ip(host)  # an IPv4 peer seen through a dual-stack listener: its IPv4
+        if address is None:
             return 0.0
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped  # an IPv4 peer seen through a dual-stack listener
         now = self.now()
         left = 0.0
         # One dictionary look-up per prefix length in use (not one test per ban): a check

@@ -17,7 +17,6 @@ import ipaddress
 import json
 import os
 import random
-from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 from twisted.application.internet import ClientService
@@ -28,6 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from archivas.protocols import addrman, eviction, identity, states, tls, wire
+from archivas.protocols.addrman import canonical_ip
 from archivas.protocols.banlist import BanList
 from archivas.protocols.interfaces import ChainView, PeerEvents
 from archivas.protocols.peer import PeerProtocol, PeerState
@@ -65,8 +65,6 @@ PENALTIES = {
     "unknown_type": 5,
     "invalid_block": 50,
     "invalid_transaction": 5,
-    "unrequested": 2,
-    "timeout": 10,
     "bad_handshake": BAN_SCORE,
     "rate_limit": BAN_SCORE,
     "line_too_long": BAN_SCORE,
@@ -135,19 +133,7 @@ def is_local(host: str) -> bool:
     return ip.is_loopback if ip is not None else host == "localhost"
 
 
-def canonical_ip(host: str) -> Optional[ipaddress.IPv4Address | ipaddress.IPv6Address]:
-    """The address of a host, with an IPv4-mapped IPv6 address (a dual-stack listener's
-    view of an IPv4 peer) unwrapped; None for a name."""
-    try:
-        ip = ipaddress.ip_address(host.strip("[]").split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
-
-
-def canonical_host(host: str) -> str:
+def normal_host(host: str) -> str:
     ip = canonical_ip(host)
     return str(ip) if ip is not None else host
 
@@ -432,7 +418,7 @@ class PeerManager:
         return address is not None and any(address in net for net in self.whitelist)
 
     def is_discouraged(self, host: str) -> bool:
-        host = canonical_host(host)
+        host = normal_host(host)
         until = self.discouraged.get(host)
         if until is None:
             return False
@@ -442,7 +428,7 @@ class PeerManager:
         return True
 
     def discourage(self, host: str) -> None:
-        host = canonical_host(host)
+        host = normal_host(host)
         self.discouraged[host] = self.reactor.seconds() + self.ban_seconds
         self.discouraged.move_to_end(host)
         while len(self.discouraged) > MAX_DISCOURAGED:
@@ -836,4 +822,4 @@ def whitelist_networks(entries: Iterable[str]) -> list[str]:
 
 
 __all__ = ["PeerManager", "PeerFactory", "DialPolicy", "listen_endpoint", "endpoint_description",
-           "whitelist_networks", "Path"]
+           "whitelist_networks"]

@@ -23,6 +23,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 
 from archivas.protocols import ratelimit, wire
+from archivas.protocols.addrman import format_address
 from archivas.protocols.knownset import RollingKnownSet
 
 if TYPE_CHECKING:
@@ -122,9 +123,7 @@ class PeerInfo:
 
     @property
     def listen_address(self) -> Optional[str]:
-        if not self.listen_port:
-            return None
-        return f"[{self.host}]:{self.listen_port}" if ":" in self.host else f"{self.host}:{self.listen_port}"
+        return format_address(self.host, self.listen_port) if self.listen_port else None
 
     def can(self, capability: str) -> bool:
         return capability in self.capabilities
