@@ -104,7 +104,9 @@ class RejectionTests(unittest.TestCase):
             segments[-1] = vdf.Segment(flip(segments[-1].output, 50), segments[-1].proof)
             return dataclasses.replace(h, vdf=tuple(segments))
 
-        self.assertRejected(self.tampered(edit), "bad_vdf")
+        # The proof of space is checked against the last output before the segments are
+        # (cheapest first): another output is another challenge, which the proof fails.
+        self.assertRejected(self.tampered(edit), "bad_proof_of_space")
 
     def test_bad_vdf_proof(self):
         def edit(h):
@@ -116,7 +118,21 @@ class RejectionTests(unittest.TestCase):
 
     def test_vdf_of_another_parent(self):
         other = self.base[-2]
-        self.assertRejected(self.tampered(lambda h: dataclasses.replace(h, vdf=other.header.vdf)), "bad_vdf")
+        # Its last output is a challenge of another seed: the proof of space fails it first.
+        self.assertRejected(self.tampered(lambda h: dataclasses.replace(h, vdf=other.header.vdf)),
+                            "bad_proof_of_space")
+
+    def test_a_wrong_earlier_segment_under_the_winning_last_output(self):
+        # The last output (and so the challenge the proof wins) is kept; an earlier segment
+        # is broken (or a bogus one put in front): the proof passes, the segments fail.
+        def edit(h):
+            if len(h.vdf) < 2:
+                return dataclasses.replace(h, vdf=(vdf.Segment(flip(h.vdf[0].proof, 1), h.vdf[0].proof),) + h.vdf)
+            segments = list(h.vdf)
+            segments[0] = vdf.Segment(flip(segments[0].output, 9), segments[0].proof)
+            return dataclasses.replace(h, vdf=tuple(segments))
+
+        self.assertRejected(self.tampered(edit), "bad_vdf")
 
     def test_bad_proof_of_space(self):
         edits = {

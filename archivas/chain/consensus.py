@@ -1,9 +1,10 @@
 """Block validation: every rule, each failure with a stable reason code.
 
 Validation has three parts so that the costly one can run in threads:
-- `check_standalone`: needs only the block and its parent's header (structure, limits,
-  transaction signatures and root, reward, every VDF segment, proof of space and its
-  winning score, farmer signature). Pure and thread-safe; chiavdf releases the GIL.
+- `check_standalone`: needs only the block and its parent's header. It is `check_header`
+  (farmer signature, proof of space, VDF segments: what headers-first sync checks before
+  any body) and `check_body` (size, transaction root, transfers, reward). Pure and
+  thread-safe; chiavdf and pynacl release the GIL.
 - `check_context`: height, timestamps and difficulty against the ancestors.
 - the state part (nonces, balances), applied by `Chain` in a `StateDelta`.
 """
@@ -72,15 +73,10 @@ REASONS = (
 NOT_PERMANENT = frozenset({"too_large", "bad_tx_root", "bad_farmer_signature", "timestamp_in_future"})
 
 
-def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int:
-    """Everything provable from the block and its parent's header; returns the score.
-
-    The body is first bound to the header (count, size, transaction root), so that every
-    later failure is one of what the block id commits to, except the signatures, which
-    the id leaves out and which are checked last (see BlockRejected.permanent)."""
+def bind_body(block: Block, params: NetworkParams) -> None:
+    """The body against its header: count, encoded size and transaction root. Until the
+    root matches, a failure is the copy's, not the id's (see BlockRejected.permanent)."""
     header = block.header
-    if header.version != 1:
-        raise BlockRejected("malformed", f"version {header.version}")
     if block.allocation:
         raise BlockRejected("malformed", "only genesis carries an allocation", permanent=False)
     if len(block.transactions) > params.max_block_transactions:
@@ -95,21 +91,23 @@ def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int
     if tx_root(block.transactions) != header.tx_root:
         raise BlockRejected("bad_tx_root", "transaction root does not match")
 
+
+def check_header(header: Header, parent: Header, params: NetworkParams) -> int:
+    """Everything a header proves on its own, given its parent's header; returns its score.
+
+    Cheapest first: shape, then the farmer's signature (tens of microseconds), then the
+    proof of space against the challenge of the header's last VDF output (a plot look-up
+    check), and only then the VDF segments (milliseconds each). Thread-safe; chiavdf and
+    pynacl release the GIL. A failure is permanent (the id commits to it) except the
+    farmer's signature, which the id leaves out."""
+    if header.version != 1:
+        raise BlockRejected("malformed", f"version {header.version}")
     if header.segments > params.max_vdf_segments:
         raise BlockRejected("too_many_segments", f"{header.segments} > {params.max_vdf_segments}")
     if header.segments == 0:
         raise BlockRejected("no_vdf", "a block carries at least one VDF segment")
     if not keys.is_address(header.reward_address):
         raise BlockRejected("bad_reward_address", f"{header.reward_address!r} is not an address")
-    for i, tx in enumerate(block.transactions):
-        try:
-            check_stateless(tx, params, verify_signature=False)
-        except InvalidTransaction as e:
-            raise BlockRejected("bad_transaction", f"transaction {i}: {e}") from None
-    expected_reward = params.block_reward + sum(tx.fee for tx in block.transactions)
-    if header.reward != expected_reward:
-        raise BlockRejected("bad_reward", f"reward {header.reward}, expected {expected_reward}")
-
     proof = header.proof_of_space
     if proof is None:
         raise BlockRejected("bad_proof_of_space", "missing")
@@ -118,12 +116,11 @@ def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int
     if len(proof.proof) != 8 * proof.k:
         raise BlockRejected("bad_proof_of_space", f"proof of {len(proof.proof)} bytes for k={proof.k}")
 
-    seed = child_seed(parent, params)
-    failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, params.vdf_iterations)
-    if failed >= 0:
-        raise BlockRejected("bad_vdf", f"segment {failed + 1} does not verify")
-    challenge = vdf.signage_challenge(seed, header.vdf[-1].output)
+    if not keys.verify(proof.farmer_public_key, header.signing_bytes, header.farmer_signature):
+        raise BlockRejected("bad_farmer_signature", "header not signed by the plot's farmer key")
 
+    seed = child_seed(parent, params)
+    challenge = vdf.signage_challenge(seed, header.vdf[-1].output)
     pid = pos.plot_id(proof.farmer_public_key, proof.plot_nonce)
     if not pos.passes_filter(pid, challenge, params.plot_filter_bits):
         raise BlockRejected("plot_filter", "plot does not pass the filter for this challenge")
@@ -133,14 +130,45 @@ def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int
     if not pos.wins(quality, challenge, proof.k, header.difficulty, params.k_min):
         raise BlockRejected("insufficient_quality", f"quality does not win at difficulty {header.difficulty}")
 
-    # What the id leaves out: a bad signature blames whoever sent this copy, not the id.
-    if not keys.verify(proof.farmer_public_key, header.signing_bytes, header.farmer_signature):
-        raise BlockRejected("bad_farmer_signature", "header not signed by the plot's farmer key")
+    failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, params.vdf_iterations)
+    if failed >= 0:
+        raise BlockRejected("bad_vdf", f"segment {failed + 1} does not verify")
+    return pos.score(quality, challenge)
+
+
+def check_transactions(block: Block, params: NetworkParams) -> None:
+    """The transfers' stateless rules and the reward (the id commits to them once the body
+    is bound), then their signatures (which it leaves out)."""
+    for i, tx in enumerate(block.transactions):
+        try:
+            check_stateless(tx, params, verify_signature=False)
+        except InvalidTransaction as e:
+            raise BlockRejected("bad_transaction", f"transaction {i}: {e}") from None
+    expected_reward = params.block_reward + sum(tx.fee for tx in block.transactions)
+    if block.header.reward != expected_reward:
+        raise BlockRejected("bad_reward", f"reward {block.header.reward}, expected {expected_reward}")
     for i, tx in enumerate(block.transactions):
         if not verify_signature(tx):
             raise BlockRejected("bad_transaction", f"transaction {i}: bad_signature: signature does not verify",
                                 permanent=False)
-    return pos.score(quality, challenge)
+
+
+def check_body(block: Block, params: NetworkParams) -> None:
+    """What a block adds to a header already checked (check_header): bound, then its transfers."""
+    bind_body(block, params)
+    check_transactions(block, params)
+
+
+def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int:
+    """Everything provable from the block and its parent's header; returns the score.
+
+    The body is first bound to the header (count, size, transaction root), so that a later
+    failure is one of what the block id commits to, except the signatures, which the id
+    leaves out (see BlockRejected.permanent)."""
+    bind_body(block, params)
+    score = check_header(block.header, parent, params)
+    check_transactions(block, params)
+    return score
 
 
 def expected_difficulty(ancestors: Sequence[Ancestor], params: NetworkParams) -> int:

@@ -32,6 +32,9 @@ class NetworkParams:
     max_block_bytes: int
     median_time_blocks: int = 11
     max_future_ms: int = 30_000
+    # Headers-first sync stores nothing of a peer's chain until its headers prove at least
+    # this weight (and more than the node's own): a low-weight fork costs only its sender.
+    min_chain_weight: int = 0
     # host:port names dialed while the address book is nearly empty (resolved at each try)
     bootstrap_peers: tuple[str, ...] = ()
 
@@ -82,6 +85,10 @@ def from_json(data: Mapping[str, Any]) -> NetworkParams:
     if not isinstance(bootstrap, list) or not all(isinstance(p, str) for p in bootstrap):
         raise ValueError("bootstrapPeers must be a list of host:port strings")
     values["bootstrap_peers"] = tuple(bootstrap)
+    min_weight = data.get("minChainWeight", 0)
+    if isinstance(min_weight, bool) or not isinstance(min_weight, int) or min_weight < 0:
+        raise ValueError("minChainWeight must be a non-negative integer")
+    values["min_chain_weight"] = min_weight
     params = NetworkParams(**values)
     if params.initial_difficulty < 1 or params.difficulty_window < 2:
         raise ValueError("initialDifficulty must be >= 1 and difficultyWindow >= 2")
