@@ -31,6 +31,28 @@ def builder() -> ChainBuilder:
     return _builder
 
 
+_fixture: list = []
+
+
+def fixture_blocks(count: Optional[int] = None) -> list:
+    """The first `count` blocks (heights 1..count) of tests/fixtures/chain.jsonl.gz, a
+    3,200-block chain on PARAMS read once per run; tests/fixtures/make_chain.py remakes it."""
+    import gzip
+    import json
+    from pathlib import Path
+
+    from archivas.chain.block import Block, genesis_block
+
+    if not _fixture:
+        path = Path(__file__).with_name("fixtures") / "chain.jsonl.gz"
+        with gzip.open(path, "rt") as f:
+            head = json.loads(f.readline())
+            if head["genesis"] != genesis_block(PARAMS).hash.hex():
+                raise RuntimeError(f"{path} was made for another genesis: run tests/fixtures/make_chain.py")
+            _fixture.extend(Block.from_json(json.loads(line)) for line in f if line.strip())
+    return _fixture[:count] if count is not None else list(_fixture)
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
