@@ -26,8 +26,8 @@ from twisted.python.threadpool import ThreadPool
 from archivas.chain import vdf
 from archivas.chain.block import Block, Header
 from archivas.chain.blockchain import ADDED_TIP, KNOWN, ORPHAN, AddResult, Chain
-from archivas.chain.consensus import BlockRejected, check_standalone
-from archivas.chain.encoding import sha256
+from archivas.chain.consensus import BlockRejected, check_body, check_header, check_standalone
+from archivas.chain.encoding import canonical_json, sha256
 from archivas.chain.mempool import Mempool
 from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.protocols import wire
@@ -47,7 +47,10 @@ RELAY_NEAR_TOP = 3  # during a sync, blocks this close to the best height peers 
 EARLY_RETRIES = 3  # a block refused only for being early is tried again this often, when it is due
 MAX_PENDING_PER_PEER = 8  # blocks or VDF segments from one peer under check at once (more wait their turn)
 MAX_EARLY_PENDING = 64  # early blocks waiting for their time at once (each holds a block and a timer)
-MAX_BLOCKS_REPLY_BYTES = 2 * 1024 * 1024
+MAX_BLOCKS_REPLY_BYTES = 2 * 1024 * 1024  # blocks (or bodies) in one reply, at least one
+MAX_HEADERS_REPLY_BYTES = 1024 * 1024  # headers in one reply (a 1,024-segment header is ~410 KB)
+MAX_VERIFIED_HEADERS = 16384  # headers proved (by sync or a block) whose proofs are not checked again
+LOCATOR_DENSE = 10  # a locator lists the last 10 main-chain hashes, then steps that double
 MAX_INVALID_REMEMBERED = 4096
 MAX_PROOFS_REMEMBERED = 4096  # (parent, proof of space) of recent blocks, against re-made siblings
 MAX_COPIES = 4  # other copies of a block under check, kept in case that one is forged
@@ -73,6 +76,7 @@ class Node:
         listen_port: int = 0,
         verify_threads: int = VERIFY_THREADS,
         threaded: bool = True,
+        headers_first: bool = True,
         **manager_options: Any,
     ) -> None:
         self.chain = chain
@@ -86,7 +90,7 @@ class Node:
         # The peer layer reaches the chain only through the seams it declares
         # (protocols/interfaces.py): this node is its ChainView, BlockSink and PeerEvents.
         self.peers = PeerManager(self, self, reactor, self.identity, listen_port, **manager_options)
-        self.sync = Syncer(self, self, self.peers, reactor)
+        self.sync = Syncer(self, self, self.peers, reactor, headers_first=headers_first)
         # threaded=False checks proofs on the calling thread: for reactors without threads
         # (task.Clock, MemoryReactor) in unit tests.
         self.threaded = threaded
@@ -104,6 +108,12 @@ class Node:
         self._early_pending = 0
         self._pending: collections.Counter[int] = collections.Counter()  # checks in flight per peer
         self._vdf_checking: set[tuple[bytes, int]] = set()
+        # (hash, farmer signature) -> score of headers whose proofs passed (the id leaves
+        # the signature out, so it is part of the key).
+        self._verified: collections.OrderedDict[bytes, int] = collections.OrderedDict()
+        # Background checks (sync batches, headers) take at most this many threads' queue
+        # at once, so a block that extends the tip waits behind a few, not a whole batch.
+        self._background_checks = defer.DeferredSemaphore(max(1, verify_threads))
         self._handlers: dict[type[wire.Message], Callable[[PeerProtocol, Any], None]] = {
             wire.NewBlock: self._on_new_block,
             wire.GetBlock: self._on_get_block,
@@ -113,6 +123,10 @@ class Node:
             wire.GetHashes: self._on_get_hashes,
             wire.Hashes: self._on_hashes,
             wire.PushBlock: self._on_push_block,
+            wire.GetHeaders: self._on_get_headers,
+            wire.Headers: self._on_headers,
+            wire.GetBodies: self._on_get_bodies,
+            wire.Bodies: self._on_bodies,
             wire.NewTransaction: self._on_new_transaction,
             wire.VdfOutput: self._on_vdf_output,
         }
@@ -171,6 +185,29 @@ class Node:
 
     def block(self, block_hash: bytes) -> Optional[Block]:
         return self.chain.block(block_hash)
+
+    def header(self, block_hash: bytes) -> Optional[Header]:
+        return self.chain.header(block_hash)
+
+    def meta(self, block_hash: bytes) -> Any:
+        return self.chain.storage.block_meta(block_hash)
+
+    def ancestors(self, block_hash: bytes, count: int) -> list[Any]:
+        return self.chain.ancestors(block_hash, count)
+
+    def locator(self) -> tuple[bytes, ...]:
+        """Main-chain hashes from the tip back (10 dense, then doubling steps), genesis last."""
+        out: list[bytes] = []
+        height, step = self.chain.height, 1
+        while height > 0 and len(out) < wire.MAX_LOCATOR - 1:
+            h = self.chain.storage.main_hash(height)
+            if h is not None:
+                out.append(h)
+            if len(out) >= LOCATOR_DENSE:
+                step *= 2
+            height -= step
+        out.append(self.genesis_hash)
+        return tuple(out)
 
     def now_ms(self) -> int:
         return int(self.reactor.seconds() * 1000)
@@ -246,6 +283,49 @@ class Node:
             blocks.append(block)
         eof = bool(blocks) and message.start + len(blocks) - 1 == tip_height
         proto.send(wire.Blocks(message.start, tuple(blocks), tip_height, eof))
+
+    def _on_get_headers(self, proto: PeerProtocol, message: wire.GetHeaders) -> None:
+        """Main-chain headers after the first locator hash on our main chain (none when
+        none is: another network), at most the count asked and MAX_HEADERS_REPLY_BYTES."""
+        storage, tip = self.chain.storage, self.chain.tip
+        start = None
+        for block_hash in message.locator:
+            meta = storage.block_meta(block_hash)
+            if meta is not None and storage.main_hash(meta.height) == block_hash:
+                start = meta.height + 1
+                break
+        headers: list[Header] = []
+        if start is not None:
+            size = 0
+            for height in range(start, min(start + message.count, tip.height + 1)):
+                block = self.chain.block_at(height)
+                if block is None:
+                    break
+                size += len(canonical_json(block.header.to_json()))
+                if headers and size > MAX_HEADERS_REPLY_BYTES:
+                    break
+                headers.append(block.header)
+        proto.send(wire.Headers(tuple(headers), tip.height, tip.weight))
+
+    def _on_get_bodies(self, proto: PeerProtocol, message: wire.GetBodies) -> None:
+        """Bodies in the order asked, up to the first we lack or MAX_BLOCKS_REPLY_BYTES."""
+        bodies: list[tuple[bytes, tuple[Transaction, ...]]] = []
+        size = 0
+        for block_hash in message.hashes:
+            block = self.chain.block(block_hash)
+            if block is None:
+                break
+            size += len(block.encode())
+            if bodies and size > MAX_BLOCKS_REPLY_BYTES:
+                break
+            bodies.append((block_hash, block.transactions))
+        proto.send(wire.Bodies(tuple(bodies)))
+
+    def _on_headers(self, proto: PeerProtocol, message: wire.Headers) -> None:
+        self.sync.headers(proto, message)
+
+    def _on_bodies(self, proto: PeerProtocol, message: wire.Bodies) -> None:
+        self.sync.bodies(proto, message)
 
     def _on_get_hashes(self, proto: PeerProtocol, message: wire.GetHashes) -> None:
         hashes = []
@@ -405,13 +485,40 @@ class Node:
         while len(self._proofs) > MAX_PROOFS_REMEMBERED:
             self._proofs.popitem(last=False)
 
-    def verify(self, block: Block, parent: Header) -> defer.Deferred:
-        """The costly, state-free checks in the thread pool; fires with the score."""
-        return self._in_thread(check_standalone, block, parent, self.params)
+    def verify(self, block: Block, parent: Header, background: bool = False) -> defer.Deferred:
+        """The costly, state-free checks in the thread pool; fires with the score. A header
+        proved before (by headers-first sync) has only its body checked."""
+        score = self.verified_score(block.header)
+        if score is not None:
+            return self._in_thread(_body_then, block, self.params, score, background=background)
+        d = self._in_thread(check_standalone, block, parent, self.params, background=background)
+        d.addCallback(self._remember_verified, block.header)
+        return d
 
-    def _in_thread(self, f: Callable[..., Any], *args: Any) -> defer.Deferred:
+    def verify_header(self, header: Header, parent: Header) -> defer.Deferred:
+        """A header's proofs (cheapest first, consensus.check_header), in the thread pool
+        behind any block that extends the tip; fires with its score."""
+        score = self.verified_score(header)
+        if score is not None:
+            return defer.succeed(score)
+        d = self._in_thread(check_header, header, parent, self.params, background=True)
+        d.addCallback(self._remember_verified, header)
+        return d
+
+    def verified_score(self, header: Header) -> Optional[int]:
+        return self._verified.get(header.hash + header.farmer_signature)
+
+    def _remember_verified(self, score: int, header: Header) -> int:
+        self._verified[header.hash + header.farmer_signature] = score
+        while len(self._verified) > MAX_VERIFIED_HEADERS:
+            self._verified.popitem(last=False)
+        return score
+
+    def _in_thread(self, f: Callable[..., Any], *args: Any, background: bool = False) -> defer.Deferred:
         if not self.threaded:
             return defer.maybeDeferred(f, *args)
+        if background:
+            return self._background_checks.run(threads.deferToThreadPool, self.reactor, self.threadpool, f, *args)
         return threads.deferToThreadPool(self.reactor, self.threadpool, f, *args)
 
     def _hold_orphan(self, block: Block, source: Optional[PeerProtocol]) -> None:
@@ -420,7 +527,7 @@ class Node:
         further above, it starts a sync instead (orphans.py has the size bounds)."""
         if source is None or source.info is None or source.info.state is not PeerState.READY:
             return
-        if block.height > self.chain.height + ORPHAN_FETCH_GAP:
+        if block.height > max(self.chain.height, self.sync.best_header_height() or 0) + ORPHAN_FETCH_GAP:
             self.sync.peer_updated(source)
             return
         self.orphans.add(block, source)
@@ -445,7 +552,11 @@ class Node:
         else:
             self.peers.misbehaved(source, "invalid_block", f"block at height {block.height}: {error}")
 
-    def _best_claimed_height(self) -> int:
+    def _best_height(self) -> int:
+        """The best proven header's height during a sync (else what peers claim)."""
+        proven = self.sync.best_header_height()
+        if proven is not None:
+            return max(proven, self.chain.height)
         return max([p.info.height for p in self.peers.ready_peers() if p.info is not None] + [self.chain.height])
 
     def _retry_when_due(self, block: Block, source: PeerProtocol) -> None:
@@ -471,10 +582,13 @@ class Node:
         if result.status != ADDED_TIP:
             return
         self._last_tip_at = self.reactor.seconds()
-        log.info("[chain] new tip height={height} hash={hash}", height=block.height, hash=block.hash.hex()[:16])
+        at_top = not self.sync.active or block.height + RELAY_NEAR_TOP >= self._best_height()
+        # During a sync the history's tips are not news (sync logs its progress instead).
+        (log.info if at_top else log.debug)("[chain] new tip height={height} hash={hash}", height=block.height,
+                                            hash=block.hash.hex()[:16])
         self.mempool.update_for_blocks(result.connected, result.disconnected, self.chain.account)
         self.vdf_parent, self.vdf_segments = block.hash, []
-        if not self.sync.active or block.height + RELAY_NEAR_TOP >= self._best_claimed_height():
+        if at_top:
             self.relay_block(block)  # during a sync, only blocks at the top (history is not pushed)
         for callback in list(self.on_tip):
             callback(block)
@@ -492,11 +606,13 @@ class Node:
             proto.send(push if info.can("push") and not proto.writes_paused else announce)
 
     async def import_batch(self, blocks: list[Block],
-                           sources: Optional[Sequence[Optional[PeerProtocol]]] = None) -> int:
+                           sources: Optional[Sequence[Optional[PeerProtocol]]] = None,
+                           scores: Optional[Sequence[int]] = None) -> int:
         """Consecutive blocks from sync (`sources[i]` sent `blocks[i]`): every block's
         proofs checked in parallel (each needs only its parent's header, the previous block
-        in the batch), then added in order. Returns how many were added; stops at the first
-        refusal, which is blamed on the block's sender."""
+        in the batch; a header proved by headers-first sync has only its body checked),
+        then added in order. Returns how many were added; stops at the first refusal,
+        which is blamed on the block's sender."""
         if not blocks:
             return 0
         senders: Sequence[Optional[PeerProtocol]] = sources if sources is not None else [None] * len(blocks)
@@ -506,7 +622,11 @@ class Node:
                 self.orphans.add(block, sender)
             return 0
         parents = [first_parent] + [b.header for b in blocks[:-1]]
-        checks = [self.verify(b, p) for b, p in zip(blocks, parents)]
+        if scores is not None:  # headers proved by headers-first sync: their bodies only
+            checks = [self._in_thread(_body_then, b, self.params, score, background=True)
+                      for b, score in zip(blocks, scores)]
+        else:
+            checks = [self.verify(b, p, background=True) for b, p in zip(blocks, parents)]
         added = 0
         try:
             for block, check, sender in zip(blocks, checks, senders):
@@ -613,6 +733,11 @@ class Node:
         for callback in list(self.on_vdf):
             callback(parent_hash, index, segment)
         return True
+
+
+def _body_then(block: Block, params: Any, score: int) -> int:
+    check_body(block, params)
+    return score
 
 
 def _vdf_id(parent_hash: bytes, index: int) -> bytes:

@@ -24,8 +24,8 @@ about 1.5 MB of canonical JSON (2,000 transfers and 1,024 VDF segments, the netw
 limits); the lines are padded with JSON whitespace to just under the line cap (4 MiB
 after READY, 64 KiB before).
 
-The last test is a defence gap this module found, marked xfail (strict): senders of held
-orphans that hang up in mid-line keep their unfinished lines in memory (see its comment).
+The last test is a regression for a defence gap this module found: senders of held
+orphans that hung up in mid-line kept their unfinished lines in memory (see its comment).
 
 Measurements go to stderr as `ORPHANFLOOD ...` lines: run with `pytest -s` to see them.
 """
@@ -43,7 +43,6 @@ import threading
 import time
 from typing import Any, Callable, Optional
 
-import pytest
 from twisted.trial import unittest
 
 from archivas.chain import params as network_params
@@ -612,15 +611,11 @@ class OrphanFlood(unittest.TestCase):
         status = self.newcomer_status(node)
         self.assertEqual((status["height"], status["tipHash"]), (3, blocks[2].hash.hex()))
 
-    # A defence gap this test found (not fixed here: the fix is in node code). The pool
-    # keeps each orphan's sender (OrphanPool.add(block, source) in Node._hold_orphan), and
-    # PeerProtocol.connectionLost (archivas/protocols/peer.py) does not release the
-    # protocol's input buffer `_partial`: 48 senders that hung up in mid-line kept
-    # ~200 MB (RSS 64 -> 267 MB) behind a pool of 48 blocks of about 2.7 KB. The same
-    # senders without a held orphan cost ~4 MB. Strict: once the buffer is released (or
-    # the pool stops keeping closed senders) this passes, and the mark must go.
-    @pytest.mark.xfail(strict=True, reason="a held orphan keeps its closed sender, whose unfinished line "
-                                           "(PeerProtocol._partial, up to 4 MiB) is never released")
+    # REGRESSION: a defence gap this test found. The pool keeps each orphan's sender
+    # (OrphanPool.add(block, source) in Node._hold_orphan), and PeerProtocol.connectionLost
+    # did not release the protocol's input buffer `_partial`: 48 senders that hung up in
+    # mid-line kept ~200 MB (RSS 64 -> 267 MB) behind a pool of 48 blocks of about 2.7 KB.
+    # Fixed by releasing the buffer when the connection is lost.
     def test_orphan_senders_keep_their_unfinished_lines(self):
         """48 seed peers, one after another: each completes its STATUS, sends one small
         garbage orphan (held: near the tip, from a READY peer), then most of a 4 MiB line

@@ -26,9 +26,10 @@ TABLE = {
     "handshaking (HELLO received)": SEED | {wire.HelloAck},
     "seed": SEED,
     "ready": SEED | {wire.Peers, wire.NewTransaction, wire.GetBlocks, wire.Blocks, wire.VdfOutput, wire.GetPeers,
-                     wire.GetHashes, wire.Hashes, wire.PushBlock},
+                     wire.GetHashes, wire.Hashes, wire.PushBlock, wire.GetHeaders, wire.Headers, wire.GetBodies,
+                     wire.Bodies},
     "ready, block-relay-only": SEED | {wire.GetBlocks, wire.Blocks, wire.VdfOutput, wire.GetHashes, wire.Hashes,
-                                       wire.PushBlock},
+                                       wire.PushBlock, wire.GetHeaders, wire.Headers, wire.GetBodies, wire.Bodies},
     "ready, no capabilities": SEED,
     "closed": set(),
 }
@@ -56,6 +57,8 @@ class StateTableTests(unittest.TestCase):
             wire.VdfOutput: wire.VdfOutput(self.blocks[1].hash, 1, Segment(b"\x08" + b"\x00" * 99, b"\x00" * 100)),
             wire.GetPeers: wire.GetPeers(), wire.GetHashes: wire.GetHashes(0, 2),
             wire.Hashes: wire.Hashes(0, (genesis,)), wire.PushBlock: wire.PushBlock(self.blocks[2]),
+            wire.GetHeaders: wire.GetHeaders((genesis,), 5), wire.Headers: wire.Headers((self.blocks[2].header,)),
+            wire.GetBodies: wire.GetBodies((self.blocks[0].hash,)), wire.Bodies: wire.Bodies(((genesis, ()),)),
         }
         self.assertEqual(set(self.samples), set(ALL))
 
@@ -124,6 +127,11 @@ class StateTableTests(unittest.TestCase):
         feed(ready, wire.Peers(("10.77.0.1:9090",)))
         self.assertIn("10.77.0.1:9090", node.peers.book)
         self.assertEqual(node.peers._dialing, {})  # stored, never dialed on arrival
+        feed(ready, wire.GetHeaders((node.genesis_hash,), 5))
+        self.assertEqual(sent(rt), [wire.Headers((self.blocks[0].header, self.blocks[1].header), 2,
+                                                 node.chain.tip.weight)])
+        feed(ready, wire.GetBodies((self.blocks[1].hash, self.blocks[0].hash)))
+        self.assertEqual(sent(rt), [wire.Bodies(((self.blocks[1].hash, ()), (self.blocks[0].hash, ())))])
         feed(ready, wire.PushBlock(self.blocks[2]))
         self.assertEqual(node.chain.tip.hash, self.blocks[2].hash)
 

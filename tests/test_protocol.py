@@ -103,6 +103,8 @@ class WireTests(unittest.TestCase):
             wire.NewTransaction(tx), wire.VdfOutput(block.hash, 1, Segment(b"\x01" * 100, b"\x02" * 100)),
             wire.GetPeers(), wire.Peers(("127.0.0.1:9090",)), wire.GetHashes(0, 3),
             wire.Hashes(0, (block.hash,)), wire.PushBlock(block), wire.HelloAck(b"\x09" * 64),
+            wire.GetHeaders((block.hash, b.genesis.hash), 100), wire.Headers((block.header,), 1, 7),
+            wire.GetBodies((block.hash,)), wire.Bodies(((block.hash, (tx,)),)),
         ]
         self.assertEqual({type(m) for m in messages}, set(wire.MESSAGES.values()))
         for message in messages:

@@ -14,7 +14,7 @@ from archivas.protocols import manager, wire
 from archivas.protocols.banlist import BanList
 from tests.common import ALICE, CAROL, builder
 from tests.test_protocol import Harness, feed, handshake, hello, sent
-from tests.test_sync import ScriptedPeer
+from tests.test_sync import LEGACY, ScriptedPeer
 
 
 class SyncHoles(unittest.TestCase):
@@ -53,7 +53,7 @@ class SyncHoles(unittest.TestCase):
     def test_a_batch_longer_than_asked_is_cut_to_what_was_asked(self):
         blocks = builder().extend(builder().genesis, 40)
         h = Harness(self)
-        peer = ScriptedPeer(h, "10.0.0.1", blocks, b"\x01" * 16)
+        peer = ScriptedPeer(h, "10.0.0.1", blocks, b"\x01" * 16, capabilities=LEGACY)
         for _ in range(30):
             for message in sent(peer.transport):
                 if isinstance(message, wire.GetBlocks):

@@ -348,8 +348,9 @@ class FarmerTests(RPCCase):
         later = dataclasses.replace(block.header, timestamp=block.header.timestamp + 1)
         richer = sign_header(dataclasses.replace(block.header, reward=block.header.reward + 1), key)
         no_vdf = sign_header(dataclasses.replace(block.header, vdf=()), key)
-        bad_segment = vdf.Segment(b"\x01" * vdf.FORM_SIZE, b"\x02" * vdf.FORM_SIZE)
-        garbage_vdf = sign_header(dataclasses.replace(block.header, vdf=(bad_segment,)), key)
+        # the real last output (the proof of space wins its challenge) with a garbage proof
+        bad_segment = vdf.Segment(block.header.vdf[-1].output, b"\x02" * vdf.FORM_SIZE)
+        garbage_vdf = sign_header(dataclasses.replace(block.header, vdf=block.header.vdf[:-1] + (bad_segment,)), key)
         cases = [(later, "bad_farmer_signature"), (richer, "bad_reward"), (no_vdf, "no_vdf"),
                  (garbage_vdf, "bad_vdf")]
         for header, reason in cases:
@@ -509,10 +510,10 @@ class ClientTests(RPCCase):
         block = self.signed_block(template, win)
         answer = self.call(self.client.submit_block(block.to_json()))
         self.assertEqual(answer, {"hash": block.hash.hex(), "height": 2, "status": "tip"})
-        tampered = Block(dataclasses.replace(block.header, reward=1), block.transactions)
+        tampered = Block(dataclasses.replace(block.header, reward=1), block.transactions)  # not signed again
         error = self.call_fails(self.client.submit_block(tampered.to_json()))
         self.assertEqual(error.status, 400)
-        self.assertIn("bad_reward", error.message)
+        self.assertIn("bad_farmer_signature", error.message)  # the cheapest check comes first
 
 
 @implementer(IBodyProducer)

@@ -7,21 +7,33 @@ from archivas.protocols import sync, wire
 from tests.common import builder
 from tests.test_protocol import Harness, feed, handshake, sent
 
+LEGACY = tuple(c for c in wire.CAPABILITIES if c != "headers")  # an Archivas peer of before headers-first
+
 
 class ScriptedPeer:
-    """An Archivas peer on a StringTransport that answers from a list of blocks."""
+    """An Archivas peer on a StringTransport that answers from a list of blocks (headers
+    and bodies too, unless its capabilities leave "headers" out)."""
 
-    def __init__(self, harness, host, blocks, node_id, weight=10**6):
+    def __init__(self, harness, host, blocks, node_id, weight=10**6, capabilities=wire.CAPABILITIES):
         self.blocks = blocks  # index = height - 1
         self.proto, self.transport = harness.connect(host=host)
         self.genesis = harness.node.genesis_hash
+        self.weight = weight
         self.requests = []
         tip = blocks[-1]
         sent(self.transport)
         feed(self.proto, wire.Status(tip.height, tip.header.difficulty, tip.hash, weight=weight,
                                      genesis_hash=self.genesis, network="fastnet", version=1,
-                                     capabilities=wire.CAPABILITIES))
-        handshake(self.proto, status=False, node_id=node_id, genesis=self.genesis)
+                                     capabilities=capabilities))
+        handshake(self.proto, status=False, node_id=node_id, genesis=self.genesis, capabilities=capabilities)
+
+    def headers_after(self, locator, count):
+        hashes = [self.genesis] + [b.hash for b in self.blocks]
+        for h in locator:
+            if h in hashes:
+                start = hashes.index(h)
+                return tuple(b.header for b in self.blocks[start:start + count])
+        return ()
 
     def answer(self):
         """Answer every request written since the last call; returns how many."""
@@ -35,6 +47,17 @@ class ScriptedPeer:
             elif isinstance(message, wire.GetBlocks):
                 chunk = self.blocks[message.start - 1:message.start - 1 + message.count]
                 feed(self.proto, wire.Blocks(message.start, tuple(chunk)))
+            elif isinstance(message, wire.GetHeaders):
+                feed(self.proto, wire.Headers(self.headers_after(message.locator, message.count),
+                                              self.blocks[-1].height, self.weight))
+            elif isinstance(message, wire.GetBodies):
+                by_hash = {b.hash: b for b in self.blocks}
+                bodies = []
+                for h in message.hashes:
+                    if h not in by_hash:
+                        break
+                    bodies.append((h, by_hash[h].transactions))
+                feed(self.proto, wire.Bodies(tuple(bodies)))
             else:
                 continue
             count += 1
@@ -60,7 +83,7 @@ class SyncTests(unittest.TestCase):
                 break
             h.clock.advance(sync.REQUEST_TIMEOUT)
         self.assertEqual(h.node.chain.tip.hash, self.blocks[-1].hash)
-        served = {p: [m for m in p.requests if isinstance(m, wire.GetBlocks)] for p in (first, third)}
+        served = {p: [m for m in p.requests if isinstance(m, wire.GetBodies)] for p in (first, third)}
         self.assertTrue(served[first] and served[third], "batches went to both answering peers")
         self.assertFalse(h.node.sync.active)
         # Slowness costs no score; its timeouts were counted and back its requests off.
@@ -79,7 +102,7 @@ class SyncTests(unittest.TestCase):
             if h.node.chain.height == 150:
                 break
         self.assertEqual(h.node.chain.tip.hash, self.blocks[-1].hash)
-        self.assertTrue([m for m in late.requests if isinstance(m, wire.GetBlocks)], "the late peer was asked")
+        self.assertTrue([m for m in late.requests if isinstance(m, wire.GetBodies)], "the late peer was asked")
 
     def test_fork_point_found_by_hash_windows(self):
         b = builder()
@@ -91,8 +114,21 @@ class SyncTests(unittest.TestCase):
             if not peer.answer():
                 break
         self.assertEqual(h.node.chain.tip.hash, theirs[-1].hash)
+        first_fetch = next(m for m in peer.requests if isinstance(m, wire.GetBodies))
+        self.assertEqual(first_fetch.hashes[0], theirs[90].hash)  # only what differs is fetched
+
+    def test_fork_point_found_by_hash_windows_with_a_peer_that_serves_no_headers(self):
+        b = builder()
+        ours = self.blocks[:100]
+        h = Harness(self, ours)
+        theirs = self.blocks[:90] + b.extend(self.blocks[89], 70, farmer=1)
+        peer = ScriptedPeer(h, "10.0.0.1", theirs, b"\x01" * 16, capabilities=LEGACY)
+        for _ in range(20):
+            if not peer.answer():
+                break
+        self.assertEqual(h.node.chain.tip.hash, theirs[-1].hash)
         first_fetch = next(m for m in peer.requests if isinstance(m, wire.GetBlocks))
-        self.assertEqual(first_fetch.start, 91)  # only what differs is fetched
+        self.assertEqual(first_fetch.start, 91)
 
 
 class OrphanTests(unittest.TestCase):

@@ -191,6 +191,10 @@ class GateTests(unittest.TestCase):
             wire.Hashes: wire.Hashes(0, (self.h.node.genesis_hash,)),
             wire.PushBlock: wire.PushBlock(self.blocks[2]),
             wire.HelloAck: wire.HelloAck(b"\x01" * 64),
+            wire.GetHeaders: wire.GetHeaders((self.h.node.genesis_hash,), 10),
+            wire.Headers: wire.Headers((self.blocks[2].header,)),
+            wire.GetBodies: wire.GetBodies((self.blocks[1].hash,)),
+            wire.Bodies: wire.Bodies(((self.blocks[2].hash, ()),)),
         }
         extension_types = {cls for cls in wire.MESSAGES.values() if cls.TYPE not in wire.SEED_TYPES}
         self.assertEqual(set(self.extensions), extension_types)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Optional
 
 from archivas.chain import keys
@@ -72,12 +73,13 @@ class Header:
     def to_json(self) -> dict[str, Any]:
         return {**self.unsigned_json(), "farmerSignature": self.farmer_signature.hex()}
 
-    @property
+    @functools.cached_property
     def hash(self) -> bytes:
-        """The block id: over everything the farmer signs, so it has one id."""
+        """The block id: over everything the farmer signs, so it has one id (computed once:
+        a Header is immutable)."""
         return sha256(BLOCK_DOMAIN, canonical_json(self.unsigned_json()))
 
-    @property
+    @functools.cached_property
     def signing_bytes(self) -> bytes:
         return BLOCK_DOMAIN + self.hash
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence
 
 from twisted.internet.defer import Deferred
 
-from archivas.chain.block import Block
+from archivas.chain.block import Block, Header
 from archivas.chain.params import NetworkParams
 
 if TYPE_CHECKING:
@@ -37,6 +37,13 @@ class ChainView(Protocol):
     def has_block(self, block_hash: bytes) -> bool: ...
     def main_hash(self, height: int) -> Optional[bytes]: ...
     def block(self, block_hash: bytes) -> Optional[Block]: ...
+    def header(self, block_hash: bytes) -> Optional[Header]: ...
+    def meta(self, block_hash: bytes) -> Any:
+        """A stored block's hash, height, weight, timestamp and difficulty (or None)."""
+    def ancestors(self, block_hash: bytes, count: int) -> Sequence[Any]:
+        """Up to `count` stored blocks ending at `block_hash`, oldest first (as `meta`)."""
+    def locator(self) -> tuple[bytes, ...]:
+        """Main-chain hashes from the tip back, denser near it, genesis last."""
 
 
 class BlockSink(Protocol):
@@ -44,7 +51,10 @@ class BlockSink(Protocol):
 
     def receive_block(self, block: Block, source: Optional["PeerProtocol"] = None) -> Deferred[Any]: ...
     async def import_batch(self, blocks: list[Block],
-                           sources: Optional[Sequence[Optional["PeerProtocol"]]] = None) -> int: ...
+                           sources: Optional[Sequence[Optional["PeerProtocol"]]] = None,
+                           scores: Optional[Sequence[int]] = None) -> int: ...
+    def verify_header(self, header: Header, parent: Header) -> Deferred[Any]:
+        """A header's proofs (in threads); fires with its score or fails with BlockRejected."""
     def relay_block(self, block: Block) -> None: ...
 
 

@@ -340,6 +340,9 @@ class PeerProtocol(LineReceiver):
             if call is not None and call.active():
                 call.cancel()
         self._abort_call = self._budget_call = None
+        # A closed connection may still be referenced (an orphan's source, a ban record):
+        # it must not keep its unfinished line (up to 4 MiB) alive with it.
+        self._partial = bytearray()
         if self.info is not None:
             self.info.state = PeerState.CLOSED
             self.manager.peer_disconnected(self)

@@ -87,6 +87,15 @@ LIMITS: dict[str, Limit] = {
     "PUSH_BLOCK": Limit(1_200, 4 * MiB, 1 * GiB),
     # the proof of a HELLO's key, once a connection; a 64-byte signature in hex is ~170 B
     "HELLO_ACK": Limit(60, 4 * KiB, 256 * KiB),
+    # headers-first sync: one request in flight per peer, ~10/s from a fast peer: 20/s
+    "GET_HEADERS": Limit(1_200, 8 * KiB, 4 * MiB),
+    # answers to our GET_HEADERS, at most 2,000 headers and 1 MiB of them (~1.5 MiB of
+    # JSON) each; 10/s on a fast link, x1.5; a line up to the 4 MiB cap
+    "HEADERS": Limit(1_200, 4 * MiB, 2 * GiB),
+    # a peer fetching bodies from us: as REQUEST_BLOCKS
+    "GET_BODIES": Limit(6_000, 8 * KiB, 16 * MiB),
+    # answers to our GET_BODIES: as BLOCKS_BATCH
+    "BODIES": Limit(6_000, 4 * MiB, 12 * GiB),
     # a Go peer's HANDSHAKE/INV/REQ/RES and unknown types, read and dropped: 20/s, 16 full lines/min
     OTHER: Limit(1_200, 4 * MiB, 64 * MiB),
 }

@@ -1,6 +1,11 @@
 """Sync: catching up with peers that show more weight.
 
-A round (1) finds the fork point with the best peer: windows of main-chain hashes
+The Syncer picks a round's target among the peers that show more weight, rotating off
+those that failed lately (and never again for a claim that a round refuted: it must
+announce another tip first), and keeps each peer's requests and timeouts on it
+(SyncAgent). With an Archivas peer that serves headers, a round is headers-first
+(headersfirst.py). With a seed peer (GET_BLOCK only) or an older Archivas peer, a round
+(1) finds the fork point with the best peer: windows of main-chain hashes
 (GET_HASHES) from an Archivas peer, or a walk back with GET_BLOCK from a seed peer;
 (2) fetches the missing heights in batches from every peer on the same tip, several
 requests in flight per peer, a timed-out batch retried elsewhere; (3) imports arrived
@@ -11,7 +16,7 @@ the chain reorganises if the fetched branch is heavier. Then it looks again.
 from __future__ import annotations
 
 import collections
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -19,6 +24,8 @@ from twisted.python.failure import Failure
 
 from archivas.chain.block import Block
 from archivas.protocols import wire
+from archivas.protocols.headersfirst import Failed as HeadersFailed
+from archivas.protocols.headersfirst import HeadersFirstRound
 from archivas.protocols.interfaces import BlockSink, ChainView
 from archivas.protocols.peer import PeerProtocol, PeerState
 
@@ -33,6 +40,7 @@ LOOKAHEAD_BATCHES = 24  # fetched-but-not-imported batches at most (memory bound
 REQUEST_TIMEOUT = 2.0  # seconds a request may take at first (plus BYTES_ALLOWANCE); doubles per timeout
 MAX_REQUEST_TIMEOUT = 64.0
 BYTES_ALLOWANCE = 0.25  # seconds more per block asked for (a devnet block may be large)
+ASSUMED_RATE = 256 * 1024  # bytes/s a link is assumed to carry at least, for a request's timeout
 MAX_TIMEOUTS = 2  # a peer timing out this often leaves the round
 MAX_HOSTS_REMEMBERED = 4096  # hosts whose failed rounds are remembered past their connection
 MAX_WALK = 512  # blocks a fork-point walk with a seed peer goes back at most
@@ -81,20 +89,30 @@ class SyncAgent:
     def __init__(self, proto: PeerProtocol, reactor: Any) -> None:
         self.proto = proto
         self.reactor = reactor
-        self.waiting: dict[tuple[str, int], tuple[defer.Deferred, Any]] = {}
+        self.waiting: dict[tuple[str, Any], tuple[defer.Deferred, Any]] = {}
         self.timeouts = 0  # in a row; each doubles the next request's timeout
         self.failed_rounds = 0  # rounds it led that ended early
         self.avoid_until = 0.0  # not picked as a round's target before this
+        self.refuted: Optional[tuple[Any, ...]] = None  # the claim a round showed false
+
+    def claim(self) -> tuple[Any, ...]:
+        info = self.proto.info
+        return (info.tip_hash, info.weight, info.height) if info is not None else ()
 
     def timeout(self, blocks: int) -> float:
         return min(REQUEST_TIMEOUT * 2 ** self.timeouts, MAX_REQUEST_TIMEOUT) + BYTES_ALLOWANCE * blocks
+
+    def timeout_for(self, nbytes: int) -> float:
+        """2 s (doubling per timeout in a row, up to 64 s) plus the time the bytes expected
+        take at ASSUMED_RATE."""
+        return min(REQUEST_TIMEOUT * 2 ** self.timeouts, MAX_REQUEST_TIMEOUT) + nbytes / ASSUMED_RATE
 
     def round_failed(self) -> None:
         self.failed_rounds += 1
         self.avoid_until = self.reactor.seconds() + min(AVOID_SECONDS * 2 ** (self.failed_rounds - 1),
                                                         MAX_REQUEST_TIMEOUT)
 
-    def request(self, message: wire.Message, kind: str, start: int, timeout: float) -> defer.Deferred:
+    def request(self, message: wire.Message, kind: str, start: Any, timeout: float) -> defer.Deferred:
         key = (kind, start)
         d: defer.Deferred = defer.Deferred()
         if key in self.waiting:  # the same request is out already: share its answer
@@ -119,7 +137,11 @@ class SyncAgent:
         self.proto.send(message)
         return d
 
-    def reply(self, kind: str, start: int, message: wire.Message) -> bool:
+    def oldest(self, kind: str) -> Optional[Any]:
+        """The `start` of the oldest request of this kind still waiting (replies come in order)."""
+        return next((start for k, start in self.waiting if k == kind), None)
+
+    def reply(self, kind: str, start: Any, message: wire.Message) -> bool:
         """True when the reply answers a request of ours (and was delivered to it)."""
         entry = self.waiting.pop((kind, start), None)
         if entry is None:
@@ -140,11 +162,17 @@ class SyncAgent:
 
 
 class Syncer:
-    def __init__(self, view: ChainView, sink: BlockSink, peers: "PeerManager", reactor: Any) -> None:
+    def __init__(self, view: ChainView, sink: BlockSink, peers: "PeerManager", reactor: Any,
+                 headers_first: bool = True) -> None:
         self.view = view
         self.sink = sink
         self.peers = peers
         self.reactor = reactor
+        self.headers_first = headers_first  # False: every round as with a seed peer (for bench/)
+        self.current: Optional[HeadersFirstRound] = None
+        self.rounds = 0
+        self._last_progress = 0.0
+        self._progress_from: tuple[float, int] = (0.0, 0)
         self.active = False
         self._stopped = False
         self._retry: Any = None
@@ -173,6 +201,27 @@ class Syncer:
         self._host_failures.move_to_end(host)
         while len(self._host_failures) > MAX_HOSTS_REMEMBERED:
             self._host_failures.popitem(last=False)
+
+    def now_ms(self) -> int:
+        return int(self.reactor.seconds() * 1000)
+
+    def claimed_weight(self, proto: PeerProtocol) -> int:
+        return proto.info.weight if proto.info is not None and proto.info.weight else 0
+
+    def best_header_height(self) -> Optional[int]:
+        """The height of the best proven header of the round under way (None: none is)."""
+        run = self.current.run if self.current is not None else None
+        return run.last.height if run is not None and run.proven else None
+
+    def progress(self, height: int, goal: int) -> None:
+        now = self.reactor.seconds()
+        if self._progress_from[0] == 0.0 or now - self._progress_from[0] > 10 * PROGRESS_EVERY:
+            self._last_progress, self._progress_from = now, (now, height)  # a new reference
+        elif now - self._last_progress >= PROGRESS_EVERY:
+            since, at = self._progress_from
+            rate = (height - at) / max(now - since, 1e-9)
+            self._last_progress, self._progress_from = now, (now, height)
+            log.info("[sync] height {h} of {goal} proven, {rate:.0f} blocks/s", h=height, goal=goal, rate=rate)
 
     def agent(self, proto: PeerProtocol) -> SyncAgent:
         if proto.sync_agent is None:
@@ -203,7 +252,8 @@ class Syncer:
         """Peers ahead of us, those that led no failed round recently first, then by the
         weight (or height) they show: rounds rotate, so a liar cannot be picked forever."""
         now = self.reactor.seconds()
-        ahead = [p for p in self.peers.ready_peers() if self._ahead(p)]
+        ahead = [p for p in self.peers.ready_peers()
+                 if self._ahead(p) and self.agent(p).refuted != self.agent(p).claim()]
 
         def rank(p: PeerProtocol) -> tuple[bool, int, int, int]:
             agent = self.agent(p)
@@ -245,6 +295,16 @@ class Syncer:
     def hashes(self, proto: PeerProtocol, message: wire.Hashes) -> bool:
         return self._fire(proto, "hashes", message.start, message)
 
+    def headers(self, proto: PeerProtocol, message: wire.Headers) -> bool:
+        return self._fire(proto, "headers", 0, message)
+
+    def bodies(self, proto: PeerProtocol, message: wire.Bodies) -> bool:
+        agent = proto.sync_agent
+        if agent is None:
+            return False
+        start = message.bodies[0][0] if message.bodies else agent.oldest("bodies")
+        return agent.reply("bodies", start, message)
+
     def _request(self, proto: PeerProtocol, message: wire.Message, kind: str, start: int,
                  blocks: int = 1) -> defer.Deferred:
         agent = self.agent(proto)
@@ -273,45 +333,67 @@ class Syncer:
 
     async def _round(self, target: PeerProtocol) -> None:
         weight_before = self.view.tip().weight
+        claim = self.agent(target).claim()
+        self.rounds += 1
+        early, ok = 0.0, False
         try:
             assert target.info is not None
-            start_height = self.view.tip().height
-            fork, held_blocks = await self._find_fork(target)
-            held = {h: (block, target) for h, block in held_blocks.items()}
-            goal = target.info.height
-            if goal <= fork:
-                return
-            log.info("[p2p] peers are ahead, need to sync from {ours} to {goal}", ours=start_height, goal=goal)
-            tip_hash = target.info.tip_hash
-
-            def sources() -> list[PeerProtocol]:
-                """Peers on the target's tip that did not fail us lately: asked again as the
-                round goes, so peers that become ready meanwhile join in."""
-                now = self.reactor.seconds()
-                return [p for p in self.peers.ready_peers()
-                        if p.info is not None and p.info.tip_hash == tip_hash
-                        and (p is target or self.agent(p).avoid_until <= now)]
-
-            await self._fetch(fork + 1, goal, sources() or [target], held, sources)
-            log.info("Synced to tip (height={height})", height=self.view.tip().height)
+            if self.headers_first and target.info.can("headers"):
+                self.current = HeadersFirstRound(self, target)
+                await self.current.go()
+                early, ok = self.current.early_until, True
+                log.info("Synced to tip (height={height}) from {peer}", height=self.view.tip().height,
+                         peer=target.info.address)
+            else:
+                await self._seed_round(target)
+                ok = True
         except Exception as e:  # any failure of the round is the target's: rotate off it
-            if not isinstance(e, (SyncFailed, defer.TimeoutError, defer.CancelledError)):
+            if not isinstance(e, (SyncFailed, HeadersFailed, defer.TimeoutError, defer.CancelledError)):
                 log.failure("[sync] round with {peer} failed unexpectedly",
                             peer=target.info.address if target.info else "?")
             self.round_failed(target)
+            self.agent(target).refuted = claim
             log.info("[sync] round with {peer} ended early: {e}",
                      peer=target.info.address if target.info else "?", e=str(e) or type(e).__name__)
-        else:
-            if self.view.tip().weight == weight_before and self._ahead(target):
-                self.round_failed(target)  # it showed more than it gave: try others first
         finally:
             self.active = False
+            self.current = None
         if self._stopped:  # the node shut down meanwhile: its database is closed
             return
+        if ok and early > 0:  # its next header is early: not before it is due (no failure counted)
+            agent = self.agent(target)
+            agent.avoid_until = max(agent.avoid_until, early)
+        elif ok and self.view.tip().weight == weight_before and self._ahead(target):
+            self.round_failed(target)  # it showed more than it gave: try others first
+            self.agent(target).refuted = claim
         tip = self.view.block(self.view.tip().hash)
         if tip is not None and tip.height > 0:
             self.sink.relay_block(tip)
         self.reactor.callLater(0, self.start_round)
+
+    async def _seed_round(self, target: PeerProtocol) -> None:
+        """Block by block (GET_BLOCK) from a seed peer, or in batches from an Archivas peer
+        that does not serve headers: the fork point, then the heights above it."""
+        assert target.info is not None
+        start_height = self.view.tip().height
+        fork, held_blocks = await self._find_fork(target)
+        held = {h: (block, target) for h, block in held_blocks.items()}
+        goal = target.info.height
+        if goal <= fork:
+            return
+        log.info("[p2p] peers are ahead, need to sync from {ours} to {goal}", ours=start_height, goal=goal)
+        tip_hash = target.info.tip_hash
+
+        def sources() -> list[PeerProtocol]:
+            """Peers on the target's tip that did not fail us lately: asked again as the
+            round goes, so peers that become ready meanwhile join in."""
+            now = self.reactor.seconds()
+            return [p for p in self.peers.ready_peers()
+                    if p.info is not None and p.info.tip_hash == tip_hash
+                    and (p is target or self.agent(p).avoid_until <= now)]
+
+        await self._fetch(fork + 1, goal, sources() or [target], held, sources)
+        log.info("Synced to tip (height={height})", height=self.view.tip().height)
 
     async def _find_fork(self, proto: PeerProtocol) -> tuple[int, dict[int, Block]]:
         """The highest height where our main chain and the peer's agree, and any blocks

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar, Optional
 
-from archivas.chain.block import Block
+from archivas.chain.block import Block, Header
 from archivas.chain.encoding import (
     MAX_INT,
     DecodeError,
@@ -39,6 +39,9 @@ PROTOCOL_VERSION = 2
 MAX_BATCH = 64  # blocks in one BLOCKS_BATCH reply (and at most node.MAX_BLOCKS_REPLY_BYTES)
 MAX_HASHES = 512
 MAX_PEERS_LISTED = 64
+MAX_LOCATOR = 64  # hashes in a GET_HEADERS locator
+MAX_HEADERS = 2000  # headers in one HEADERS reply (and at most node.MAX_HEADERS_REPLY_BYTES)
+MAX_BODIES = 64  # bodies asked for in one GET_BODIES (and at most node.MAX_BLOCKS_REPLY_BYTES)
 
 HEX = "hex"
 ARRAY = "array"  # a [32]byte as Go's encoding/json writes it
@@ -545,14 +548,131 @@ class PushBlock(Message):
         return cls(_block(field(payload, "blockData", dict), limits))
 
 
+def _hashes(payload: dict[str, Any], name: str, most: int) -> tuple[bytes, ...]:
+    raw = field(payload, name, list)
+    if len(raw) > most:
+        raise DecodeError(f"more than {most} hashes in {name!r}")
+    return tuple(hex_field({"h": h}, "h", 32) for h in raw)
+
+
+@dataclasses.dataclass(frozen=True)
+class GetHeaders(Message):
+    """Main-chain headers after the first `locator` hash the receiver has on its main chain
+    (newest first, as Bitcoin's block locator; genesis last), at most `maxHeaders`."""
+
+    TYPE: ClassVar[int] = 107
+    NAME: ClassVar[str] = "GET_HEADERS"
+    CAPABILITY: ClassVar[Optional[str]] = "headers"
+    locator: tuple[bytes, ...]
+    count: int
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"locator": [h.hex() for h in self.locator], "maxHeaders": self.count}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "GetHeaders":
+        count = field(payload, "maxHeaders", int)
+        if not 1 <= count <= MAX_HEADERS:
+            raise DecodeError(f"maxHeaders must be 1..{MAX_HEADERS}")
+        locator = _hashes(payload, "locator", MAX_LOCATOR)
+        if not locator:
+            raise DecodeError("an empty locator")
+        return cls(locator, count)
+
+
+@dataclasses.dataclass(frozen=True)
+class Headers(Message):
+    """Consecutive main-chain headers (each the parent of the next), sized in bytes by the
+    sender; empty when it has nothing after the locator. `tipHeight` and `tipWeight` are
+    the sender's (a claim: believed only as far as headers prove it)."""
+
+    TYPE: ClassVar[int] = 108
+    NAME: ClassVar[str] = "HEADERS"
+    CAPABILITY: ClassVar[Optional[str]] = "headers"
+    headers: tuple[Header, ...]
+    tip_height: int = 0
+    tip_weight: int = 0
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"headers": [h.to_json() for h in self.headers], "tipHeight": self.tip_height,
+                "tipWeight": self.tip_weight}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Headers":
+        raw = field(payload, "headers", list)
+        if len(raw) > MAX_HEADERS:
+            raise DecodeError(f"more than {MAX_HEADERS} headers")
+        try:
+            headers = tuple(Header.from_json(h, limits.max_vdf_segments) for h in raw)
+        except DecodeError as e:
+            raise DecodeError(f"header: {e}") from None
+        for parent, child in zip(headers, headers[1:]):
+            if child.parent_hash != parent.hash or child.height != parent.height + 1:
+                raise DecodeError(f"header at height {child.height} does not follow the one before it")
+        return cls(headers, _optional(payload, "tipHeight", int) or 0, _optional(payload, "tipWeight", int) or 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class GetBodies(Message):
+    """The transfers of blocks by hash (headers-first sync has their headers already)."""
+
+    TYPE: ClassVar[int] = 109
+    NAME: ClassVar[str] = "GET_BODIES"
+    CAPABILITY: ClassVar[Optional[str]] = "headers"
+    hashes: tuple[bytes, ...]
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"hashes": [h.hex() for h in self.hashes]}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "GetBodies":
+        hashes = _hashes(payload, "hashes", MAX_BODIES)
+        if not hashes:
+            raise DecodeError("no hashes")
+        return cls(hashes)
+
+
+@dataclasses.dataclass(frozen=True)
+class Bodies(Message):
+    """Bodies for a GET_BODIES, in its order: each the block hash and its transfers. It
+    stops at the first block the sender lacks or at its byte budget (so it may be short)."""
+
+    TYPE: ClassVar[int] = 110
+    NAME: ClassVar[str] = "BODIES"
+    CAPABILITY: ClassVar[Optional[str]] = "headers"
+    bodies: tuple[tuple[bytes, tuple[Transaction, ...]], ...]
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"bodies": [{"hash": h.hex(), "transactions": [tx.to_json() for tx in txs]}
+                           for h, txs in self.bodies]}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Bodies":
+        raw = field(payload, "bodies", list)
+        if len(raw) > MAX_BODIES:
+            raise DecodeError(f"more than {MAX_BODIES} bodies")
+        bodies = []
+        for body in raw:
+            txs_json = field(body, "transactions", list)
+            if len(txs_json) > limits.max_block_transactions:
+                raise DecodeError(f"{len(txs_json)} transactions, at most {limits.max_block_transactions}")
+            try:
+                txs = tuple(Transaction.from_json(t) for t in txs_json)
+            except InvalidTransaction as e:
+                raise DecodeError(f"transaction: {e}") from None
+            bodies.append((hex_field(body, "hash", 32), txs))
+        return cls(tuple(bodies))
+
+
 MESSAGES: dict[int, type[Message]] = {
     m.TYPE: m
     for m in (Ping, Pong, NewBlock, GetBlock, BlockData, GetStatus, Status, Peers, NewTransaction,
-              GetBlocks, Blocks, Hello, VdfOutput, GetPeers, GetHashes, Hashes, PushBlock, HelloAck)
+              GetBlocks, Blocks, Hello, VdfOutput, GetPeers, GetHashes, Hashes, PushBlock, HelloAck,
+              GetHeaders, Headers, GetBodies, Bodies)
 }
 
 # Capabilities a peer announces in STATUS ("capabilities") and HELLO: every extension's.
-CAPABILITIES = ("hello", "blocks", "hashes", "push", "tx", "vdf", "peers")
+CAPABILITIES = ("hello", "blocks", "hashes", "push", "tx", "vdf", "peers", "headers")
 assert {m.CAPABILITY for m in MESSAGES.values()} - {None} == set(CAPABILITIES)
 assert not (set(MESSAGES) & RESERVED_TYPES)
 

@@ -116,7 +116,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--deadline", type=float, default=120.0)
     args = parser.parse_args(argv)
 
-    from twisted.internet import reactor
+    from twisted.internet import reactor as installed
+
+    reactor: Any = installed
     from twisted.logger import FileLogObserver, formatEventAsClassicLogText, globalLogBeginner
 
     from archivas.chain import params as network_params

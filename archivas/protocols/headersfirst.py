@@ -1,0 +1,365 @@
+"""A headers-first sync round with one peer, as Bitcoin Core syncs: a peer's claimed weight
+is believed only as far as its headers prove it.
+
+1. GET_HEADERS with our block locator; the first header's parent is the fork point (a
+   block we store). Headers come in replies sized in bytes by the sender.
+2. Each reply is checked in order: the context rules on the reactor (cheap), then every
+   header's proofs in the thread pool, independently and cheapest first
+   (consensus.check_header). The first invalid header ends the round and its sender is
+   refused; a header only early (timestamp ahead of our clock) ends the headers for now.
+3. Nothing is stored until the headers prove `max(minChainWeight, our weight + 1)`
+   (presync, chain/headerchain.py). Then bodies are fetched by hash right behind the
+   proven frontier, inside a bounded window, in parallel from every peer that can serve
+   them, each checked against its header's transaction root on arrival, and imported in
+   runs whose headers are not checked again.
+
+Peers whose headers end below what they claimed, or that stall, fail the round; the
+Syncer rotates. Numbers are below and in docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Optional
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from archivas.chain.block import Block, Header, tx_root
+from archivas.chain.consensus import BlockRejected
+from archivas.chain.headerchain import HeaderMismatch, HeaderRun, Point, header_size
+from archivas.protocols import wire
+from archivas.protocols.peer import PeerProtocol
+
+if TYPE_CHECKING:
+    from archivas.protocols.sync import Syncer
+
+log = Logger()
+
+HEADERS_PER_REQUEST = 512  # asked for at once (the sender may send fewer: 1 MiB at most)
+BODIES_PER_REQUEST = 32
+BODIES_IN_FLIGHT = 3  # body requests outstanding per peer
+DOWNLOAD_WINDOW = 1024  # heights past the stored chain whose bodies may be fetched
+MAX_HELD_BYTES = 64 * 1024 * 1024  # bodies received and not yet stored
+BODY_ESTIMATE = 16 * 1024  # bytes a body is assumed to take, for a request's timeout
+PRESYNC_BUDGET = 128 * 1024 * 1024  # header bytes a peer may send in a round before it proves its weight
+IMPORT_RUN = 64  # blocks handed to the node at once
+
+
+class Failed(Exception):
+    pass
+
+
+class HeadersFirstRound:
+    def __init__(self, syncer: "Syncer", target: PeerProtocol) -> None:
+        self.syncer = syncer
+        self.view = syncer.view
+        self.sink = syncer.sink
+        self.reactor = syncer.reactor
+        self.target = target
+        self.run: Optional[HeaderRun] = None
+        self.next = 0  # the lowest height not yet stored
+        self.received: dict[int, tuple[Block, PeerProtocol]] = {}
+        self.held_bytes = 0
+        self.requested: set[int] = set()
+        self.in_flight: dict[int, int] = {}
+        self.dropped: set[int] = set()
+        self.headers_done = False
+        self.presync_bytes = 0
+        self.early_until = 0.0  # a header ahead of our clock ended the headers: when it is due
+        self.importing = False
+        self.finished: defer.Deferred = defer.Deferred()
+        self._room: Optional[defer.Deferred] = None
+        self.stored = 0
+        self.header_seconds = 0.0
+
+    # the round
+
+    async def go(self) -> None:
+        first = await self._get_headers(self.view.locator())
+        for _ in range(8):  # a locator is sparse below the tip: skip headers we store already
+            if not first.headers:
+                raise Failed("no headers after our locator from a peer that claims more")
+            known = 0
+            while known < len(first.headers) and self.view.has_block(first.headers[known].hash):
+                known += 1
+            if known < len(first.headers):
+                first = wire.Headers(first.headers[known:], first.tip_height, first.tip_weight)
+                break
+            first = await self._get_headers((first.headers[-1].hash,) + self.view.locator())
+        else:
+            raise Failed("its headers are all of blocks we store")
+        fork_hash = first.headers[0].parent_hash
+        fork = self.view.meta(fork_hash)
+        fork_header = self.view.header(fork_hash)
+        if fork is None or fork_header is None:
+            raise Failed("its headers do not start on a block we have")
+        threshold = max(self.view.params.min_chain_weight, self.view.tip().weight + 1)
+        depth = max(self.view.params.difficulty_window + 1, self.view.params.median_time_blocks) + 1
+        self.run = HeaderRun(self.view.params, Point(fork.hash, fork.height, fork.weight, fork_header),
+                             self.view.ancestors(fork.hash, depth), threshold)
+        self.next = fork.height + 1
+        log.info("[p2p] peers are ahead, need to sync from {ours} to {goal}", ours=self.view.tip().height,
+                 goal=first.tip_height)
+        log.info("[sync] headers first from {peer}: fork at height {fork}", peer=self._name(self.target),
+                 fork=fork.height)
+        loop = defer.ensureDeferred(self._headers(first))
+        loop.addErrback(self._fail)
+        await self.finished
+
+    def _fail(self, failure: Any) -> None:
+        if not self.finished.called:
+            self.finished.errback(failure)
+
+    def _done_if_finished(self) -> None:
+        run = self.run
+        if (self.headers_done and not self.finished.called and run is not None
+                and not self.importing and self.next > run.end.height and not run.compact):
+            self.finished.callback(None)
+
+    async def _get_headers(self, locator: tuple[bytes, ...]) -> wire.Headers:
+        agent = self.syncer.agent(self.target)
+        size = header_size(self.run.end.header) if self.run is not None else 2048
+        timeout = agent.timeout_for(HEADERS_PER_REQUEST * size)
+        reply = await agent.request(wire.GetHeaders(locator, HEADERS_PER_REQUEST), "headers", 0, timeout)
+        assert isinstance(reply, wire.Headers)
+        return reply
+
+    async def _headers(self, first: wire.Headers) -> None:
+        run = self.run
+        assert run is not None
+        reply = first
+        while True:
+            started = self.reactor.seconds()
+            go_on = await self._take(reply.headers)
+            self.header_seconds += self.reactor.seconds() - started
+            self.pump()
+            self.drain()
+            ended = not reply.headers or reply.headers[-1].height >= reply.tip_height
+            if not go_on or (ended and not (run.compact and run.proven)):
+                break
+            while not run.wants_headers():
+                self._room = defer.Deferred()
+                await self._room
+            if run.compact and not run.proven and self.presync_bytes > PRESYNC_BUDGET:
+                raise Failed(f"{self.presync_bytes} bytes of headers without reaching the weight needed")
+            after = run.fetch_after()
+            reply = await self._get_headers((after.hash,) + self.view.locator())
+            if reply.headers and reply.headers[0].parent_hash != after.hash:
+                raise Failed("its headers no longer follow the ones it sent (its chain moved): starting again")
+            if not reply.headers and run.compact:
+                break
+        self.headers_done = True
+        claimed = self.syncer.claimed_weight(self.target)
+        if run.last.weight < claimed:
+            log.info("[sync] {peer}'s headers end at weight {w}, below the {c} it claims",
+                     peer=self._name(self.target), w=run.last.weight, c=claimed)
+        if not run.proven:
+            raise Failed(f"its headers reach weight {run.last.weight}, not the {run.threshold} needed")
+        if run.compact:
+            raise Failed("its headers ended before those let go in presync were fetched again")
+        self._done_if_finished()
+
+    async def _take(self, headers: tuple[Header, ...]) -> bool:
+        """Check and add one reply's headers; False when headers should stop for now."""
+        run = self.run
+        assert run is not None
+        fresh: list[Header] = []
+        for header in headers:
+            try:
+                if not fresh and run.is_known(header):
+                    run.add_known(header)
+                    continue
+            except HeaderMismatch as e:
+                raise Failed(str(e)) from None
+            fresh.append(header)
+        if not fresh:
+            return True
+        if run.compact and not run.proven:
+            self.presync_bytes += sum(header_size(h) for h in fresh)
+        try:
+            usable = run.check_context(fresh, self.syncer.now_ms())
+        except BlockRejected as e:
+            return self._refused(fresh[0], e)
+        checks = []
+        parent = run.last.header
+        for header in fresh[:usable]:
+            checks.append(self.sink.verify_header(header, parent))
+            parent = header
+        results = await defer.DeferredList(checks, consumeErrors=True)
+        for header, (ok, result) in zip(fresh, results):
+            if not ok:
+                error = result.value
+                if isinstance(error, BlockRejected):
+                    return self._refused(header, error)
+                raise Failed(f"checking header {header.height} failed: {result.getErrorMessage()}")
+            run.add_checked(header, result)
+        if usable < len(fresh):  # the next one failed its context: see why, from the new last
+            try:
+                run.check_context(fresh[usable:usable + 1], self.syncer.now_ms())
+            except BlockRejected as e:
+                return self._refused(fresh[usable], e)
+        return True
+
+    def _refused(self, header: Header, error: BlockRejected) -> bool:
+        if error.reason == "timestamp_in_future":  # only early: what came before is good
+            self.early_until = (header.timestamp - self.view.params.max_future_ms) / 1000
+            log.info("[sync] header {height} from {peer} is ahead of our clock: later",
+                     height=header.height, peer=self._name(self.target))
+            return False
+        self.syncer.peers.misbehaved(self.target, "invalid_header", f"header at height {header.height}: {error}")
+        raise Failed(f"header at height {header.height} refused: {error}")
+
+    # bodies
+
+    def sources(self) -> list[PeerProtocol]:
+        """Peers that may have the bodies: the target, and every ready peer that fetches by
+        hash and shows at least the weight of the window's first header (each body is
+        checked against its proven header, so any peer is safe to ask)."""
+        run = self.run
+        assert run is not None
+        first = run.entry(self.next)
+        need = first.weight if first is not None else 0
+        now = self.reactor.seconds()
+        out = []
+        for proto in self.syncer.peers.ready_peers():
+            info = proto.info
+            if info is None or id(proto) in self.dropped or not info.can("headers"):
+                continue
+            if proto is self.target or (self.syncer.claimed_weight(proto) >= need
+                                        and self.syncer.agent(proto).avoid_until <= now):
+                out.append(proto)
+        return out
+
+    def pump(self) -> None:
+        run = self.run
+        if run is None or self.finished.called or not run.proven:
+            return
+        sources = self.sources()
+        if not sources:
+            if self.next <= run.end.height and not any(self.in_flight.values()):
+                self._fail_now("no peer left to fetch bodies from")
+            return
+        height = self.next
+        limit = min(run.end.height, self.next + DOWNLOAD_WINDOW - 1)
+        while height <= limit and self.held_bytes < MAX_HELD_BYTES:
+            if height in self.received or height in self.requested:
+                height += 1
+                continue
+            proto = min(sources, key=lambda p: self.in_flight.get(id(p), 0))
+            if self.in_flight.get(id(proto), 0) >= BODIES_IN_FLIGHT:
+                return
+            batch: list[int] = []
+            while (height <= limit and len(batch) < BODIES_PER_REQUEST
+                   and height not in self.received and height not in self.requested):
+                batch.append(height)
+                height += 1
+            self._ask(proto, batch)
+
+    def _ask(self, proto: PeerProtocol, heights: list[int]) -> None:
+        run = self.run
+        assert run is not None
+        entries = [run.entry(h) for h in heights]
+        hashes = tuple(e.header.hash for e in entries if e is not None)
+        self.requested.update(heights)
+        self.in_flight[id(proto)] = self.in_flight.get(id(proto), 0) + 1
+        agent = self.syncer.agent(proto)
+        d = agent.request(wire.GetBodies(hashes), "bodies", hashes[0], agent.timeout_for(len(hashes) * BODY_ESTIMATE))
+        d.addCallbacks(self._arrived, self._not_arrived, callbackArgs=(proto, heights),
+                       errbackArgs=(proto, heights))
+        d.addErrback(self._fail)
+
+    def _arrived(self, reply: wire.Bodies, proto: PeerProtocol, heights: list[int]) -> None:
+        self.in_flight[id(proto)] -= 1
+        run = self.run
+        assert run is not None
+        served = 0
+        for height, (block_hash, txs) in zip(heights, reply.bodies):
+            entry = run.entry(height)
+            if entry is None or height < self.next:
+                served += 1
+                continue  # stored meanwhile (from another copy)
+            if block_hash != entry.header.hash or tx_root(txs) != entry.header.tx_root:
+                self.syncer.peers.misbehaved(proto, "invalid_block", f"body for height {height} is not its header's")
+                self._drop(proto)
+                break
+            block = Block(entry.header, txs)
+            self.received[height] = (block, proto)
+            self.held_bytes += _body_bytes(txs)
+            served += 1
+        for height in heights:
+            self.requested.discard(height)
+        if served == 0 and heights[0] >= self.next:
+            self._drop(proto)  # it does not have them
+        self.drain()
+        self.pump()
+
+    def _not_arrived(self, failure: Any, proto: PeerProtocol, heights: list[int]) -> None:
+        self.in_flight[id(proto)] -= 1
+        for height in heights:
+            self.requested.discard(height)
+        agent = self.syncer.agent(proto)
+        if not failure.check(defer.TimeoutError) or agent.timeouts >= 2:
+            self._drop(proto)  # slowness costs no score: it leaves the round
+        self.pump()
+
+    def _drop(self, proto: PeerProtocol) -> None:
+        self.dropped.add(id(proto))
+
+    def _fail_now(self, reason: str) -> None:
+        if not self.finished.called:
+            self.finished.errback(Failed(reason))
+
+    # storing
+
+    def drain(self) -> None:
+        run = self.run
+        if self.importing or self.finished.called or run is None:
+            return
+        blocks: list[Block] = []
+        senders: list[PeerProtocol] = []
+        scores: list[int] = []
+        height = self.next
+        while height in self.received and len(blocks) < IMPORT_RUN:
+            block, sender = self.received.pop(height)
+            entry = run.entry(height)
+            assert entry is not None
+            self.held_bytes -= _body_bytes(block.transactions)
+            blocks.append(block)
+            senders.append(sender)
+            scores.append(entry.score)
+            height += 1
+        if not blocks:
+            self._done_if_finished()
+            return
+        self.importing = True
+        d = defer.ensureDeferred(self.sink.import_batch(blocks, senders, scores))
+        d.addCallbacks(self._imported, self._fail, callbackArgs=(blocks, senders))
+
+    def _imported(self, added: int, blocks: list[Block], senders: list[PeerProtocol]) -> None:
+        run = self.run
+        assert run is not None
+        self.importing = False
+        run.stored(added)
+        self.next += added
+        self.stored += added
+        if added < len(blocks):
+            sender = senders[added]
+            if sender is self.target:
+                self._fail_now(f"block at height {self.next} was refused")
+                return
+            self._drop(sender)  # another copy may be fine: fetch it again from someone else
+            for i in range(added, len(blocks)):
+                self.received.pop(blocks[i].height, None)
+        self.syncer.progress(self.next - 1, run.last.height)
+        if self._room is not None and run.wants_headers():
+            room, self._room = self._room, None
+            room.callback(None)
+        self.drain()
+        self.pump()
+
+    def _name(self, proto: PeerProtocol) -> str:
+        return proto.info.address if proto.info is not None else "?"
+
+
+def _body_bytes(txs: tuple[Any, ...]) -> int:
+    return 256 + 512 * len(txs)
