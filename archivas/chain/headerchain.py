@@ -144,9 +144,10 @@ class HeaderRun:
         """A header after the last checked, its context and proofs passed."""
         assert header.parent_hash == self.last.hash
         entry = Entry(header, self.last.weight + header.difficulty, score)
+        keep = not self.compact and self.has_room()
         self.context.append(header)
         self.last = Point(header.hash, header.height, entry.weight, header)
-        if not self.compact and self.has_room():
+        if keep:
             self._keep(entry)
         else:  # presync past the window: keep a record only
             self._records += self._commitment(header) + score.to_bytes(32, "big")

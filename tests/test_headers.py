@@ -1,0 +1,122 @@
+"""Headers-first pieces on their own: the header run (context, weight, presync records),
+header replies sized in bytes, and cheap header refusals before costly ones."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from twisted.trial import unittest
+
+from archivas.chain.block import genesis_block
+from archivas.chain.consensus import BlockRejected, check_header
+from archivas.chain.headerchain import RECORD, HeaderMismatch, HeaderRun, Point
+from archivas.node import MAX_HEADERS_REPLY_BYTES
+from archivas.protocols import wire
+from archivas.protocols.peer import MAX_LINE_BYTES
+from tests.common import PARAMS, fixture_blocks
+from tests.test_protocol import Harness, feed, handshake
+
+
+def run_from_genesis(threshold: int, window: int) -> HeaderRun:
+    genesis = genesis_block(PARAMS)
+    fork = Point(genesis.hash, 0, genesis.header.difficulty, genesis.header)
+    return HeaderRun(PARAMS, fork, [genesis.header], threshold, window_headers=window)
+
+
+def scored(run: HeaderRun, headers) -> None:
+    assert run.check_context(headers, 2**62) == len(headers)
+    for header in headers:
+        run.add_checked(header, header.height)  # a stand-in score
+
+
+class HeaderRunTests(unittest.TestCase):
+    def setUp(self):
+        self.headers = [b.header for b in fixture_blocks(60)]
+
+    def test_weight_is_proven_only_by_headers(self):
+        run = run_from_genesis(threshold=1 + 30, window=100)
+        scored(run, self.headers[:29])
+        self.assertFalse(run.proven)
+        scored(run, self.headers[29:30])
+        self.assertTrue(run.proven)
+        self.assertEqual(run.last.weight, 31)
+
+    def test_context_rules_refuse_a_header_that_does_not_follow(self):
+        run = run_from_genesis(threshold=2, window=100)
+        scored(run, self.headers[:5])
+        wrong_difficulty = dataclasses.replace(self.headers[5], difficulty=7)
+        with self.assertRaises(BlockRejected) as cm:
+            run.check_context([wrong_difficulty], 2**62)
+        self.assertEqual(cm.exception.reason, "bad_difficulty")
+        # some that pass, then one that does not: the passing count
+        self.assertEqual(run.check_context(list(self.headers[5:8]) + [wrong_difficulty], 2**62), 3)
+        with self.assertRaises(BlockRejected):
+            run.check_context([self.headers[9]], 2**62)  # skips a height
+        future = run.check_context  # a header too far ahead of the clock
+        with self.assertRaises(BlockRejected) as cm:
+            future([self.headers[5]], self.headers[5].timestamp - PARAMS.max_future_ms - 1)
+        self.assertEqual(cm.exception.reason, "timestamp_in_future")
+
+    def test_presync_past_the_window_keeps_records_and_takes_them_back(self):
+        run = run_from_genesis(threshold=1 + 50, window=10)
+        scored(run, self.headers[:40])
+        self.assertEqual(len(run.window), 10)
+        self.assertTrue(run.compact and not run.proven)
+        self.assertEqual(run.record_bytes, 30 * RECORD)  # 48 bytes a header let go
+        self.assertEqual(run.fetch_after().height, 40)  # go on proving
+        scored(run, self.headers[40:50])
+        self.assertTrue(run.proven)
+        self.assertEqual(run.fetch_after().height, 10)  # now fetch what was let go
+        run.stored(10)  # the window's bodies went in
+        tampered = dataclasses.replace(self.headers[10], farmer_signature=b"\x00" * 64)
+        with self.assertRaises(HeaderMismatch):
+            run.is_known(tampered)  # another signature: not what it sent before
+        with self.assertRaises(HeaderMismatch):
+            run.is_known(self.headers[11])  # not the next one
+        for header in self.headers[10:20]:
+            self.assertTrue(run.is_known(header))
+            entry = run.add_known(header)
+            self.assertEqual(entry.score, header.height)  # the score recorded, proofs not checked again
+        self.assertEqual(run.end.height, 20)
+        self.assertEqual(run.entry(20).weight, 21)
+        self.assertFalse(run.is_known(self.headers[50]))  # past the last checked: a new header
+
+
+class CheapestFirstTests(unittest.TestCase):
+    def test_a_forged_signature_is_refused_before_the_proofs_are_checked(self):
+        from archivas.chain import vdf
+
+        blocks = fixture_blocks(2)
+        forged = dataclasses.replace(blocks[1].header, farmer_signature=b"\x01" * 64)
+        calls = []
+        real = vdf.verify_chain
+        self.patch(vdf, "verify_chain", lambda *a: calls.append(a) or real(*a))
+        with self.assertRaises(BlockRejected) as cm:
+            check_header(forged, blocks[0].header, PARAMS)
+        self.assertEqual(cm.exception.reason, "bad_farmer_signature")
+        self.assertEqual(calls, [])
+        self.assertIsInstance(check_header(blocks[1].header, blocks[0].header, PARAMS), int)
+        self.assertEqual(len(calls), 1)
+
+
+class ReplySizeTests(unittest.TestCase):
+    def test_a_headers_reply_is_sized_in_bytes(self):
+        blocks = fixture_blocks(1200)
+        h = Harness(self, blocks)
+        proto, transport = h.connect()
+        handshake(proto, genesis=h.node.genesis_hash)
+        transport.clear()
+        feed(proto, wire.GetHeaders((h.node.genesis_hash,), wire.MAX_HEADERS))
+        line = transport.value().strip()
+        reply = wire.decode(line)
+        self.assertIsInstance(reply, wire.Headers)
+        self.assertLess(len(reply.headers), 1200)  # 1,200 fastnet headers are over 1 MiB
+        self.assertGreater(len(reply.headers), 500)
+        self.assertLessEqual(len(line), MAX_HEADERS_REPLY_BYTES + 64 * 1024)
+        self.assertLess(len(line), MAX_LINE_BYTES)
+        self.assertEqual([x.height for x in reply.headers], list(range(1, len(reply.headers) + 1)))
+        self.assertEqual((reply.tip_height, reply.tip_weight), (1200, h.node.chain.tip.weight))
+        # a locator of another chain's blocks only: nothing
+        transport.clear()
+        feed(proto, wire.GetHeaders((b"\x05" * 32,), 10))
+        self.assertEqual(wire.decode(transport.value().strip()).headers, ())
