@@ -207,6 +207,8 @@ class HeadersFirstRound:
                      height=header.height, peer=self._name(self.target))
             return False
         self.syncer.peers.misbehaved(self.target, "invalid_header", f"header at height {header.height}: {error}")
+        if error.permanent:  # a chain that is invalid for good: not used again
+            self.target.disconnect(f"served a header refused for good ({error.reason})")
         raise Failed(f"header at height {header.height} refused: {error}")
 
     # bodies

@@ -64,6 +64,7 @@ PENALTIES = {
     "bad_payload": 10,
     "unknown_type": 5,
     "invalid_block": 50,
+    "invalid_header": 50,
     "invalid_transaction": 5,
     "bad_handshake": BAN_SCORE,
     "rate_limit": BAN_SCORE,
