@@ -14,7 +14,7 @@ from archivas.node import MAX_HEADERS_REPLY_BYTES
 from archivas.protocols import wire
 from archivas.protocols.peer import MAX_LINE_BYTES
 from tests.common import PARAMS, fixture_blocks
-from tests.test_protocol import Harness, feed, handshake
+from tests.test_protocol import Harness, feed, handshake, sent
 
 
 def run_from_genesis(threshold: int, window: int) -> HeaderRun:
@@ -152,3 +152,37 @@ class VerifyQueueTests(unittest.TestCase):
         self.assertEqual(results, ["tip"])
         for d in background:
             d.addErrback(lambda f: None)
+
+
+class StallTests(unittest.TestCase):
+    def test_a_body_request_that_holds_up_the_window_is_asked_of_another_peer(self):
+        """A second peer on the same chain takes body requests and never answers: past
+        STALL_SECONDS the front of the window is asked of the target instead, long before
+        the staller's request would time out, and the staller leaves the round."""
+        from archivas.protocols import headersfirst
+        from tests.test_sync import ScriptedPeer
+
+        blocks = fixture_blocks(200)
+        rounds = []
+        real = headersfirst.HeadersFirstRound.go
+
+        async def go(round_):
+            rounds.append(round_)
+            return await real(round_)
+
+        self.patch(headersfirst.HeadersFirstRound, "go", go)
+        h = Harness(self)
+        target = ScriptedPeer(h, "10.0.0.1", blocks, b"\x01" * 16, weight=10**6)
+        staller = ScriptedPeer(h, "10.0.0.2", blocks, b"\x02" * 16, weight=10**6)
+        start = h.clock.seconds()
+        while h.node.chain.height < 200 and h.clock.seconds() - start < 30:
+            target.answer()
+            for message in sent(staller.transport):
+                if isinstance(message, wire.GetHeaders):  # answers headers, holds bodies
+                    feed(staller.proto, wire.Headers(staller.headers_after(message.locator, message.count),
+                                                     200, 10**6))
+            h.clock.advance(0.25)
+        self.assertEqual(h.node.chain.tip.hash, blocks[-1].hash)
+        self.assertGreaterEqual(sum(r.stalls for r in rounds), 1)
+        self.assertLess(h.clock.seconds() - start, 10)
+        self.assertEqual(staller.proto.info.misbehaviour, 0)  # slowness costs no score

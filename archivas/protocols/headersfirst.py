@@ -19,9 +19,11 @@ Syncer rotates. Numbers are below and in docs/protocol.md.
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, Optional
 
 from twisted.internet import defer
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from archivas.chain.block import Block, Header, tx_root
@@ -43,6 +45,7 @@ MAX_HELD_BYTES = 64 * 1024 * 1024  # bodies received and not yet stored
 BODY_ESTIMATE = 16 * 1024  # bytes a body is assumed to take, for a request's timeout
 PRESYNC_BUDGET = 128 * 1024 * 1024  # header bytes a peer may send in a round before it proves its weight
 IMPORT_RUN = 64  # blocks handed to the node at once
+STALL_SECONDS = 2.0  # a body request holding up the window's front this long is asked of another peer
 
 
 class Failed(Exception):
@@ -71,6 +74,11 @@ class HeadersFirstRound:
         self._room: Optional[defer.Deferred] = None
         self.stored = 0
         self.header_seconds = 0.0
+        self.stalls = 0
+        self.short_of_claim = False  # its headers ended below the weight it claims
+        self._batches: dict[int, tuple[PeerProtocol, float, list[int]]] = {}
+        self._batch_ids = itertools.count()
+        self._rescued: set[int] = set()
 
     # the round
 
@@ -104,7 +112,14 @@ class HeadersFirstRound:
                  fork=fork.height)
         loop = defer.ensureDeferred(self._headers(first))
         loop.addErrback(self._fail)
-        await self.finished
+        ticker = LoopingCall(self.pump)  # the stall check runs even when nothing arrives
+        ticker.clock = self.reactor
+        ticker.start(STALL_SECONDS / 2, now=False).addErrback(self._fail)
+        try:
+            await self.finished
+        finally:
+            if ticker.running:
+                ticker.stop()
 
     def _fail(self, failure: Any) -> None:
         if not self.finished.called:
@@ -151,6 +166,7 @@ class HeadersFirstRound:
         self.headers_done = True
         claimed = self.syncer.claimed_weight(self.target)
         if run.last.weight < claimed:
+            self.short_of_claim = True
             log.info("[sync] {peer}'s headers end at weight {w}, below the {c} it claims",
                      peer=self._name(self.target), w=run.last.weight, c=claimed)
         if not run.proven:
@@ -227,8 +243,9 @@ class HeadersFirstRound:
             info = proto.info
             if info is None or id(proto) in self.dropped or not info.can("headers"):
                 continue
-            if proto is self.target or (self.syncer.claimed_weight(proto) >= need
-                                        and self.syncer.agent(proto).avoid_until <= now):
+            agent = self.syncer.agent(proto)
+            if proto is self.target or (self.syncer.claimed_weight(proto) >= need and agent.avoid_until <= now
+                                        and agent.refuted != agent.claim()):
                 out.append(proto)
         return out
 
@@ -241,6 +258,7 @@ class HeadersFirstRound:
             if self.next <= run.end.height and not any(self.in_flight.values()):
                 self._fail_now("no peer left to fetch bodies from")
             return
+        self._unstall(sources)
         height = self.next
         limit = min(run.end.height, self.next + DOWNLOAD_WINDOW - 1)
         while height <= limit and self.held_bytes < MAX_HELD_BYTES:
@@ -257,6 +275,31 @@ class HeadersFirstRound:
                 height += 1
             self._ask(proto, batch)
 
+    def _unstall(self, sources: list[PeerProtocol]) -> None:
+        """The request that holds the window's front, out for STALL_SECONDS: asked of another
+        peer (the first answer is taken), and its peer leaves the round, as Bitcoin Core
+        treats a staller."""
+        front = self.next
+        if front in self.received or front in self._rescued:
+            return
+        now = self.reactor.seconds()
+        for proto, asked_at, heights in self._batches.values():
+            if heights[0] <= front <= heights[-1]:
+                if now - asked_at < STALL_SECONDS:
+                    return
+                others = [p for p in sources if p is not proto
+                          and self.in_flight.get(id(p), 0) < BODIES_IN_FLIGHT]
+                if not others:
+                    return
+                self._rescued.add(front)
+                self.stalls += 1
+                self._drop(proto)
+                log.info("[sync] {peer} holds up blocks from height {h}: asking another peer",
+                         peer=self._name(proto), h=front)
+                rest = [h for h in heights if h >= front and h not in self.received]
+                self._ask(min(others, key=lambda p: self.in_flight.get(id(p), 0)), rest)
+                return
+
     def _ask(self, proto: PeerProtocol, heights: list[int]) -> None:
         run = self.run
         assert run is not None
@@ -264,22 +307,25 @@ class HeadersFirstRound:
         hashes = tuple(e.header.hash for e in entries if e is not None)
         self.requested.update(heights)
         self.in_flight[id(proto)] = self.in_flight.get(id(proto), 0) + 1
+        batch = next(self._batch_ids)
+        self._batches[batch] = (proto, self.reactor.seconds(), heights)
         agent = self.syncer.agent(proto)
         d = agent.request(wire.GetBodies(hashes), "bodies", hashes[0], agent.timeout_for(len(hashes) * BODY_ESTIMATE))
-        d.addCallbacks(self._arrived, self._not_arrived, callbackArgs=(proto, heights),
-                       errbackArgs=(proto, heights))
+        d.addCallbacks(self._arrived, self._not_arrived, callbackArgs=(proto, heights, batch),
+                       errbackArgs=(proto, heights, batch))
         d.addErrback(self._fail)
 
-    def _arrived(self, reply: wire.Bodies, proto: PeerProtocol, heights: list[int]) -> None:
+    def _arrived(self, reply: wire.Bodies, proto: PeerProtocol, heights: list[int], batch: int) -> None:
+        self._batches.pop(batch, None)
         self.in_flight[id(proto)] -= 1
         run = self.run
         assert run is not None
         served = 0
         for height, (block_hash, txs) in zip(heights, reply.bodies):
             entry = run.entry(height)
-            if entry is None or height < self.next:
+            if entry is None or height < self.next or height in self.received:
                 served += 1
-                continue  # stored meanwhile (from another copy)
+                continue  # stored or received meanwhile (from another peer)
             if block_hash != entry.header.hash or tx_root(txs) != entry.header.tx_root:
                 self.syncer.peers.misbehaved(proto, "invalid_block", f"body for height {height} is not its header's")
                 self._drop(proto)
@@ -295,7 +341,8 @@ class HeadersFirstRound:
         self.drain()
         self.pump()
 
-    def _not_arrived(self, failure: Any, proto: PeerProtocol, heights: list[int]) -> None:
+    def _not_arrived(self, failure: Any, proto: PeerProtocol, heights: list[int], batch: int) -> None:
+        self._batches.pop(batch, None)
         self.in_flight[id(proto)] -= 1
         for height in heights:
             self.requested.discard(height)

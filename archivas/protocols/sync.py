@@ -342,6 +342,9 @@ class Syncer:
                 self.current = HeadersFirstRound(self, target)
                 await self.current.go()
                 early, ok = self.current.early_until, True
+                if self.current.short_of_claim:  # what it proved is ours now; the rest was a lie
+                    self.round_failed(target)
+                    self.agent(target).refuted = claim
                 log.info("Synced to tip (height={height}) from {peer}", height=self.view.tip().height,
                          peer=target.info.address)
             else:
