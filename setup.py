@@ -22,11 +22,19 @@ setup(
         "attrs>=23.1",
         # Compact per-peer "already has this" filters (a Rust Bloom filter, set-like API).
         "rbloom==1.5.4",
+        # The explorer's server-rendered pages.
+        "jinja2>=3.1",
+        # /metrics in the Prometheus text format, served through its Twisted resource.
+        "prometheus_client>=0.20",
+        # BIP-39 recovery phrases for wallet keys (the standard word list, maintained by Trezor).
+        "mnemonic>=0.21",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100",
                  # make lint: ruff, and mypy with the plugin that reads zope.interface.
-                 "ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0"],
+                 "ruff>=0.6", "mypy>=1.10", "mypy-zope>=1.0",
+                 # The explorer in headless Chromium; the RPC checked against its OpenAPI document.
+                 "selenium>=4.20", "schemathesis>=3.30"],
     },
     entry_points={
         "console_scripts": [
