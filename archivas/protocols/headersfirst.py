@@ -209,6 +209,9 @@ class HeadersFirstRound:
                     return self._refused(header, error)
                 raise Failed(f"checking header {header.height} failed: {result.getErrorMessage()}")
             run.add_checked(header, result)
+        info = self.target.info
+        if info is not None and run.last.weight > (info.weight or 0):  # it proved more than it claimed
+            info.weight, info.height, info.tip_hash = run.last.weight, run.last.height, run.last.hash
         if usable < len(fresh):  # the next one failed its context: see why, from the new last
             try:
                 run.check_context(fresh[usable:usable + 1], self.syncer.now_ms())
