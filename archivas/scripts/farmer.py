@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 from typing import Any, Optional
 
@@ -10,7 +12,7 @@ from twisted.python import usage
 from archivas.chain.keys import KeyFileError, PrivateKey
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
-from archivas.farmer.plotter import PlotError, create_plot
+from archivas.farmer.plotter import PlotError, check_space, create_plot, human, remove_stale_temporaries
 from archivas.scripts.common import VersionedOptions, die, parse, serve_against_node
 
 PROGRAM = "archivas-farmer"
@@ -65,26 +67,74 @@ class Options(VersionedOptions):
             raise usage.UsageError("say plot or farm")
 
 
-def progress_bar(index: int, count: int) -> Any:
-    def show(fraction: float) -> None:
-        filled = int(BAR_WIDTH * fraction)
-        sys.stderr.write(f"\rplot {index}/{count} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {fraction:4.0%}")
-        sys.stderr.flush()
+class ProgressBar:
+    """`plot 1/2 [#########.....................]  30%` on stderr, redrawn in place."""
 
-    return show
+    def __init__(self, index: int, count: int) -> None:
+        self.index, self.count = index, count
+        self.shown = False
+
+    def __call__(self, fraction: float) -> None:
+        filled = int(BAR_WIDTH * fraction)
+        sys.stderr.write(f"\rplot {self.index}/{self.count} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] "
+                         f"{fraction:4.0%}")
+        sys.stderr.flush()
+        self.shown = True
+
+    def end(self) -> None:
+        """Leave the bar's line, so what follows starts a line of its own."""
+        if self.shown:
+            sys.stderr.write("\n")
+            self.shown = False
+
+
+class Stopped(BaseException):
+    """SIGINT or SIGTERM while plotting; raised by the handler so that create_plot stops
+    its worker and removes the temporary files on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_plotting(signum: int, frame: Any) -> None:
+    # Once is enough: a second Ctrl-C must not interrupt the clean-up.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Stopped(signum)
 
 
 def plot(options: PlotOptions) -> None:
+    """Refuse at once without the disk space for all the plots; SIGINT or SIGTERM stop the
+    worker, remove its temporary files and exit 128 + the signal's number, in one line."""
     key = load_key(options["farmer-key"])
-    for i in range(options["count"]):
-        try:
-            path = create_plot(options["path"], key.public_key, options["size"],
-                               progress=progress_bar(i + 1, options["count"]))
-        except (PlotError, OSError) as e:
-            sys.stderr.write("\n")
-            die(PROGRAM, str(e))
-        sys.stderr.write("\n")
-        print(path)
+    directory, k, count = options["path"], options["size"], options["count"]
+    done = 0
+    bar = ProgressBar(1, count)
+    signal.signal(signal.SIGINT, _stop_plotting)
+    signal.signal(signal.SIGTERM, _stop_plotting)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        freed = remove_stale_temporaries(directory)
+        if freed:
+            sys.stderr.write(f"{PROGRAM}: removed {human(freed)} of temporary files that an interrupted plot "
+                             f"left in {directory}\n")
+        check_space(directory, k, count)
+        for i in range(count):
+            bar = ProgressBar(i + 1, count)
+            path = create_plot(directory, key.public_key, k, progress=bar)
+            bar.end()
+            print(path, flush=True)
+            done += 1
+    except Stopped as e:
+        bar.end()
+        sys.stderr.write(f"{PROGRAM}: stopped by {signal.Signals(e.signum).name} after {done} of {count} "
+                         f"plots; the unfinished plot's temporary files are removed\n")
+        sys.stderr.flush()
+        raise SystemExit(128 + e.signum) from None
+    except (PlotError, OSError) as e:
+        bar.end()
+        die(PROGRAM, str(e))
 
 
 def farm(options: FarmOptions) -> None:
