@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sqlite3
+import time
 from typing import Any, Optional
 
 from twisted.logger import Logger
@@ -20,7 +22,7 @@ from archivas.chain.block import Block, Header, child_seed, genesis_block
 from archivas.chain.consensus import BlockRejected, check_context, check_standalone, expected_difficulty
 from archivas.chain.ledger import Account, StateDelta, apply_block_body
 from archivas.chain.params import NetworkParams
-from archivas.chain.storage import BlockMeta, Storage, StorageError
+from archivas.chain.storage import SCHEMA_VERSION, BlockMeta, Storage, StorageError
 from archivas.chain.transactions import InvalidTransaction
 
 log = Logger()
@@ -67,7 +69,7 @@ class Chain:
         if s.fresh:
             with s.transaction():
                 s.create_schema()
-                s.set_meta("schema", "1")
+                s.set_meta("schema", str(SCHEMA_VERSION))
                 s.set_meta("network", self.params.name)
                 s.set_meta("genesis", genesis_hash)
                 s.put_block(self.genesis, self.genesis.header.difficulty, 0)
@@ -77,6 +79,14 @@ class Chain:
             log.info("[storage] created database {dir} for {network}", dir=str(s.directory),
                      network=self.params.name)
             return
+        try:
+            self._check_and_migrate(genesis_hash)
+        except sqlite3.DatabaseError as e:  # a page quick_check could not see is bad after all
+            raise s.error(str(e)) from None
+
+    def _check_and_migrate(self, genesis_hash: str) -> None:
+        s = self.storage
+        version = s.schema_version()
         network, stored_genesis = s.get_meta("network"), s.get_meta("genesis")
         if network != self.params.name or stored_genesis != genesis_hash:
             raise StorageError(
@@ -84,9 +94,18 @@ class Chain:
                 f"{(stored_genesis or '?')[:16]}), not {self.params.name} (genesis {genesis_hash[:16]})"
             )
         tip = s.get_meta("tip")
-        meta = s.block_meta(bytes.fromhex(tip)) if tip else None
+        try:
+            meta = s.block_meta(bytes.fromhex(tip)) if tip else None
+        except ValueError:
+            meta = None
         if meta is None or s.main_hash(meta.height) != meta.hash or s.main_height() != meta.height:
             raise StorageError(f"database {s.directory} is corrupt: its tip is not on its main chain")
+        started = time.monotonic()
+        indexed = s.migrate(version)
+        if indexed is not None:
+            log.info("[storage] migrated database {dir} from schema {old} to {new}: indexed {n} transfers "
+                     "of {h} main-chain blocks in {s:.1f} s", dir=str(s.directory), old=version,
+                     new=SCHEMA_VERSION, n=indexed, h=meta.height, s=time.monotonic() - started)
 
     # reading
 
@@ -213,6 +232,7 @@ class Chain:
             s.delete_main(height)
             block = s.block(block_hash)
             assert block is not None
+            s.unindex_block(block)
             result.disconnected.append(block)
 
         for i, meta in enumerate(branch):
@@ -235,6 +255,7 @@ class Chain:
             s.set_accounts(dict(delta.changes))
             s.put_undo(meta.hash, delta.before)
             s.set_main(meta.height, meta.hash)
+            s.index_block(block)
             result.connected.append(block)
         s.set_meta("tip", new_tip.hash.hex())
         if result.disconnected:

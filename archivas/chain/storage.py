@@ -1,9 +1,11 @@
-"""SQLite storage under the `--db` directory: blocks, the main chain, accounts, undo data.
+"""SQLite storage under the `--db` directory: blocks, the main chain, accounts, undo data,
+and the indexes of main-chain transfers (by hash and by address).
 
 WAL mode with synchronous=FULL, and every block commit (with its state changes, undo
-record and the new tip) inside one SQLite transaction: a process killed at any instant
-reopens at the last committed tip, and a commit that returned is on disk. One process at a
-time: a lock file refuses a second opener.
+record, index rows and the new tip) inside one SQLite transaction: a process killed at any
+instant reopens at the last committed tip, and a commit that returned is on disk. One
+process at a time: a lock file refuses a second opener. A database that SQLite cannot read
+whole (a zeroed page, a truncated file, a missing table) is refused at open with one line.
 """
 
 from __future__ import annotations
@@ -15,15 +17,19 @@ import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 from archivas.chain.block import Block
 from archivas.chain.encoding import DecodeError
 from archivas.chain.ledger import Account
+from archivas.chain.transactions import InvalidTransaction, Transaction
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 1: no transfer indexes (migrated on open); 2: tx_index and address_index
 DB_FILE = "chain.sqlite3"
 LOCK_FILE = "LOCK"
+CHAIN_TABLES = frozenset({"meta", "blocks", "main_chain", "accounts", "undo"})
+INDEX_TABLES = frozenset({"tx_index", "address_index"})
+WHAT_TO_DO = "restore it from a backup, or move it away and let the node sync again into an empty --db directory"
 
 SCHEMA = """
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -45,9 +51,63 @@ CREATE TABLE accounts (address TEXT PRIMARY KEY, balance INTEGER NOT NULL, nonce
 CREATE TABLE undo (hash BLOB PRIMARY KEY, data TEXT NOT NULL);
 """
 
+# Main-chain transfers only: a block's rows are written when it is connected and deleted
+# when it is disconnected, in the same transaction. `position` is the transfer's index in
+# its block; an address has one row per transfer it sent or received (one for a transfer
+# to itself).
+INDEX_SCHEMA = """
+CREATE TABLE tx_index (
+    hash BLOB PRIMARY KEY,
+    block BLOB NOT NULL,
+    height INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    sender TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    amount INTEGER NOT NULL,
+    fee INTEGER NOT NULL,
+    nonce INTEGER NOT NULL
+);
+CREATE TABLE address_index (
+    address TEXT NOT NULL,
+    height INTEGER NOT NULL,
+    position INTEGER NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (address, height, position)
+) WITHOUT ROWID;
+"""
+
 
 class StorageError(Exception):
     """The database cannot be used: locked, corrupt, or of another network. One line."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexedTransfer:
+    """A main-chain transfer as the indexes hold it (`timestamp`: its block's, Unix ms)."""
+
+    hash: bytes
+    block_hash: bytes
+    height: int
+    position: int
+    sender: str
+    recipient: str
+    amount: int
+    fee: int
+    nonce: int
+    timestamp: int
+
+
+_TRANSFER_COLUMNS = ("t.hash, t.block, t.height, t.position, t.sender, t.recipient, t.amount, t.fee, t.nonce, "
+                     "b.timestamp")
+
+
+def _transfer(row: tuple) -> IndexedTransfer:
+    h, block, height, position, sender, recipient, amount, fee, nonce, ts = row
+    return IndexedTransfer(bytes(h), bytes(block), height, position, sender, recipient, amount, fee, nonce, ts)
+
+
+def _statements(script: str) -> list[str]:
+    return [statement for statement in script.split(";") if statement.strip()]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,21 +150,28 @@ class Storage:
             raise StorageError(f"cannot create database directory {self.directory}: {e.strerror}") from None
         self._lock = self._take_lock()
         path = self.directory / DB_FILE
+        self.path = path
         try:
             self.db = connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=FULL")
             self.db.execute("PRAGMA foreign_keys=OFF")
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            # A new database gets its tables in the same transaction as its genesis block
+            # (create_schema), so a process killed while creating it leaves no tables.
+            self.fresh = not (tables - {"peer_bans"})  # peer_bans is made below, outside genesis
+            problem = None if self.fresh else self._quick_check()
         except sqlite3.DatabaseError as e:
             self.close()
-            raise StorageError(f"database {path} is corrupt or not an Archivas database ({e})") from None
-        # A new database gets its tables in the same transaction as its genesis block
-        # (create_schema), so a process killed while creating it leaves no tables.
-        self.fresh = not (tables - {"peer_bans"})  # peer_bans is made below, outside genesis
-        if not self.fresh and not {"meta", "blocks", "main_chain", "accounts", "undo"} <= tables:
+            raise StorageError(f"database {path} is corrupt or not an Archivas database ({e}): {WHAT_TO_DO}") from None
+        if problem is not None:
             self.close()
-            raise StorageError(f"database {path} is not an Archivas database (tables missing)")
+            raise StorageError(f"database {path} is corrupt ({problem}): {WHAT_TO_DO}")
+        if not self.fresh and not CHAIN_TABLES <= tables:
+            self.close()
+            raise StorageError(f"database {path} is not an Archivas database (tables missing: "
+                               f"{', '.join(sorted(CHAIN_TABLES - tables))})")
+        self.tables = tables
         self._depth = 0
         try:  # the operator's peer bans (banlist.py): not chain data, made on demand
             self.db.execute("CREATE TABLE IF NOT EXISTS peer_bans "
@@ -112,6 +179,18 @@ class Storage:
         except sqlite3.DatabaseError as e:
             self.close()
             raise StorageError(f"database {path} is corrupt or read-only ({e})") from None
+
+    def _quick_check(self) -> Optional[str]:
+        """SQLite's `PRAGMA quick_check` over every page (b-tree structure, record formats,
+        page counts; not index contents): its first complaint, or None. Costs one read of
+        the file (docs/storage.md has the measured time)."""
+        rows = self.db.execute("PRAGMA quick_check(1)").fetchall()
+        first = rows[0][0] if rows else "no answer"
+        return None if first == "ok" else str(first).splitlines()[0][:200]
+
+    def error(self, what: str) -> StorageError:
+        """The one-line StorageError for a database found corrupt after opening."""
+        return StorageError(f"database {self.path} is corrupt ({what}): {WHAT_TO_DO}")
 
     # the operator's peer bans (a BanStore for archivas.protocols.banlist)
 
@@ -169,9 +248,49 @@ class Storage:
 
     def create_schema(self) -> None:
         """The tables, inside the caller's transaction (no executescript: it commits)."""
-        for statement in SCHEMA.split(";"):
-            if statement.strip():
-                self.db.execute(statement)
+        for statement in _statements(SCHEMA + INDEX_SCHEMA):
+            self.db.execute(statement)
+        self.tables = self.tables | CHAIN_TABLES | INDEX_TABLES
+
+    def schema_version(self) -> int:
+        """The stored schema, checked: an older one is for `migrate` to upgrade; a newer one
+        (a newer Archivas wrote it) or a missing one is refused."""
+        stored = self.get_meta("schema")
+        if stored is None or not stored.isdigit():
+            raise self.error(f"its schema version is {stored!r}")
+        version = int(stored)
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"database {self.path} has schema {version}, written by a newer Archivas (this one reads "
+                f"schema {SCHEMA_VERSION} and older): run that newer archivas-node, or give this one another --db")
+        if version < 1:
+            raise self.error(f"its schema version is {version}")
+        if version == SCHEMA_VERSION and not INDEX_TABLES <= self.tables:
+            raise self.error(f"tables missing: {', '.join(sorted(INDEX_TABLES - self.tables))}")
+        return version
+
+    def migrate(self, version: int) -> Optional[int]:
+        """Upgrade a schema-1 database in one transaction: the index tables, built from the
+        main chain. Returns the number of transfers indexed (None: nothing to do)."""
+        if version == SCHEMA_VERSION:
+            return None
+        assert version == 1, version
+        count = 0
+        with self.transaction():
+            for statement in _statements(INDEX_SCHEMA):
+                self.db.execute(statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
+            rows = self.db.execute("SELECT m.height, m.hash, b.data FROM main_chain m JOIN blocks b "
+                                   "ON b.hash = m.hash WHERE m.height > 0 ORDER BY m.height")
+            for height, block_hash, data in rows:
+                try:
+                    txs = [Transaction.from_json(t) for t in json.loads(data)["transactions"]]
+                except (ValueError, KeyError, TypeError, InvalidTransaction) as e:
+                    raise self.error(f"main-chain block at height {height} does not decode: {e}") from None
+                self._index(bytes(block_hash), height, txs)
+                count += len(txs)
+            self.set_meta("schema", str(SCHEMA_VERSION))
+        self.tables = self.tables | INDEX_TABLES
+        return count
 
     # meta
 
@@ -253,6 +372,63 @@ class Storage:
     def put_undo(self, block_hash: bytes, before: dict[str, Optional[Account]]) -> None:
         doc = {a: (list(v) if v is not None else None) for a, v in before.items()}
         self.db.execute("INSERT OR REPLACE INTO undo(hash, data) VALUES (?, ?)", (block_hash, json.dumps(doc)))
+
+    # the transfer indexes (main chain only)
+
+    def index_block(self, block: Block) -> None:
+        """Index a block's transfers as it joins the main chain."""
+        self._index(block.hash, block.height, block.transactions)
+
+    def _index(self, block_hash: bytes, height: int, txs: Iterable[Transaction]) -> None:
+        rows: list[tuple] = []
+        addresses: list[tuple] = []
+        for position, tx in enumerate(txs):
+            tx_hash = tx.hash
+            rows.append((tx_hash, block_hash, height, position, tx.sender, tx.recipient, tx.amount, tx.fee,
+                         tx.nonce))
+            addresses.extend((a, height, position, tx_hash) for a in dict.fromkeys((tx.sender, tx.recipient)))
+        # A transfer appears once on a chain (its nonce is used up): REPLACE only keeps a
+        # damaged index from stopping the chain.
+        self.db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?,?,?,?)", addresses)
+
+    def unindex_block(self, block: Block) -> None:
+        """Drop a block's transfers as it leaves the main chain."""
+        height = block.height
+        rows: list[tuple] = []
+        addresses: list[tuple] = []
+        for position, tx in enumerate(block.transactions):
+            rows.append((tx.hash, block.hash))
+            addresses.extend((a, height, position) for a in dict.fromkeys((tx.sender, tx.recipient)))
+        self.db.executemany("DELETE FROM tx_index WHERE hash=? AND block=?", rows)
+        self.db.executemany("DELETE FROM address_index WHERE address=? AND height=? AND position=?", addresses)
+
+    def transfer(self, tx_hash: bytes) -> Optional[IndexedTransfer]:
+        row = self.db.execute(f"SELECT {_TRANSFER_COLUMNS} FROM tx_index t JOIN blocks b ON b.hash = t.block "
+                              "WHERE t.hash=?", (tx_hash,)).fetchone()
+        return _transfer(row) if row else None
+
+    def address_transfers(self, address: str, limit: int,
+                          before: Optional[int] = None) -> tuple[list[IndexedTransfer], bool]:
+        """The address's transfers, sent and received, newest first, from blocks below
+        height `before` (all when None): `limit` of them, then the rest of the last one's
+        block (a page never splits a block), and whether older ones remain."""
+        below = 2**62 if before is None else before
+        query = (f"SELECT {_TRANSFER_COLUMNS} FROM address_index a JOIN tx_index t ON t.hash = a.hash "
+                 "JOIN blocks b ON b.hash = t.block WHERE a.address = ? AND ")
+        page = [_transfer(row) for row in self.db.execute(
+            query + "a.height < ? ORDER BY a.height DESC, a.position DESC LIMIT ?", (address, below, limit))]
+        if len(page) < limit:
+            return page, False
+        last = page[-1]
+        page.extend(_transfer(row) for row in self.db.execute(
+            query + "a.height = ? AND a.position < ? ORDER BY a.position DESC", (address, last.height, last.position)))
+        more = self.db.execute("SELECT 1 FROM address_index WHERE address = ? AND height < ? LIMIT 1",
+                               (address, last.height)).fetchone() is not None
+        return page, more
+
+    def transfer_count(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM tx_index").fetchone()[0]
 
     def undo(self, block_hash: bytes) -> dict[str, Optional[Account]]:
         row = self.db.execute("SELECT data FROM undo WHERE hash=?", (block_hash,)).fetchone()
