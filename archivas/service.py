@@ -14,6 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 from twisted.application import service
 from twisted.internet import defer, endpoints
 from twisted.logger import Logger
+from twisted.python.components import Componentized
 from twisted.python.failure import Failure
 
 from archivas.admin import write_cookie
@@ -22,6 +23,7 @@ from archivas.chain.blockchain import Chain
 from archivas.chain.keys import PrivateKey
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
+from archivas.logs import LogSetup
 from archivas.node import Node
 from archivas.nodeapi import LocalNodeAPI
 from archivas.protocols import tls
@@ -186,7 +188,17 @@ def node_service(
 
 class OperatorNodeService(NodeMultiService):
     """For twistd and the console script: an operator mistake at start (a port in use)
-    is one line on stderr and a non-zero exit, not a traceback."""
+    is one line on stderr and a non-zero exit, not a traceback. With `log_setup` (the tap
+    sets it from --log-level, --log-format, --log-file), the Application twistd attaches
+    this service to gets that observer as its ILogObserver, which twistd's logger then
+    uses instead of its own (unless twistd is given --logger)."""
+
+    log_setup: Optional[LogSetup] = None
+
+    def setServiceParent(self, parent: Any) -> None:
+        if self.log_setup is not None and isinstance(parent, Componentized):
+            self.log_setup.attach(parent, self.node.reactor)
+        super().setServiceParent(parent)
 
     def startService(self) -> None:
         try:

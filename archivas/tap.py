@@ -2,7 +2,9 @@
 
 Every setting comes from, in order of precedence: the flag, the environment
 (ARCHIVAS_RPC_PORT, ARCHIVAS_P2P_PORT, ARCHIVAS_PEERS, ARCHIVAS_DB_PATH), the TOML file
-given with --config (see conf/node.toml), then the default.
+given with --config (see conf/node.toml), then the default. The log settings (--log-level,
+--log-format, --log-file, --log-max-bytes, --log-keep) build the process's log observer,
+which makeService hands to twistd (docs/logging.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Mapping, Optional
 from twisted.internet import endpoints
 from twisted.python import usage
 
+from archivas import logs
 from archivas.chain.keys import KeyFileError, PrivateKey
 from archivas.chain.params import NETWORKS
 from archivas.chain.storage import StorageError
@@ -22,7 +25,7 @@ from archivas.protocols.addrman import parse_address
 from archivas.protocols.manager import endpoint_description, whitelist_networks
 from archivas.protocols.tls import TLS_PREFIX
 from archivas.scripts.common import VersionedOptions
-from archivas.service import NodeMultiService, fail, node_service
+from archivas.service import NodeMultiService, OperatorNodeService, fail, node_service
 
 DEFAULTS: dict[str, Any] = {
     "rpc-port": "127.0.0.1:8080",
@@ -35,7 +38,13 @@ DEFAULTS: dict[str, Any] = {
     "farmer-key": None,
     "whitelist": [],
     "p2p-tls": False,
+    "log-level": logs.DEFAULT_LEVEL,
+    "log-format": logs.DEFAULT_FORMAT,
+    "log-file": None,
+    "log-max-bytes": logs.DEFAULT_MAX_BYTES,
+    "log-keep": logs.DEFAULT_KEEP,
 }
+LOG_SETTINGS = ("log-level", "log-format", "log-file", "log-max-bytes", "log-keep")
 ENVIRONMENT = {
     "rpc-port": "ARCHIVAS_RPC_PORT",
     "p2p-port": "ARCHIVAS_P2P_PORT",
@@ -87,6 +96,15 @@ class Options(VersionedOptions):
         ["config", None, None, "TOML configuration file (see conf/node.toml)"],
         ["farm", None, None, "farm the plots in this directory"],
         ["farmer-key", None, None, "key file of the farmer (with --farm)"],
+        ["log-level", None, None, "debug, info, warn, error or critical [default: info]; Twisted's "
+                                  "factory, port, retry and HTTP access lines count as debug"],
+        ["log-format", None, None, "text, or json (one object a line: time, level, namespace, text) "
+                                   "[default: text]"],
+        ["log-file", None, None, "log to this file, rotated by size (over twistd's --logfile) "
+                                 "[default: stdout, or twistd's --logfile]"],
+        ["log-max-bytes", None, None, "rotate the log file at this size: bytes, or 512K, 10M, 1G "
+                                      "[default: 10M; at least 1K, at most 1T]"],
+        ["log-keep", None, None, f"rotated log files kept, 1 to {logs.MAX_KEEP} [default: {logs.DEFAULT_KEEP}]"],
     ]
     optFlags = [["timelord", None, "run a timelord in the node"],
                 ["p2p-tls", None, "peers connect to the p2p port over TLS (a certificate per node, bound to "
@@ -120,7 +138,7 @@ class Options(VersionedOptions):
 
     def postOptions(self) -> None:
         file_settings = self._read_config(self["config"]) if self["config"] else {}
-        flags = {k: self[k] for k in ("rpc-port", "p2p-port", "db", "network", "farm", "farmer-key")}
+        flags = {k: self[k] for k in ("rpc-port", "p2p-port", "db", "network", "farm", "farmer-key", *LOG_SETTINGS)}
         flags["peers"] = self._peer_flags or None
         flags["whitelist"] = self._whitelist_flags or None
         flags["timelord"] = True if self["timelord"] else None
@@ -146,7 +164,8 @@ class Options(VersionedOptions):
         unknown = sorted(set(doc) - set(DEFAULTS))
         if unknown:
             raise usage.UsageError(f"config file {path}: unknown setting(s) {', '.join(unknown)}")
-        kinds = {"peers": list, "whitelist": list, "timelord": bool, "p2p-tls": bool}
+        kinds: dict[str, Any] = {"peers": list, "whitelist": list, "timelord": bool, "p2p-tls": bool,
+                                 "log-max-bytes": (str, int), "log-keep": int}
         for key, value in doc.items():
             want = kinds.get(key, (str, int) if key.endswith("port") else str)
             if not isinstance(value, want) or isinstance(value, bool) and want is not bool:
@@ -173,11 +192,45 @@ class Options(VersionedOptions):
                 PrivateKey.load(self["farmer-key"])
             except KeyFileError as e:
                 raise usage.UsageError(f"--farmer-key: {e}") from None
+        self._validate_logging()
+
+    def _validate_logging(self) -> None:
+        try:
+            logs.parse_level(self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError(f"--log-level: {e}") from None
+        if self["log-format"] not in logs.FORMATS:
+            raise usage.UsageError(f"--log-format must be one of {', '.join(logs.FORMATS)}, not {self['log-format']!r}")
+        try:
+            self["log-max-bytes"] = logs.parse_size(self["log-max-bytes"])
+        except ValueError as e:
+            raise usage.UsageError(f"--log-max-bytes: {e}") from None
+        keep = str(self["log-keep"])
+        if not keep.isdigit() or not 1 <= int(keep) <= logs.MAX_KEEP:
+            raise usage.UsageError(f"--log-keep must be a whole number from 1 to {logs.MAX_KEEP}, not {keep!r}")
+        self["log-keep"] = int(keep)
+        if self["log-file"] is not None:
+            try:
+                logs.check_log_file(self["log-file"])
+            except ValueError as e:
+                raise usage.UsageError(f"--log-file: {e}") from None
+
+
+def log_setup(config: Options) -> logs.LogSetup:
+    """The observer the settings ask for; under twistd, twistd's own --logfile, --syslog and
+    --nodaemon (the parent options) decide where it writes when --log-file does not."""
+    try:
+        return logs.setup(config["log-level"], config["log-format"], config["log-file"],
+                          config["log-max-bytes"], config["log-keep"], twistd=getattr(config, "parent", None))
+    except OSError as e:
+        fail(f"cannot open the log file: {e.strerror} ({e.filename})")
+        raise  # not reached: fail() exits
 
 
 def makeService(config: Options, reactor: Any = None) -> NodeMultiService:
+    setup = log_setup(config)
     try:
-        return node_service(
+        top = node_service(
             db=config["db"], network=config["network"], rpc=config["rpc-port"], p2p=config["p2p-port"],
             peers=config["peers"], timelord=config["timelord"], farm=config["farm"],
             farmer_key=config["farmer-key"], reactor=reactor, operator=True, whitelist=config["whitelist"],
@@ -186,3 +239,6 @@ def makeService(config: Options, reactor: Any = None) -> NodeMultiService:
     except (StorageError, KeyFileError) as e:
         fail(str(e))
         raise  # not reached: fail() exits
+    if isinstance(top, OperatorNodeService):
+        top.log_setup = setup  # twistd's Application takes it as its log observer
+    return top

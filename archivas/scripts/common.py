@@ -7,7 +7,7 @@ from typing import Any, Callable, NoReturn
 
 from twisted.application import service
 from twisted.internet import defer, task
-from twisted.logger import globalLogBeginner, textFileLogObserver
+from twisted.logger import globalLogBeginner
 from twisted.python import usage
 
 
@@ -40,8 +40,12 @@ def parse(program: str, options: usage.Options, argv: list[str]) -> usage.Option
     return options
 
 
-def log_to_stdout() -> None:
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
+def log_to_stdout(level: str = "info", fmt: str = "text") -> None:
+    """The standalone programs' log: stdout, at `level`, Twisted's chatter (factories
+    starting, HTTP connection pools) counted as debug (archivas/logs.py)."""
+    from archivas import logs
+
+    globalLogBeginner.beginLoggingTo([logs.setup(level, fmt, stdout=sys.stdout).observer], redirectStandardIO=False)
 
 
 def serve_against_node(program: str, url: str, make: Callable[[Any, Any], service.Service]) -> None:
