@@ -30,6 +30,7 @@ from archivas.chain.consensus import BlockRejected, check_body, check_header, ch
 from archivas.chain.encoding import canonical_json, sha256
 from archivas.chain.mempool import Mempool
 from archivas.chain.transactions import InvalidTransaction, Transaction
+from archivas.metrics import NodeMetrics
 from archivas.protocols import wire
 from archivas.protocols.identity import NodeIdentity
 from archivas.protocols.manager import PeerManager
@@ -137,6 +138,7 @@ class Node:
         self.on_vdf: list[Callable[[bytes, int, vdf.Segment], None]] = []
         self.rejected_blocks = 0
         self.stopped = False
+        self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
 
     def start(self) -> None:
         if self.threaded:
@@ -226,6 +228,7 @@ class Node:
         self.sync.peer_updated(proto)
 
     def peer_lost(self, proto: PeerProtocol) -> None:
+        self.metrics.peer_closed(proto)
         self.sync.peer_lost(proto)
 
     def message_received(self, proto: PeerProtocol, message: wire.Message) -> None:
@@ -416,7 +419,8 @@ class Node:
                     score = await self.verify(candidate, parent)
                     if self.stopped:
                         return None
-                    result = self.chain.add_block(candidate, self.now_ms(), score)
+                    with self.metrics.storing():
+                        result = self.chain.add_block(candidate, self.now_ms(), score)
                     break
                 except BlockRejected as e:
                     self._rejected(candidate, sender, e)
@@ -515,6 +519,7 @@ class Node:
         return score
 
     def _in_thread(self, f: Callable[..., Any], *args: Any, background: bool = False) -> defer.Deferred:
+        f = self.metrics.timed(f)  # validation time by component (metrics.COMPONENTS)
         if not self.threaded:
             return defer.maybeDeferred(f, *args)
         if background:
@@ -579,6 +584,7 @@ class Node:
 
     def _accepted(self, block: Block, result: AddResult) -> None:
         self._remember_proof(block)
+        self.metrics.block_accepted(result)
         if result.status != ADDED_TIP:
             return
         self._last_tip_at = self.reactor.seconds()
@@ -634,7 +640,8 @@ class Node:
                     score = await check
                     if self.stopped:
                         return added
-                    result = self.chain.add_block(block, self.now_ms(), score)
+                    with self.metrics.storing():
+                        result = self.chain.add_block(block, self.now_ms(), score)
                 except BlockRejected as e:
                     self._rejected(block, sender, e)
                     if e.permanent and sender is not None:
@@ -644,6 +651,7 @@ class Node:
                     return added
                 self._accepted(block, result)
                 added += 1
+                self.metrics.synced_block()
                 if self.orphans.has_children(block.hash):
                     self._connect_children(block.hash)  # blocks that arrived during the sync
         finally:
@@ -722,6 +730,7 @@ class Node:
         if parent_hash != self.vdf_parent or index != len(self.vdf_segments) + 1:
             return False  # the tip moved or another copy won the race
         self.vdf_segments.append(segment)
+        self.metrics.vdf_accepted(local=source is None)
         message = wire.VdfOutput(parent_hash, index, segment)
         key = _vdf_id(parent_hash, index)
         for proto in self.peers.ready_peers():

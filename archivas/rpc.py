@@ -128,6 +128,22 @@ class NodeRPC:
     def healthz(self, request: Any) -> Any:
         return self._call(request, self.api.healthz())
 
+    # -- /readyz and /metrics: archivas/metrics.py, docs/metrics.md --
+    @app.route("/readyz", methods=["GET"])
+    def readyz(self, request: Any) -> Any:
+        """200 once the node is synced, 503 with the reason until then."""
+        from archivas.metrics import readiness
+
+        doc = readiness(self.api.node)
+        return self._respond(request, doc, 200 if doc["ready"] else 503)
+
+    @app.route("/metrics", methods=["GET"])
+    def metrics(self, request: Any) -> Any:
+        from archivas.metrics import scrape
+
+        return scrape(self.api.node.metrics, request)
+    # -- end of /readyz and /metrics --
+
     @app.route("/status", methods=["GET"])
     def status(self, request: Any) -> Any:
         return self._call(request, self.api.status())

@@ -38,6 +38,10 @@ class Farmer(service.Service):
             if p.farmer_public_key != key.public_key:
                 log.warn("[farmer] {path} belongs to another farmer key: not farming it", path=str(p.path))
         self.won = 0
+        # An embedded farmer (api is the node's LocalNodeAPI) shows in the node's /metrics.
+        self.metrics: Any = getattr(getattr(api, "node", None), "metrics", None)
+        if self.metrics is not None:
+            self.metrics.attach_farmer(self)
         self._checked: set[tuple[str, int]] = set()
         self._loop: Optional[defer.Deferred] = None
 
@@ -52,11 +56,16 @@ class Farmer(service.Service):
         return self._loop
 
     async def _run(self) -> None:
+        unavailable = False  # said once when the node goes away, once when it is back
         while self.running:
             try:
                 await self.farm_once()
+                if unavailable:
+                    unavailable = False
+                    log.info("[farmer] node available again")
             except ApiError as e:
-                if e.status >= 500:
+                if e.status >= 500 and not unavailable:
+                    unavailable = True
                     log.warn("[farmer] node unavailable: {e}", e=e.message)
             await task.deferLater(self.reactor, self.poll, lambda: None)
 
@@ -71,12 +80,15 @@ class Farmer(service.Service):
             if key in self._checked or not self.running:
                 continue
             self._checked.add(key)
+            lookup = best_win if self.metrics is None else self.metrics.timed_lookup(best_win)
             win = await threads.deferToThread(
-                best_win, self.plots, bytes.fromhex(point["challenge"]), points["difficulty"],
+                lookup, self.plots, bytes.fromhex(point["challenge"]), points["difficulty"],
                 points["kMin"], points["plotFilterBits"],
             )
             if win is None:
                 continue
+            if self.metrics is not None:
+                self.metrics.proof_found()
             return await self._submit(parent, point["index"], win)
         return None
 

@@ -1,22 +1,27 @@
-"""archivas-timelord --node URL: prove time on a node's tip over its RPC."""
+"""archivas-timelord --node URL [--node URL ...]: prove time on a node's tip over its RPC,
+failing over to the next node when one stops answering."""
 
 from __future__ import annotations
 
 import sys
 from typing import Optional
 
+from archivas.client import NodeOption
 from archivas.scripts.common import VersionedOptions, parse, serve_against_node
 from archivas.timelord import Timelord
 
 
-class Options(VersionedOptions):
+class Options(NodeOption, VersionedOptions):
     program = "archivas-timelord"
-    optParameters = [["node", None, "http://localhost:8080", "the node's RPC URL"]]
+
+    def postOptions(self) -> None:
+        self.check_nodes()
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     options = parse("archivas-timelord", Options(), sys.argv[1:] if argv is None else argv)
-    serve_against_node("archivas-timelord", options["node"], Timelord)
+    # serve_against_node takes one string: HttpNodeAPI reads a comma list as several nodes.
+    serve_against_node("archivas-timelord", ",".join(options["node"]), Timelord)
 
 
 if __name__ == "__main__":
