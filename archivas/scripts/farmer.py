@@ -9,7 +9,9 @@ from typing import Any, Optional
 
 from twisted.python import usage
 
+from archivas import walletkeys
 from archivas.chain.keys import KeyFileError, PrivateKey
+from archivas.client import NodeOption
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
 from archivas.farmer.plotter import PlotError, check_space, create_plot, human, remove_stale_temporaries
@@ -43,16 +45,17 @@ class PlotOptions(usage.Options):
             raise usage.UsageError("--count must be at least 1")
 
 
-class FarmOptions(usage.Options):
+class FarmOptions(NodeOption, usage.Options):
     optParameters = [
         ["plots", None, "./plots", "directory of plots"],
         ["farmer-key", None, None, "the farmer's key file"],
-        ["node", None, "http://localhost:8080", "the node's RPC URL"],
+        ["passphrase-file", None, None, "the key file's passphrase, if encrypted (else a prompt asks)"],
     ]
 
     def postOptions(self) -> None:
         if self["farmer-key"] is None:
             raise usage.UsageError("--farmer-key is required")
+        self.check_nodes()
 
 
 class Options(VersionedOptions):
@@ -138,11 +141,16 @@ def plot(options: PlotOptions) -> None:
 
 
 def farm(options: FarmOptions) -> None:
-    key = load_key(options["farmer-key"])
+    try:  # before the reactor runs: opening an encrypted key takes argon2id's time
+        key = walletkeys.load_key(options["farmer-key"], options["passphrase-file"])
+    except KeyFileError as e:
+        die(PROGRAM, str(e))
     plots = load_plots(options["plots"])
     if not plots:
         die(PROGRAM, f"no plots in {options['plots']}")
-    serve_against_node(PROGRAM, options["node"], lambda api, reactor: Farmer(api, plots, key, reactor))
+    # Every --node, as serve_against_node's one string: HttpNodeAPI reads a comma list as
+    # several nodes; the farmer fails over between them and submits its blocks to all.
+    serve_against_node(PROGRAM, ",".join(options["node"]), lambda api, reactor: Farmer(api, plots, key, reactor))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
