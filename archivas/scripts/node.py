@@ -11,6 +11,12 @@ from archivas.tap import Options
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = sys.argv[1:] if argv is None else argv
+    # -- `archivas-node status` / `archivas-node peers`: archivas/scripts/status.py --
+    if args and args[0] in ("status", "peers"):
+        from archivas.scripts import status
+
+        status.main(args)
+    # -- end of status / peers --
     parse("archivas-node", Options(), args)  # a bad flag: one line, exit 2, before twistd
     from twisted.scripts.twistd import run
 
