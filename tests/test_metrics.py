@@ -203,6 +203,30 @@ class MetricsTests(unittest.TestCase):
         self.node.metrics.attach_timelord(object())  # a timelord without the attributes: 0
         self.assertEqual(scrape(self, self.node).value("archivas_timelord_iterations_per_second"), 0)
 
+    def test_an_embedded_timelord_reports_its_speed(self):
+        from archivas.timelord import Timelord
+
+        clock = self.h.clock
+
+        def prove(seed, start, bits, iterations):  # each segment takes 0.5 simulated seconds
+            return task.deferLater(clock, 0.5, vdf.prove_segment, seed, start, bits, iterations)
+
+        timelord = Timelord(LocalNodeAPI(self.node), clock, prove=prove)
+        self.assertIs(self.node.metrics.timelord, timelord)
+        timelord.startService()
+
+        def stop():
+            d = timelord.stopService()  # fires when the segment in progress is done
+            clock.advance(1)
+            return d
+
+        self.addCleanup(stop)
+        clock.advance(0.5)
+        s = scrape(self, self.node)
+        self.assertEqual(s.value("archivas_timelord_segments_total"), 1)
+        self.assertEqual(s.value("archivas_timelord_iterations_per_second"), PARAMS.vdf_iterations / 0.5)
+        self.assertEqual(s.value("archivas_vdf_segments_accepted_total", source="local"), 1)
+
     async def test_an_embedded_farmer_reports_look_ups_and_proofs(self):
         from archivas.farmer.farming import Farmer
 
