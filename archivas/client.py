@@ -271,8 +271,9 @@ class HttpNodeAPI:
             outcomes[index] = outcome
             success = isinstance(outcome, tuple) and outcome[0] < 400
             if result.called:
-                if not success:
-                    log.info("[client] {path} to {url}: {why}", path=path, url=self.urls[index], why=describe(outcome))
+                if not success:  # a refusal is news; a node down was said when the client left it
+                    emit = log.info if isinstance(outcome, tuple) else log.debug
+                    emit("[client] {path} to {url}: {why}", path=path, url=self.urls[index], why=describe(outcome))
                 return
             if success:
                 result.callback(outcome[1])
