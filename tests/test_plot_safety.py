@@ -171,7 +171,7 @@ class DiskSpace(unittest.TestCase):
         self.assertEqual(err.count("\n"), 1, err)
         need = space_needed(25)
         self.assertEqual(
-            err, f"archivas-farmer: error: not enough disk space in {self.plots}: 1 plot of k=25 need "
+            err, f"archivas-farmer: error: not enough disk space in {self.plots}: 1 plot of k=25 needs "
                  f"{plotter.human(need)} ({plotter.human(expected_plot_size(25))} per plot, "
                  f"{plotter.human(expected_temp_size(25))} of temporary files while one is made), 100 MiB is free\n")
         self.assertEqual(os.listdir(self.plots), [])  # nothing started
@@ -186,7 +186,7 @@ class DiskSpace(unittest.TestCase):
 
     def test_create_plot_refuses_before_writing(self):
         self.free(space_needed(18) - 1)
-        with self.assertRaisesRegex(NotEnoughSpace, "k=18 need .* is free"):
+        with self.assertRaisesRegex(NotEnoughSpace, "1 plot of k=18 needs .* is free"):
             create_plot(self.plots, b"\x01" * 32, 18)
         self.assertEqual(os.listdir(self.plots), [])
 

@@ -33,12 +33,14 @@ WORKER_STOP_SECONDS = 5.0  # SIGTERM, then SIGKILL after this long
 GIB = 1 << 30
 MIB = 1 << 20
 
-# Measured on this project's settings (plotworker.plotter_settings), bytes on disk:
-# final size / ((2k+1) * 2^(k-1)), and the peak of the temporary folder / the final size.
-# Both are upper bounds of k=18..25 with a margin, and hold for chia's published k=32
-# figures (101.4 GiB final, 239 GiB temporary); docs/operations.md has the table.
+# Bytes on disk, as multiples of space(k) = (2k+1) * 2^(k-1) (consensus' space function),
+# measured with this project's settings (plotworker.plotter_settings) for k=18..25: a
+# finished plot is 0.75..0.83 space(k) (it varies with the plot id, most at small k), and
+# the temporary folder peaks at 1.78..2.04 space(k), the plot being written included. The
+# bounds below leave 8% and 10% above the largest; chia's published k=32 figures (101.4 GiB
+# plot, 239 GiB temporary space) are 0.78 and 1.84 space(32). docs/operations.md has the table.
 FINAL_FACTOR = 0.90
-PEAK_FACTOR = 2.6
+PEAK_FACTOR = 2.25
 SPACE_MARGIN = 64 * MIB  # a little room for the file system and the plot's neighbours
 
 
@@ -54,14 +56,18 @@ def plot_filename(k: int, pid: bytes) -> str:
     return f"plot-k{k}-{pid.hex()}.plot"
 
 
+def space(k: int) -> int:
+    return (2 * k + 1) * (1 << (k - 1))
+
+
 def expected_plot_size(k: int) -> int:
-    """Bytes of a finished k plot, an upper bound (k=18: 4.4 MB against 3.8 MB measured)."""
-    return int((2 * k + 1) * (1 << (k - 1)) * FINAL_FACTOR)
+    """Bytes of a finished k plot, an upper bound (k=18: 4.4 MB; 3.6 to 4.0 MB measured)."""
+    return int(space(k) * FINAL_FACTOR)
 
 
 def expected_temp_size(k: int) -> int:
     """Peak bytes of the temporary folder while a k plot is made (the plot itself included)."""
-    return int(expected_plot_size(k) * PEAK_FACTOR)
+    return int(space(k) * PEAK_FACTOR)
 
 
 def space_needed(k: int, count: int = 1) -> int:
@@ -78,9 +84,9 @@ def check_space(directory: str | os.PathLike[str], k: int, count: int = 1) -> No
     need = space_needed(k, count)
     free = shutil.disk_usage(directory).free
     if free < need:
-        plots = "1 plot" if count == 1 else f"{count} plots"
+        plots = f"1 plot of k={k} needs" if count == 1 else f"{count} plots of k={k} need"
         raise NotEnoughSpace(
-            f"not enough disk space in {directory}: {plots} of k={k} need {human(need)} "
+            f"not enough disk space in {directory}: {plots} {human(need)} "
             f"({human(expected_plot_size(k))} per plot, {human(expected_temp_size(k))} of temporary "
             f"files while one is made), {human(free)} is free")
 
