@@ -1,9 +1,13 @@
 """conf/devnet.sh (make devnet): each node must answer /healthz before the next starts;
 one that does not is named with its cause, and B and C are never started against a
-stranger. Ports come from DEVNET_RPC_A.. / DEVNET_P2P_A.., so the test takes free ones."""
+stranger. Ports come from DEVNET_RPC_A.. / DEVNET_P2P_A.., so the test takes free ones.
+Also the other things in conf/ and the Makefile an operator runs: the systemd unit, and
+make run's database per network."""
 
+import configparser
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -119,3 +123,55 @@ class DevnetScript(unittest.TestCase):
             except OSError:
                 continue
             self.assertEqual(state, "Z", pid)
+
+
+def ensure_program(program: str, package: str) -> str:
+    """The program's path, installing its Debian package if need be (CI runs as root)."""
+    path = shutil.which(program)
+    if path is None:
+        subprocess.run(["apt-get", "install", "-y", package], capture_output=True, timeout=600)
+        path = shutil.which(program)
+    if path is None:
+        raise AssertionError(f"{program} is needed and `apt-get install -y {package}` did not provide it")
+    return path
+
+
+class ConfAndMake(unittest.TestCase):
+    """The systemd unit is sane and make run keeps one database per network."""
+
+    def unit(self) -> configparser.RawConfigParser:
+        parser = configparser.RawConfigParser(strict=True, interpolation=None, empty_lines_in_values=False)
+        parser.optionxform = str  # systemd's keys are case-sensitive
+        parser.read(ROOT / "conf" / "archivas-node.service")
+        return parser
+
+    def test_unit_runs_as_its_user_restarts_and_is_hardened(self):
+        service = self.unit()["Service"]
+        self.assertEqual(service["User"], "archivas")
+        self.assertEqual(service["Restart"], "on-failure")
+        for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"), ("PrivateTmp", "yes"),
+                           ("ProtectHome", "yes"), ("CapabilityBoundingSet", "")]:
+            self.assertEqual(service[key], value, key)
+        writable = service["ReadWritePaths"].split()
+        self.assertIn("/var/lib/" + service["StateDirectory"], writable)  # the data directory
+        self.assertIn("/var/log/" + service["LogsDirectory"], writable)
+        self.assertIn(service["WorkingDirectory"], writable)
+        self.assertIn("--config /etc/archivas/node.toml", service["ExecStart"])
+
+    def test_unit_verifies(self):
+        analyze = ensure_program("systemd-analyze", "systemd")
+        result = subprocess.run([analyze, "verify", "--man=no", str(ROOT / "conf" / "archivas-node.service")],
+                                capture_output=True, text=True, timeout=60)
+        # Outside a real install the one complaint is the program not being in /opt yet.
+        problems = [line for line in (result.stdout + result.stderr).splitlines()
+                    if line.strip() and "/opt/archivas/.venv/bin/archivas-node is not executable" not in line]
+        self.assertEqual(problems, [])
+
+    def test_make_run_has_a_database_per_network(self):
+        make = ensure_program("make", "make")
+        for network in ("devnet", "fastnet"):
+            result = subprocess.run([make, "-n", "run", f"NETWORK={network}"], cwd=ROOT,
+                                    capture_output=True, text=True, timeout=60)
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertIn(f"--db run/{network}/node-data", result.stdout)
+            self.assertIn("--farm run/plots --farmer-key run/farmer.key", result.stdout)  # shared
