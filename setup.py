@@ -9,7 +9,9 @@ setup(
     description="Archivas: a Proof-of-Space-and-Time blockchain node on Twisted",
     python_requires=">=3.11",
     packages=find_packages(include=["archivas", "archivas.*"]) + PLUGINS,
-    package_data={"archivas.chain": ["networks/*.json"]},
+    package_data={"archivas.chain": ["networks/*.json"],
+                  # the explorer's pages and the files they load (docs/explorer.md)
+                  "archivas.explorer": ["templates/*.html", "static/*.js", "static/*.css", "static/*.svg"]},
     install_requires=[
         "twisted>=24.3",
         "klein>=23.5",

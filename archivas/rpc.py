@@ -212,3 +212,17 @@ class NodeRPC:
     @app.route("/vdf/output", methods=["POST"])
     def vdf_output(self, request: Any) -> Any:
         return self._call(request, self.api.vdf_output(_json_body(request)))
+
+    # -- the explorer: HTML pages at / and /explorer/..., live updates at /events (archivas/explorer/,
+    # docs/explorer.md); it routes the whole path itself --
+    @app.route("/", methods=["GET"], endpoint="explorer_overview")
+    @app.route("/events", methods=["GET"], endpoint="explorer_events")
+    @app.route("/explorer/", methods=["GET"], branch=True, strict_slashes=False, endpoint="explorer_pages")
+    def explorer(self, request: Any) -> Any:
+        found = getattr(self, "_explorer", None)
+        if found is None:
+            from archivas.explorer import Explorer
+
+            found = self._explorer = Explorer(self.api)
+        return found.resource()
+    # -- end of the explorer --

@@ -1,0 +1,866 @@
+"""The explorer (archivas/explorer, docs/explorer.md): its pages through the RPC's Klein
+resource with StubTreq, the event stream's bounds on a task.Clock and on real sockets, the
+netspace estimate against the shipped chain, and the whole thing in headless Chromium
+against a real fastnet node that farms."""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import json
+import math
+import os
+import random
+import re
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import treq
+from treq.testing import StubTreq
+from twisted.internet import defer, protocol, reactor, task, threads
+from twisted.python.failure import Failure
+from twisted.trial import unittest
+from twisted.web.client import HTTPConnectionPool
+
+from archivas.chain import params as network_params
+from archivas.chain.block import Header
+from archivas.chain.params import COIN
+from archivas.chain.pos import space
+from archivas.chain.transactions import sign_transfer
+from archivas.explorer import Explorer, summary
+from archivas.explorer.app import STRIP_BLOCKS
+from archivas.explorer.events import MAX_CLIENTS, TooManyClients
+from archivas.nodeapi import LocalNodeAPI
+from archivas.rpc import NodeRPC, site
+from tests.common import ALICE, BOB, CAROL, PARAMS, builder, fixture_blocks
+from tests.netutil import start_node, wait_until
+from tests.test_protocol import Harness, handshake
+
+HTML = {b"accept": [b"text/html,application/xhtml+xml"]}
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_events(data: bytes) -> list[tuple[str, dict]]:
+    """(event, data) of every complete SSE message in `data`."""
+    out = []
+    for message in data.decode().split("\n\n")[:-1]:
+        fields = dict(line.split(": ", 1) for line in message.split("\n") if ": " in line)
+        if "event" in fields:
+            out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+class ExplorerCase(unittest.TestCase):
+    """A node on a task.Clock with `preload` builder blocks (a transfer from Alice to Bob
+    in block 2), its RPC resource behind StubTreq."""
+
+    preload = 4
+
+    def setUp(self):
+        b = builder()
+        self.tx = b.transfer(ALICE, BOB.address, 3 * COIN, 0)
+        first = b.make_block(b.genesis)
+        second = b.make_block(first, transactions=[self.tx])
+        self.blocks = [first, second] + b.extend(second, self.preload - 2)
+        self.h = Harness(self, self.blocks)
+        self.node = self.h.node
+        self.clock = self.h.clock
+        self.api = LocalNodeAPI(self.node)
+        self.rpc = NodeRPC(self.api)
+        self.http = StubTreq(self.rpc.resource())
+
+    def fetch(self, path, headers=HTML):
+        d = self.http.get("http://node" + path, headers=headers, allow_redirects=False)
+        d.addCallback(lambda r: self.http.content(r).addCallback(lambda c: (r, c.decode())))
+        self.http.flush()
+        return self.successResultOf(d)
+
+    def page(self, path, status=200):
+        response, text = self.fetch(path)
+        self.assertEqual(response.code, status, text[-600:])
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/html; charset=utf-8"])
+        return response, text
+
+    def rpc_json(self, path):
+        response, text = self.fetch(path, headers={b"accept": [b"application/json"]})
+        self.assertEqual(response.code, 200, text)
+        return json.loads(text)
+
+    def explorer(self) -> Explorer:
+        return self.rpc._explorer
+
+
+class PageTests(ExplorerCase):
+    def test_overview_shows_the_tip_and_the_recent_blocks(self):
+        response, text = self.page("/")
+        status = self.rpc_json("/status")
+        self.assertIn(f'id="height" data-live="height" href="/explorer/block/{status["height"]}">'
+                      f'{status["height"]}</a>', text)
+        self.assertIn(status["tipHash"], text)
+        self.assertIn("fastnet", text)
+        for height in range(status["height"] + 1):  # fewer blocks than the strip: all of them
+            block_hash = self.node.main_hash(height).hex()
+            self.assertIn(f'<tr data-height="{height}" data-hash="{block_hash}">', text)
+        self.assertIn(">20.00000000 RCHV<", text)  # the reward, in RCHV
+        csp = response.headers.getRawHeaders(b"content-security-policy")[0]
+        self.assertIn(b"script-src 'self'", csp)
+        self.assertNotIn(b"unsafe-inline", csp)
+        timing = response.headers.getRawHeaders(b"server-timing")[0].decode()
+        self.assertLess(float(timing.split("dur=")[1]), 50)
+        self.assertNotIn("http://", text.replace('xmlns="http://www.w3.org', ""))  # nothing from elsewhere
+        self.assertNotIn("https://", text)
+        # /explorer and /explorer/ are the overview too
+        self.assertEqual(self.page("/explorer")[1].count("<tr data-height="), status["height"] + 1)
+        self.assertEqual(self.page("/explorer/")[1].count("<tr data-height="), status["height"] + 1)
+
+    def test_strip_holds_the_last_20_blocks(self):
+        b = builder()
+        for block in b.extend(self.blocks[-1], STRIP_BLOCKS + 3):
+            self.successResultOf(self.node.receive_block(block))
+        _, text = self.page("/")
+        tip = self.node.chain.height
+        self.assertEqual(text.count("<tr data-height="), STRIP_BLOCKS)
+        self.assertIn(f'<tr data-height="{tip}"', text)
+        self.assertIn(f'<tr data-height="{tip - STRIP_BLOCKS + 1}"', text)
+        self.assertNotIn(f'<tr data-height="{tip - STRIP_BLOCKS}"', text)
+
+    def test_block_page_by_height_and_by_hash(self):
+        block = self.blocks[1]
+        rpc = self.rpc_json("/block/2")
+        for ref in ("2", block.hash.hex(), block.hash.hex().upper()):
+            _, text = self.page(f"/explorer/block/{ref}")
+            self.assertIn(f'<td class="mono" id="block-hash">{block.hash.hex()}</td>', text)
+            self.assertIn(rpc["header"]["rewardAddress"], text)
+            self.assertIn(f'data-tx="{self.tx.hash.hex()}"', text)
+            self.assertIn("3.00000000 RCHV", text)
+            self.assertIn("20.00100000 RCHV (fees 0.00100000 RCHV)", text)  # reward and fee
+            self.assertIn(f"main chain · {len(self.blocks) - 1} confirmations", text)
+        _, genesis = self.page("/explorer/block/0")
+        self.assertIn("Genesis allocation", genesis)
+        self.assertIn("1000.00000000 RCHV", genesis)
+
+    def test_side_branch_block_says_so(self):
+        b = builder()
+        side = b.make_block(self.blocks[0], timestamp=self.blocks[0].header.timestamp + 777)
+        self.successResultOf(self.node.receive_block(side))
+        _, text = self.page(f"/explorer/block/{side.hash.hex()}")
+        self.assertIn("side branch (not on the main chain)", text)
+
+    def test_bad_and_unknown_blocks(self):
+        _, text = self.page("/explorer/block/99", 404)
+        self.assertIn(f"no block at height 99 (tip is {len(self.blocks)})", text)
+        _, text = self.page("/explorer/block/" + "ab" * 32, 404)
+        self.assertIn("no block " + "ab" * 32, text)
+        for ref in ("zz", "-1", "1.5", "ab" * 31, "٣"):
+            _, text = self.page(f"/explorer/block/{ref}", 400)
+            self.assertIn("a block is named by its height (digits) or its hash (64 hex digits)", text)
+        self.page("/explorer/block/1?page=1", 404)
+        self.page("/explorer/block/1?page=x", 400)
+
+    def test_transfer_page_pending_then_confirmed(self):
+        _, text = self.page(f"/explorer/tx/{self.tx.hash.hex()}")
+        self.assertIn(f'<td class="mono" id="tx-hash">{self.tx.hash.hex()}</td>', text)
+        self.assertIn("confirmed", text)
+        self.assertIn('<a href="/explorer/block/', text)
+        self.assertIn(f">{self.blocks[1].height}</a>", text)
+        self.assertIn('<td id="tx-amount">3.00000000 RCHV</td>', text)
+        self.assertIn(f'href="/explorer/address/{ALICE.address}"', text)
+        self.assertIn(f'href="/explorer/address/{BOB.address}"', text)
+        pending = builder().transfer(BOB, CAROL.address, COIN, 0)
+        self.node.submit_transaction(pending)
+        _, text = self.page(f"/explorer/tx/{pending.hash.hex()}")
+        self.assertIn("in the mempool, not in a block yet", text)
+        self.assertIn('<td id="tx-status">pending', text)
+        _, text = self.page("/explorer/tx/" + "cd" * 32, 404)
+        self.assertIn("cd" * 32, text)
+        _, text = self.page("/explorer/tx/xyz", 400)
+        self.assertIn("a transfer hash is 64 hex digits", text)
+
+    def test_address_page(self):
+        _, text = self.page(f"/explorer/address/{BOB.address}")
+        balance = self.rpc_json(f"/balance/{BOB.address}")
+        self.assertEqual(balance["balance"], 503 * COIN)
+        self.assertIn('<td id="address-balance">503.00000000 RCHV</td>', text)
+        self.assertIn('<td id="address-nonce">0', text)
+        self.assertIn(f'data-tx="{self.tx.hash.hex()}"', text)  # its history
+        pending = builder().transfer(BOB, CAROL.address, COIN, 0)
+        self.node.submit_transaction(pending)
+        _, text = self.page(f"/explorer/address/{BOB.address}")
+        self.assertIn("1 in the mempool", text)
+        self.assertIn(f'data-tx="{pending.hash.hex()}"', text)
+        self.assertIn("next with pending transfers: 1", text)
+        _, text = self.page("/explorer/address/arcv1xyz", 400)
+        self.assertIn("malformed address", text)
+        self.page(f"/explorer/address/{BOB.address}?before=abc", 400)
+        self.page(f"/explorer/address/{CAROL.address}?before=1")
+
+    def test_address_history_pages(self):
+        """Two blocks of 30 more of Alice's transfers: the page and its older page hold
+        what address_history's first page and the one at its `next` hold."""
+        b = builder()
+        parent = self.blocks[-1]
+        for first in (1, 31):
+            parent = b.make_block(parent, transactions=[b.transfer(ALICE, CAROL.address, COIN, n)
+                                                        for n in range(first, first + 30)])
+            self.successResultOf(self.node.receive_block(parent))
+        seen = []
+        path = f"/address/{ALICE.address}"
+        while path:
+            history = self.rpc_json(path)
+            _, text = self.page("/explorer" + path)
+            rows = re.findall(r'<tr data-tx="([0-9a-f]{64})">', text)
+            self.assertEqual(rows, [t["hash"] for t in history["transactions"]])
+            seen += rows
+            if history["next"] is None:
+                self.assertNotIn('href="?before=', text)
+                path = None
+            else:
+                self.assertIn(f'href="?before={history["next"]}"', text)
+                path = f"/address/{ALICE.address}?before={history['next']}"
+        self.assertEqual(len(seen), 61)
+        self.assertEqual(len(set(seen)), 61)
+        self.assertEqual(seen[-1], self.tx.hash.hex())
+
+    def test_mempool_page(self):
+        _, text = self.page("/explorer/mempool")
+        self.assertIn('<span id="mempool-count">0</span>', text)
+        self.assertIn("The mempool is empty.", text)
+        txs = [builder().transfer(BOB, CAROL.address, COIN, n, fee=100000 + n) for n in range(3)]
+        for tx in txs:
+            self.node.submit_transaction(tx)
+        _, text = self.page("/explorer/mempool")
+        mempool = self.rpc_json("/mempool")
+        self.assertIn(f'<span id="mempool-count">{mempool["count"]}</span>', text)
+        self.assertEqual(mempool["count"], 3)
+        self.assertIn(summary.size(mempool["bytes"]), text)
+        for entry in mempool["transactions"]:
+            self.assertIn(f'data-tx="{entry["hash"]}"', text)
+
+    def test_mempool_pages(self):
+        for key in (ALICE, BOB):
+            for n in range(64):  # MAX_PER_SENDER each
+                self.node.submit_transaction(builder().transfer(key, CAROL.address, COIN, 1 + n if key is ALICE else n))
+        mempool = self.rpc_json("/mempool")
+        self.assertEqual(mempool["count"], 128)
+        listed = [t["hash"] for t in mempool["transactions"]]
+        _, first = self.page("/explorer/mempool")
+        _, second = self.page("/explorer/mempool?page=1")
+        self.assertEqual(re.findall(r'<tr data-tx="([0-9a-f]{64})">', first), listed[:100])
+        self.assertEqual(re.findall(r'<tr data-tx="([0-9a-f]{64})">', second), listed[100:])
+        self.assertIn("page 1 of 2", first)
+        self.page("/explorer/mempool?page=2", 404)
+        self.page("/explorer/mempool?page=-1", 400)
+
+    def test_peers_page(self):
+        _, text = self.page("/explorer/peers")
+        self.assertIn("No peers connected.", text)
+        proto, _ = self.h.connect(host="10.0.0.7")
+        handshake(proto, node_id=b"\x05" * 16, genesis=self.node.genesis_hash)
+        _, text = self.page("/explorer/peers")
+        (peer,) = self.rpc_json("/peers")
+        self.assertIn(f'<tr data-address="{peer["address"]}">', text)
+        self.assertIn(peer["nodeId"], text)
+        self.assertIn(peer["listenAddress"], text)
+        self.assertIn("inbound", text)
+
+    def test_search_redirects(self):
+        def where(q):
+            response, _ = self.fetch(f"/explorer/search?q={q}")
+            self.assertEqual(response.code, 303, q)
+            return response.headers.getRawHeaders(b"location")[0].decode()
+
+        self.assertEqual(where("3"), "/explorer/block/3")
+        self.assertEqual(where(self.blocks[0].hash.hex()), f"/explorer/block/{self.blocks[0].hash.hex()}")
+        self.assertEqual(where(self.tx.hash.hex()), f"/explorer/tx/{self.tx.hash.hex()}")
+        self.assertEqual(where(BOB.address), f"/explorer/address/{BOB.address}")
+        self.assertEqual(where(BOB.address.upper()), f"/explorer/address/{BOB.address}")
+        self.page("/explorer/search?q=", 400)
+        self.page("/explorer/search?q=nonsense", 400)
+        self.page("/explorer/search?q=%ff%fe", 400)
+
+    def test_everything_is_escaped(self):
+        hostile = '<script>alert("x")</script>'
+        _, text = self.page("/explorer/search?q=" + hostile.replace(" ", "%20"), 400)
+        self.assertNotIn(hostile, text)
+        self.assertIn("&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;", text)
+        real_peers = self.api.peers
+        self.api.peers = lambda: [{**p, "address": hostile, "listenAddress": hostile, "nodeId": hostile}
+                                  for p in real_peers()] or [{"address": hostile, "direction": "inbound",
+                                                             "listenAddress": hostile, "nodeId": hostile,
+                                                             "bytesIn": {}, "bytesOut": {}}]
+        _, text = self.page("/explorer/peers")
+        self.assertNotIn("<script>alert", text)
+        self.assertIn("&lt;script&gt;", text)
+
+    def test_errors_are_json_for_other_clients(self):
+        response, text = self.fetch("/explorer/block/zz", headers={b"accept": [b"*/*"]})
+        self.assertEqual((response.code, response.headers.getRawHeaders(b"content-type")),
+                         (400, [b"application/json"]))
+        self.assertEqual(list(json.loads(text)), ["error"])
+        response, text = self.fetch("/explorer/no-such-page", headers={})
+        self.assertEqual((response.code, json.loads(text)), (404, {"error": "no such page"}))
+        _, text = self.page("/explorer/no-such-page", 404)
+        self.assertIn("no such page", text)
+        d = self.http.post("http://node/", data=b"x")
+        self.http.flush()
+        self.assertEqual(self.successResultOf(d).code, 405)
+        self.assertEqual(self.rpc_json("/status")["height"], len(self.blocks))  # the RPC is unchanged
+
+    def test_static_files(self):
+        for name, kind in (("explorer.js", b"text/javascript; charset=utf-8"),
+                           ("explorer.css", b"text/css; charset=utf-8"), ("favicon.svg", b"image/svg+xml")):
+            response, text = self.fetch(f"/explorer/static/{name}")
+            self.assertEqual((response.code, response.headers.getRawHeaders(b"content-type")), (200, [kind]))
+            self.assertEqual(text.encode(), (ROOT / "archivas" / "explorer" / "static" / name).read_bytes())
+        _, page = self.page("/")
+        self.assertIn('src="/explorer/static/explorer.js?v=', page)
+        self.fetch("/explorer/static/../app.py")
+        for name in ("nope.js", "..%2Fapp.py", "app.py"):
+            response, _ = self.fetch(f"/explorer/static/{name}")
+            self.assertEqual(response.code, 404, name)
+
+    def test_templates_and_static_files_ship_with_the_package(self):
+        """setup.py's package_data covers every file the explorer reads (a wheel or sdist
+        without them would serve 500s)."""
+        tree = ast.parse((ROOT / "setup.py").read_text())
+        call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "setup")
+        package_data = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))
+        patterns = package_data["archivas.explorer"]
+        base = ROOT / "archivas" / "explorer"
+        files = [p.relative_to(base).as_posix() for d in ("templates", "static") for p in (base / d).iterdir()]
+        self.assertGreaterEqual(len(files), 10)
+        for name in files:
+            self.assertTrue(any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name)
+
+
+class Recorder:
+    """An HTTP request as the event hub sees one (write, producer, notifyFinish)."""
+
+    def __init__(self):
+        self.headers = {}
+        self.written = []
+        self.producer = None
+        self.watchers = []
+        self.finished = False
+        self.aborted = False
+        self.channel = SimpleNamespace(transport=SimpleNamespace(abortConnection=self._abort))
+
+    def _abort(self):
+        self.aborted = True
+
+    def setHeader(self, name, value):
+        self.headers[name.lower()] = value
+
+    def registerProducer(self, producer, streaming):
+        assert streaming and self.producer is None
+        self.producer = producer
+
+    def unregisterProducer(self):
+        self.producer = None
+
+    def notifyFinish(self):
+        d = defer.Deferred()
+        self.watchers.append(d)
+        return d
+
+    def write(self, data):
+        self.written.append(data)
+
+    def gone(self):
+        for d in self.watchers:
+            d.errback(Failure(ConnectionError("gone")))
+
+    def events(self):
+        return parse_events(b"".join(self.written))
+
+
+class EventTests(ExplorerCase):
+    def setUp(self):
+        super().setUp()
+        self.ex = Explorer(self.api)
+        self.hub = self.ex.hub
+
+    def add(self, count=1):
+        blocks = builder().extend(self.node.chain.block_at(self.node.chain.height), count)
+        for block in blocks:
+            self.successResultOf(self.node.receive_block(block))
+        return blocks
+
+    def test_a_new_stream_gets_the_strip_then_each_new_tip(self):
+        r = Recorder()
+        d = self.hub.subscribe(r)
+        self.assertEqual(r.headers[b"content-type"], b"text/event-stream; charset=utf-8")
+        self.assertTrue(b"".join(r.written).startswith(b"retry: 3000\n\n"))
+        ((kind, first),) = r.events()
+        self.assertEqual(kind, "tip")
+        self.assertEqual(first["status"]["height"], len(self.blocks))
+        self.assertEqual([b["height"] for b in first["blocks"]], list(range(len(self.blocks), -1, -1)))
+        (block,) = self.add()
+        self.assertEqual(len(r.events()), 1)  # sent on the next reactor turn, not inside the node's handling
+        self.clock.advance(0)
+        kind, event = r.events()[-1]
+        self.assertEqual(kind, "tip")
+        self.assertEqual(event["status"]["height"], block.height)
+        self.assertEqual(event["status"]["tipHash"], block.hash.hex())
+        (row,) = event["blocks"]  # the strip's only change
+        self.assertEqual((row["height"], row["hash"], row["farmer"], row["transfers"], row["timestamp"]),
+                         (block.height, block.hash.hex(), block.header.reward_address, 0, block.header.timestamp))
+        r.gone()
+        self.assertEqual(self.hub.clients, [])
+        self.assertFalse(d.called)  # Klein cancels it when the client goes; nothing left to fire
+        self.assertNoTimers()
+
+    def assertNoTimers(self):
+        """With no stream open the hub leaves nothing on the clock."""
+        self.assertEqual((self.hub._pending, self.hub._status_loop), (None, None))
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if "EventHub" in repr(c)], [])
+
+    def test_tips_are_sent_at_most_every_quarter_second(self):
+        r = Recorder()
+        self.hub.subscribe(r)
+        self.add()
+        self.clock.advance(0)
+        self.assertEqual(len(r.events()), 2)
+        blocks = self.add(3)  # a burst (as a sync connects them): one event, 0.25 s after the last
+        self.clock.advance(0.2)
+        self.assertEqual(len(r.events()), 2)
+        self.clock.advance(0.05)
+        self.assertEqual(len(r.events()), 3)
+        _, event = r.events()[-1]
+        self.assertEqual(event["status"]["height"], blocks[-1].height)
+        self.assertEqual([b["height"] for b in event["blocks"]], [b.height for b in reversed(blocks)])
+        r.gone()
+
+    def test_status_every_five_seconds_while_a_stream_is_open(self):
+        r = Recorder()
+        self.hub.subscribe(r)
+        self.clock.advance(4.9)
+        self.assertEqual(len(r.events()), 1)
+        self.clock.advance(0.1)
+        kind, status = r.events()[-1]
+        self.assertEqual((kind, status["height"], status["mempool"]), ("status", len(self.blocks), 0))
+        self.clock.advance(5)
+        self.assertEqual([k for k, _ in r.events()], ["tip", "status", "status"])
+        r.gone()
+        self.assertNoTimers()
+
+    def test_at_most_64_streams(self):
+        self.assertEqual(MAX_CLIENTS, 64)
+        streams = [Recorder() for _ in range(MAX_CLIENTS)]
+        for r in streams:
+            self.hub.subscribe(r)
+        with self.assertRaises(TooManyClients):
+            self.hub.subscribe(Recorder())
+        self.assertEqual(self.hub.refused, 1)
+        streams[0].gone()
+        self.hub.subscribe(Recorder())  # room again
+        self.assertEqual(len(self.hub.clients), MAX_CLIENTS)
+        self.hub.close_all()
+        self.clock.advance(0)
+        self.assertTrue(all(r.aborted for r in streams[1:]))
+
+    def test_the_65th_stream_is_answered_503_over_http(self):
+        ex = Explorer(self.api, max_clients=1)
+        http = StubTreq(ex.resource())
+        first = http.get("http://node/events")
+        http.flush()
+        self.assertEqual(self.successResultOf(first).code, 200)
+        second = http.get("http://node/events")
+        http.flush()
+        response = self.successResultOf(second)
+        self.assertEqual(response.code, 503)
+        body = self.successResultOf(http.content(response))
+        self.assertEqual(json.loads(body), {"error": "at most 1 event streams at once: close another explorer "
+                                                     "page and retry"})
+        ex.hub.close_all()
+        self.clock.advance(0)
+
+    def test_a_client_whose_writes_back_up_is_dropped(self):
+        slow, fine = Recorder(), Recorder()
+        d = self.hub.subscribe(slow)
+        self.hub.subscribe(fine)
+        slow.producer.pauseProducing()  # what the connection does when its buffer fills
+        self.assertEqual(self.hub.clients, [self.hub.clients[0]])
+        self.assertIs(self.hub.clients[0].request, fine)
+        self.assertFalse(slow.aborted)  # not from inside the write that paused it
+        self.clock.advance(0)
+        self.assertTrue(slow.aborted)
+        self.assertEqual(self.successResultOf(d), b"")
+        self.assertEqual(self.hub.dropped, 1)
+        written = len(slow.written)
+        self.add()
+        self.clock.advance(0)
+        self.assertEqual(len(slow.written), written)  # nothing more for it
+        self.assertEqual(len(fine.events()), 2)
+        fine.gone()
+
+
+class RealSocketEvents(unittest.TestCase):
+    """/events on a loopback listener of a real node: a new block reaches a reading client
+    at once; a client that stops reading is dropped once its connection backs up."""
+
+    timeout = 60
+
+    @defer.inlineCallbacks
+    def test_stream_over_tcp(self):
+        yield defer.ensureDeferred(self._scenario())
+
+    async def _scenario(self):
+        blocks = builder().extend(builder().genesis, 3)
+        handle = start_node(self, blocks=blocks[:2])
+        api = LocalNodeAPI(handle.node)
+        rpc = NodeRPC(api)
+        port = reactor.listenTCP(0, site(rpc.resource()), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        received = bytearray()
+        done = defer.Deferred()
+
+        class Reader(protocol.Protocol):
+            def connectionMade(self):
+                self.transport.write(b"GET /events HTTP/1.1\r\nHost: node\r\nAccept: text/event-stream\r\n\r\n")
+
+            def dataReceived(self, data):
+                received.extend(data)
+
+            def connectionLost(self, reason):
+                done.callback(None)
+
+        reader = await protocol.ClientCreator(reactor, Reader).connectTCP("127.0.0.1", port.getHost().port)
+        await wait_until(lambda: b"event: tip" in received, "the first event")
+        await handle.node.receive_block(blocks[2])  # fires once the node took it (after its on_tip)
+        started = time.monotonic()
+        await wait_until(lambda: f'"tipHash":"{blocks[2].hash.hex()}"'.encode() in received, "the new tip's event")
+        print(f"\n  new tip to the event on a loopback stream: {(time.monotonic() - started) * 1000:.1f} ms")
+
+        # A client that never reads, with a small receive buffer.
+        hub = rpc._explorer.hub
+        stuck = socket.socket()
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.connect(("127.0.0.1", port.getHost().port))
+        self.addCleanup(stuck.close)
+        stuck.sendall(b"GET /events HTTP/1.1\r\nHost: node\r\n\r\n")
+        await wait_until(lambda: len(hub.clients) == 2, "the second stream")
+        first = hub.clients[0]
+        payload = b": " + b"x" * 16384 + b"\n\n"  # an SSE comment: 16 KiB every 20 ms
+        sent = 0
+
+        def flood():
+            nonlocal sent
+            if not hub.dropped:
+                hub.broadcast(payload)
+                sent += len(payload)
+            return hub.dropped > 0
+
+        await wait_until(flood, "the client that does not read to be dropped", deadline=30)
+        print(f"  a client that stopped reading was dropped after {sent / 2**20:.2f} MiB")
+        self.assertEqual((hub.dropped, hub.clients), (1, [first]))  # the reader is still there
+        await wait_until(lambda: len(received) >= sent, "the reader to get everything")
+        reader.transport.loseConnection()
+        await done
+        await wait_until(lambda: not hub.clients, "the reader's stream to close")
+
+
+class NetspaceTests(unittest.TestCase):
+    def test_formula_recovers_the_expected_wins(self):
+        """Blocks whose signage points are each won with probability 1 - exp(-λ)."""
+        rng = random.Random(1616)
+        for wins in (0.05, 0.5, 2.0):
+            window = []
+            for height in range(1, 4001):
+                segments = 1
+                while rng.random() >= 1 - math.exp(-wins):
+                    segments += 1
+                window.append(SimpleNamespace(height=height, segments=segments, difficulty=1000, timestamp=height))
+            estimate = summary.netspace(window, PARAMS)
+            self.assertLess(abs(estimate.entries / (1000 * space(PARAMS.k_min)) / wins - 1), 0.06, wins)
+            self.assertFalse(estimate.lower_bound)
+
+    def test_every_block_at_its_first_signage_point_is_a_lower_bound(self):
+        window = [SimpleNamespace(height=h, segments=1, difficulty=4, timestamp=h) for h in range(1, 65)]
+        estimate = summary.netspace(window, PARAMS)
+        self.assertTrue(estimate.lower_bound)
+        self.assertTrue(estimate.text.startswith("≥ "))
+        self.assertAlmostEqual(estimate.entries, -math.log(1 / 128) * 4 * space(18))
+        self.assertIsNone(summary.netspace([SimpleNamespace(height=0, segments=0, difficulty=1)], PARAMS))
+
+    def test_the_shipped_chain_was_farmed_by_two_k18_plots(self):
+        """The fixture chain's two k=18 plots: 2 · space(18) entries (about 7.4 MiB)."""
+        headers = [b.header for b in fixture_blocks()]
+        estimate = summary.netspace(headers, PARAMS)
+        self.assertEqual(estimate.blocks, 3200)
+        self.assertLess(abs(estimate.entries / (2 * space(18)) - 1), 0.15)
+        print(f"\n  fixture chain: {estimate.mean_segments:.3f} signage points a block -> "
+              f"{estimate.entries / space(18):.2f} k=18 plots ({estimate.text})")
+        self.assertAlmostEqual(summary.mean_block_seconds(headers), PARAMS.target_block_time_ms / 1000)
+
+    def test_amounts_times_and_sizes(self):
+        self.assertEqual(summary.rchv(150_000_000), "1.50000000 RCHV")
+        self.assertEqual(summary.rchv(0), "0.00000000 RCHV")
+        self.assertEqual(summary.rchv(2**62), "46116860184.27387904 RCHV")
+        self.assertEqual(summary.utc(1767225600500), "2026-01-01 00:00:00 UTC")
+        self.assertEqual([summary.age(s) for s in (4.9, 61, 3 * 3600 + 300, 3 * 86400, -1)],
+                         ["4 s", "1 min", "3 h 5 min", "3 d", "in the future"])
+        self.assertEqual(summary.size(4_849_664 * 0.8), "3.7 MiB")
+        self.assertEqual(summary.short("a" * 64), "aaaaaaaaaa…aaaaaa")
+        self.assertEqual(summary.sync_progress({"height": 50, "sync": {"active": True, "targetHeight": 200,
+                                                                        "blocksPerSecond": 10.0,
+                                                                        "etaSeconds": 15.0}}, []),
+                         {"active": True, "height": 50, "targetHeight": 200, "percent": 25.0,
+                          "blocksPerSecond": 10.0, "etaSeconds": 15.0, "eta": "15 s"})
+        self.assertEqual(summary.sync_progress({"height": 5, "syncing": False}, [{"height": 9}])["targetHeight"], 9)
+
+
+# The explorer in headless Chromium against a real fastnet node that farms.
+
+
+def ensure_browser() -> None:
+    """Debian's chromium and chromium-driver, installed when missing (CI runs as root).
+    Any failure here fails the test: it must run, not skip."""
+    if os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER):
+        return
+    if os.geteuid() != 0:
+        raise AssertionError(f"{CHROMIUM} or {CHROMEDRIVER} is missing and this is not root: "
+                             "apt-get install chromium chromium-driver")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium", "chromium-driver"]):
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+        if done.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
+        raise AssertionError(f"apt-get installed chromium but {CHROMIUM} or {CHROMEDRIVER} is still missing")
+
+
+def launch_browser(profile: str):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1280,1100", f"--user-data-dir={profile}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    return driver
+
+
+class Browser:
+    """Selenium's blocking calls, each in a thread so the reactor (and the node) go on."""
+
+    def __init__(self, driver, base: str, shots: str) -> None:
+        self.driver = driver
+        self.base = base
+        self.shots = shots
+        self.errors: list[dict] = []
+        self.timings: dict[str, float] = {}
+
+    def run(self, f, *args):
+        return threads.deferToThread(f, *args)
+
+    async def open(self, path: str, name: str) -> None:
+        def load():
+            started = time.monotonic()
+            self.driver.get(self.base + path)
+            self.timings[name] = time.monotonic() - started
+
+        await self.run(load)
+
+    async def js(self, script: str, *args):
+        return await self.run(self.driver.execute_script, script, *args)
+
+    async def text(self, css: str) -> str:
+        return await self.js("var e = document.querySelector(arguments[0]); return e ? e.textContent : null;", css)
+
+    async def attr(self, css: str, name: str):
+        return await self.js("var e = document.querySelector(arguments[0]);"
+                             "return e ? e.getAttribute(arguments[1]) : null;", css, name)
+
+    async def wait_for(self, script: str, what: str, deadline: float = 30.0, *args):
+        """Poll a JS predicate in the page (no reload) until true."""
+        start = time.monotonic()
+        while not await self.js(script, *args):
+            if time.monotonic() - start > deadline:
+                raise AssertionError(f"timed out after {deadline:.0f} s in the browser waiting for {what}")
+            await task.deferLater(reactor, 0.1, lambda: None)
+
+    async def screenshot(self, name: str) -> str:
+        path = os.path.join(self.shots, f"{name}.png")
+        await self.run(self.driver.save_screenshot, path)
+        logs = await self.run(self.driver.get_log, "browser")
+        self.errors.extend(dict(entry, page=name) for entry in logs if entry.get("level") == "SEVERE")
+        return path
+
+
+class BrowserTests(unittest.TestCase):
+    timeout = 900  # an apt-get install of chromium on a fresh machine included
+
+    @defer.inlineCallbacks
+    def test_explorer_in_chromium_against_a_farming_node(self):
+        yield defer.ensureDeferred(self._scenario())
+
+    def _start(self, name: str, **options):
+        from archivas.service import node_service
+
+        top = node_service(db=os.path.join(self.dir, name), network="fastnet", rpc="tcp:0:interface=127.0.0.1",
+                           p2p="tcp:0:interface=127.0.0.1", **options)
+        top.startService()
+        self.addCleanup(top.stopService)
+        return top
+
+    async def _rpc(self, path: str):
+        response = await treq.get(self.url + path, timeout=10, pool=HTTPConnectionPool(reactor, persistent=False))
+        return json.loads(await treq.content(response))
+
+    async def _scenario(self):
+        started = time.monotonic()
+        await threads.deferToThread(ensure_browser)
+        from archivas.testing.chainbuilder import farmer_key, shared_plots
+
+        self.dir = os.path.abspath(self.mktemp())
+        shots = os.path.join(self.dir, "screenshots")
+        plots = os.path.join(self.dir, "plots")
+        os.makedirs(shots)
+        os.makedirs(plots)
+        plot = shared_plots(2)[0][1]
+        os.symlink(plot.path, os.path.join(plots, plot.path.name))
+        key_file = os.path.join(self.dir, "farmer.key")
+        farmer = farmer_key(0)
+        farmer.save(key_file)
+
+        a = self._start("a", timelord=True, farm=plots, farmer_key=key_file)
+        self.url = f"http://127.0.0.1:{a.getServiceNamed('rpc').port.getHost().port}"
+        b = self._start("b", peers=[f"127.0.0.1:{a.getServiceNamed('p2p').port.getHost().port}"])
+        await wait_until(lambda: a.node.chain.height >= 3 and len(a.node.peers.ready_peers()) == 1,
+                         "the node farming and its peer connected")
+
+        driver = await threads.deferToThread(launch_browser, os.path.join(self.dir, "profile"))
+        rpc_factory = a.getServiceNamed("rpc").factory
+
+        async def quit_browser():
+            await threads.deferToThread(driver.quit)
+            # The browser's keep-alive connections close before the node stops.
+            if hasattr(rpc_factory, "open_connections"):
+                await wait_until(lambda: rpc_factory.open_connections == 0, "the browser's connections to close", 10)
+
+        self.addCleanup(lambda: defer.ensureDeferred(quit_browser()))
+        browser = Browser(driver, self.url, shots)
+        fastnet = network_params.load("fastnet")
+
+        # A transfer from the farmer's rewards to Bob, mined.
+        tx = sign_transfer(farmer, fastnet, BOB.address, 3 * COIN // 2, fastnet.min_fee, 0)
+        self.assertEqual(a.api.submit_tx(tx.to_json())["txHash"], tx.hash.hex())
+
+        async def mined():
+            return (await self._rpc(f"/tx/{tx.hash.hex()}")).get("status") == "confirmed"
+
+        await wait_until(lambda: a.node.mempool.get(tx.hash) is None, "the transfer mined")
+        self.assertTrue(await mined())
+        rpc_tx = await self._rpc(f"/tx/{tx.hash.hex()}")
+
+        # The overview: the live height, and a new block without a reload.
+        before = (await self._rpc("/status"))["height"]
+        await browser.open("/", "overview")
+        after = (await self._rpc("/status"))["height"]
+        shown = int(await browser.text("#height"))
+        self.assertTrue(before <= shown <= after, (before, shown, after))
+        await browser.js("window.__sameDocument = 'yes';")
+        await browser.wait_for(
+            "return window.archivasExplorer && archivasExplorer.inserted > 0 &&"
+            "Number(document.getElementById('height').textContent) > arguments[0] &&"
+            "!!document.querySelector('#recent-blocks tr[data-height=\"' +"
+            " document.getElementById('height').textContent + '\"]');",
+            "a new block in the strip and the height", 30, shown)
+        self.assertEqual(await browser.js("return window.__sameDocument;"), "yes")  # no reload
+        live_height = int(await browser.text("#height"))
+        self.assertGreater(live_height, shown)
+        status = await self._rpc("/status")
+        self.assertLessEqual(live_height, status["height"])
+        top_row = await browser.attr("#recent-blocks tbody tr", "data-hash")
+        block_json = await self._rpc(f"/block/{await browser.attr('#recent-blocks tbody tr', 'data-height')}")
+        self.assertEqual(top_row, Header.from_json(block_json["header"]).hash.hex())
+        self.assertIn(farmer.address[:12], await browser.text("#recent-blocks tbody tr"))
+        self.assertLessEqual(await browser.js("return document.querySelectorAll('#recent-blocks tbody tr').length;"),
+                             STRIP_BLOCKS)
+        self.assertEqual(await browser.js("return document.getElementById('live').className;"), "live on")
+        await browser.screenshot("overview")
+
+        # The block that holds the transfer, by height and by hash.
+        block_json = await self._rpc(f"/block/{rpc_tx['blockHeight']}")
+        for ref, name in ((rpc_tx["blockHeight"], "block"), (rpc_tx["blockHash"], "block-by-hash")):
+            await browser.open(f"/explorer/block/{ref}", name)
+            self.assertEqual(await browser.text("#block-hash"), rpc_tx["blockHash"])
+            self.assertEqual(await browser.text("#block-height"), str(rpc_tx["blockHeight"]))
+            self.assertEqual(await browser.text("#block-farmer"), block_json["header"]["rewardAddress"])
+            self.assertEqual(await browser.text("#block-difficulty"), str(block_json["header"]["difficulty"]))
+            self.assertIsNotNone(await browser.text(f'tr[data-tx="{tx.hash.hex()}"]'))
+            await browser.screenshot(name)
+
+        # The transfer.
+        await browser.open(f"/explorer/tx/{tx.hash.hex()}", "transfer")
+        self.assertEqual(await browser.text("#tx-hash"), rpc_tx["hash"])
+        self.assertEqual(await browser.text("#tx-amount"), summary.rchv(rpc_tx["amount"]))
+        self.assertEqual(await browser.text("#tx-amount"), "1.50000000 RCHV")
+        self.assertEqual(await browser.text("#tx-fee"), summary.rchv(rpc_tx["fee"]))
+        self.assertEqual(await browser.attr("#tx-from a", "title"), rpc_tx["from"])
+        self.assertEqual(await browser.attr("#tx-to a", "title"), rpc_tx["to"])
+        self.assertTrue((await browser.text("#tx-status")).startswith("confirmed"))
+        self.assertEqual(await browser.text("#tx-block a"), str(rpc_tx["blockHeight"]))
+        await browser.screenshot("transfer")
+
+        # Bob's address.
+        balance = await self._rpc(f"/balance/{BOB.address}")
+        history = await self._rpc(f"/address/{BOB.address}")
+        await browser.open(f"/explorer/address/{BOB.address}", "address")
+        self.assertEqual(await browser.text("#address-balance"), summary.rchv(balance["balance"]))
+        self.assertEqual(await browser.text("#address-nonce"), str(balance["nonce"]))
+        rows = await browser.js("return Array.from(document.querySelectorAll('#history tr[data-tx]'),"
+                                " r => r.getAttribute('data-tx'));")
+        self.assertEqual(rows, [t["hash"] for t in history["transactions"]])
+        await browser.screenshot("address")
+
+        # The mempool, with the farmer stopped so that a pending transfer stays pending.
+        await a.getServiceNamed("farmer").stopService()
+        pending = sign_transfer(farmer, fastnet, CAROL.address, COIN, fastnet.min_fee * 3, 1)
+        a.api.submit_tx(pending.to_json())
+        mempool = await self._rpc("/mempool")
+        self.assertEqual(mempool["count"], 1)
+        await browser.open("/explorer/mempool", "mempool")
+        self.assertEqual(await browser.text("#mempool-count"), str(mempool["count"]))
+        rows = await browser.js("return Array.from(document.querySelectorAll('tr[data-tx]'),"
+                                " r => r.getAttribute('data-tx'));")
+        self.assertEqual(rows, [t["hash"] for t in mempool["transactions"]])
+        self.assertEqual(rows, [pending.hash.hex()])
+        await browser.screenshot("mempool")
+
+        # The peers table.
+        peers = await self._rpc("/peers")
+        await browser.open("/explorer/peers", "peers")
+        shown_peers = await browser.js("return Array.from(document.querySelectorAll('#peers tbody tr'),"
+                                       " r => [r.getAttribute('data-address'),"
+                                       "       r.querySelector('.peer-height').textContent]);")
+        self.assertEqual(len(peers), 1)
+        self.assertEqual(sorted(tuple(p) for p in shown_peers), sorted((p["address"], str(p["height"])) for p in peers))
+        self.assertEqual(peers[0]["nodeId"], b.node.node_id.hex())
+        self.assertIn(peers[0]["nodeId"][:8], await browser.text("#peers tbody tr"))
+        await browser.screenshot("peers")
+
+        # An error page: a 404 with its reason, and the browser's console clean throughout.
+        await browser.open("/explorer/block/999999999", "error")
+        self.assertIn("no block at height 999999999", await browser.text("#error-message"))
+        logs = await browser.run(driver.get_log, "browser")
+        # The 404 itself is the one console error expected (Chromium logs every failed load).
+        browser.errors.extend(dict(e, page="error") for e in logs
+                              if e.get("level") == "SEVERE" and "404" not in e.get("message", ""))
+        self.assertEqual(browser.errors, [])
+        for name in ("overview", "block", "block-by-hash", "transfer", "address", "mempool", "peers"):
+            self.assertGreater(os.path.getsize(os.path.join(shots, f"{name}.png")), 5000, name)
+        print(f"\n  screenshots in {shots}; page loads (s): "
+              + ", ".join(f"{k} {v:.3f}" for k, v in browser.timings.items())
+              + f"; whole test {time.monotonic() - started:.1f} s")
