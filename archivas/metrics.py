@@ -50,6 +50,9 @@ COMPONENTS = {
     "_body_then": "body",  # the body of a block whose header was proved: root, transfers
     "verify_segment": "vdf_segment",  # one VDF segment from a timelord or a peer
 }
+# Checks that split their own time (consensus `timings`) into these components too.
+SPLIT = frozenset({"check_standalone", "check_header", "_body_then"})
+PARTS = ("farmer_signature", "proof_of_space", "vdf", "signatures")
 
 # Message types as labels: the known names, and "other" for the rest (a peer sending
 # unknown type numbers must not grow the label set).
@@ -88,7 +91,7 @@ class NodeMetrics:
         self.farmer_proofs = Counter(
             "archivas_farmer_proofs_found", "Winning proofs of space the embedded farmer found",
             registry=self.registry)
-        for component in (*COMPONENTS.values(), "storage"):
+        for component in (*COMPONENTS.values(), *PARTS, "storage"):
             self.validation.labels(component)  # every component shows, at 0, before its first check
         for result in ("tip", "side"):
             self.blocks_added.labels(result)
@@ -110,12 +113,18 @@ class NodeMetrics:
         component = COMPONENTS.get(getattr(f, "__name__", ""), "other")
         histogram = self.validation.labels(component)
 
+        validation = self.validation
+        split = getattr(f, "__name__", "") in SPLIT
+
         def run(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
+            timings: dict[str, float] = {}
             try:
-                return f(*args, **kwargs)
+                return f(*args, timings=timings, **kwargs) if split else f(*args, **kwargs)
             finally:
                 histogram.observe(time.perf_counter() - started)
+                for part, seconds in timings.items():  # the consensus checks' own split
+                    validation.labels(part).observe(seconds)
 
         run.__name__ = getattr(f, "__name__", "run")
         return run  # type: ignore[return-value]

@@ -123,6 +123,9 @@ class MetricsTests(unittest.TestCase):
         self.assertEqual(after.value("archivas_validation_seconds_count", component="storage"), 3)
         self.assertGreater(after.value("archivas_validation_seconds_sum", component="block"), 0)
         self.assertEqual(after.value("archivas_validation_seconds_bucket", component="block", le="+Inf"), 3)
+        for part in ("farmer_signature", "proof_of_space", "vdf", "signatures"):  # the checks' own split
+            self.assertEqual(after.value("archivas_validation_seconds_count", component=part), 3, part)
+            self.assertGreater(after.value("archivas_validation_seconds_sum", component=part), 0, part)
         self.assertEqual(after.value("archivas_blocks_added_total", result="tip"), 3)
         self.assertEqual(after.value("archivas_reorg_depth_blocks_count"), 0)
 

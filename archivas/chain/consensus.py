@@ -11,6 +11,7 @@ Validation has three parts so that the costly one can run in threads:
 
 from __future__ import annotations
 
+import time
 from typing import Optional, Protocol, Sequence
 
 from archivas.chain import keys, pos, vdf
@@ -92,14 +93,24 @@ def bind_body(block: Block, params: NetworkParams) -> None:
         raise BlockRejected("bad_tx_root", "transaction root does not match")
 
 
-def check_header(header: Header, parent: Header, params: NetworkParams) -> int:
+def _spent(timings: Optional[dict[str, float]], part: str, since: float) -> float:
+    """Adds the seconds since `since` to timings[part] (when timings are asked for)."""
+    now = time.perf_counter()
+    if timings is not None:
+        timings[part] = timings.get(part, 0.0) + now - since
+    return now
+
+
+def check_header(header: Header, parent: Header, params: NetworkParams,
+                 timings: Optional[dict[str, float]] = None) -> int:
     """Everything a header proves on its own, given its parent's header; returns its score.
 
     Cheapest first: shape, then the farmer's signature (tens of microseconds), then the
     proof of space against the challenge of the header's last VDF output (a plot look-up
     check), and only then the VDF segments (milliseconds each). Thread-safe; chiavdf and
     pynacl release the GIL. A failure is permanent (the id commits to it) except the
-    farmer's signature, which the id leaves out."""
+    farmer's signature, which the id leaves out. `timings`, when given, gets the seconds
+    spent on "farmer_signature", "proof_of_space" and "vdf" (for /metrics)."""
     if header.version != 1:
         raise BlockRejected("malformed", f"version {header.version}")
     if header.segments > params.max_vdf_segments:
@@ -116,8 +127,10 @@ def check_header(header: Header, parent: Header, params: NetworkParams) -> int:
     if len(proof.proof) != 8 * proof.k:
         raise BlockRejected("bad_proof_of_space", f"proof of {len(proof.proof)} bytes for k={proof.k}")
 
+    started = time.perf_counter()
     if not keys.verify(proof.farmer_public_key, header.signing_bytes, header.farmer_signature):
         raise BlockRejected("bad_farmer_signature", "header not signed by the plot's farmer key")
+    started = _spent(timings, "farmer_signature", started)
 
     seed = child_seed(parent, params)
     challenge = vdf.signage_challenge(seed, header.vdf[-1].output)
@@ -129,16 +142,18 @@ def check_header(header: Header, parent: Header, params: NetworkParams) -> int:
         raise BlockRejected("bad_proof_of_space", "proof does not verify for this plot and challenge")
     if not pos.wins(quality, challenge, proof.k, header.difficulty, params.k_min):
         raise BlockRejected("insufficient_quality", f"quality does not win at difficulty {header.difficulty}")
+    started = _spent(timings, "proof_of_space", started)
 
     failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, params.vdf_iterations)
+    _spent(timings, "vdf", started)
     if failed >= 0:
         raise BlockRejected("bad_vdf", f"segment {failed + 1} does not verify")
     return pos.score(quality, challenge)
 
 
-def check_transactions(block: Block, params: NetworkParams) -> None:
+def check_transactions(block: Block, params: NetworkParams, timings: Optional[dict[str, float]] = None) -> None:
     """The transfers' stateless rules and the reward (the id commits to them once the body
-    is bound), then their signatures (which it leaves out)."""
+    is bound), then their signatures (which it leaves out; timed as "signatures")."""
     for i, tx in enumerate(block.transactions):
         try:
             check_stateless(tx, params, verify_signature=False)
@@ -147,27 +162,30 @@ def check_transactions(block: Block, params: NetworkParams) -> None:
     expected_reward = params.block_reward + sum(tx.fee for tx in block.transactions)
     if block.header.reward != expected_reward:
         raise BlockRejected("bad_reward", f"reward {block.header.reward}, expected {expected_reward}")
+    started = time.perf_counter()
     for i, tx in enumerate(block.transactions):
         if not verify_signature(tx):
             raise BlockRejected("bad_transaction", f"transaction {i}: bad_signature: signature does not verify",
                                 permanent=False)
+    _spent(timings, "signatures", started)
 
 
-def check_body(block: Block, params: NetworkParams) -> None:
+def check_body(block: Block, params: NetworkParams, timings: Optional[dict[str, float]] = None) -> None:
     """What a block adds to a header already checked (check_header): bound, then its transfers."""
     bind_body(block, params)
-    check_transactions(block, params)
+    check_transactions(block, params, timings)
 
 
-def check_standalone(block: Block, parent: Header, params: NetworkParams) -> int:
+def check_standalone(block: Block, parent: Header, params: NetworkParams,
+                     timings: Optional[dict[str, float]] = None) -> int:
     """Everything provable from the block and its parent's header; returns the score.
 
     The body is first bound to the header (count, size, transaction root), so that a later
     failure is one of what the block id commits to, except the signatures, which the id
     leaves out (see BlockRejected.permanent)."""
     bind_body(block, params)
-    score = check_header(block.header, parent, params)
-    check_transactions(block, params)
+    score = check_header(block.header, parent, params, timings)
+    check_transactions(block, params, timings)
     return score
 
 
