@@ -744,8 +744,8 @@ class Node:
         return True
 
 
-def _body_then(block: Block, params: Any, score: int) -> int:
-    check_body(block, params)
+def _body_then(block: Block, params: Any, score: int, timings: Optional[dict[str, float]] = None) -> int:
+    check_body(block, params, timings)
     return score
 
 
