@@ -18,6 +18,7 @@ from twisted.trial import unittest
 
 from archivas.chain.keys import PrivateKey
 from archivas.farmer import plotter
+from archivas.farmer.plots import load_plots
 from archivas.farmer.plotter import (
     LOCK_NAME,
     TEMP_PREFIX,
@@ -189,6 +190,16 @@ class DiskSpace(unittest.TestCase):
         with self.assertRaisesRegex(NotEnoughSpace, "1 plot of k=18 needs .* is free"):
             create_plot(self.plots, b"\x01" * 32, 18)
         self.assertEqual(os.listdir(self.plots), [])
+
+    def test_encrypted_key_file_plots_without_its_passphrase(self):
+        # Plots are bound to the public key, which an encrypted key file holds in clear.
+        key = PrivateKey.from_secret(b"plot safety, encrypted")
+        path = os.path.join(self.dir, "encrypted.key")
+        key.save(path, "a passphrase nobody types", kdf="interactive")
+        code, err = self.run_cli("--size", "18", "--path", self.plots, "--farmer-key", path)
+        self.assertEqual(code, 0, err)
+        [plot] = load_plots(self.plots)
+        self.assertEqual(plot.farmer_public_key, key.public_key)
 
     def test_sizes_bound_a_real_plot_and_grow_with_k(self):
         # The shipped test plots are k=18, made with the worker's settings.

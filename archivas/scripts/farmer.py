@@ -10,7 +10,7 @@ from typing import Any, Optional
 from twisted.python import usage
 
 from archivas import walletkeys
-from archivas.chain.keys import KeyFileError, PrivateKey
+from archivas.chain.keys import KeyFileError, key_file_public_key
 from archivas.client import NodeOption
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
@@ -19,13 +19,6 @@ from archivas.scripts.common import VersionedOptions, die, parse, serve_against_
 
 PROGRAM = "archivas-farmer"
 BAR_WIDTH = 30
-
-
-def load_key(path: str) -> PrivateKey:
-    try:
-        return PrivateKey.load(path)
-    except KeyFileError as e:
-        die(PROGRAM, str(e))
 
 
 class PlotOptions(usage.Options):
@@ -109,8 +102,12 @@ def _stop_plotting(signum: int, frame: Any) -> None:
 
 def plot(options: PlotOptions) -> None:
     """Refuse at once without the disk space for all the plots; SIGINT or SIGTERM stop the
-    worker, remove its temporary files and exit 128 + the signal's number, in one line."""
-    key = load_key(options["farmer-key"])
+    worker, remove its temporary files and exit 128 + the signal's number, in one line.
+    Plots are bound to the public key only: an encrypted key file needs no passphrase."""
+    try:
+        public_key = key_file_public_key(options["farmer-key"])
+    except KeyFileError as e:
+        die(PROGRAM, str(e))
     directory, k, count = options["path"], options["size"], options["count"]
     done = 0
     bar = ProgressBar(1, count)
@@ -125,7 +122,7 @@ def plot(options: PlotOptions) -> None:
         check_space(directory, k, count)
         for i in range(count):
             bar = ProgressBar(i + 1, count)
-            path = create_plot(directory, key.public_key, k, progress=bar)
+            path = create_plot(directory, public_key, k, progress=bar)
             bar.end()
             print(path, flush=True)
             done += 1
