@@ -112,9 +112,10 @@ class Node:
         # (hash, farmer signature) -> score of headers whose proofs passed (the id leaves
         # the signature out, so it is part of the key).
         self._verified: collections.OrderedDict[bytes, int] = collections.OrderedDict()
-        # Background checks (sync batches, headers) take at most this many threads' queue
-        # at once, so a block that extends the tip waits behind a few, not a whole batch.
-        self._background_checks = defer.DeferredSemaphore(max(1, verify_threads))
+        # Background checks (sync batches, headers) hold at most two places per verify thread
+        # (one running, one queued, so no thread waits on the reactor between checks); a block
+        # that extends the tip waits behind those few, not behind a whole batch.
+        self._background_checks = defer.DeferredSemaphore(2 * max(1, verify_threads))
         self._handlers: dict[type[wire.Message], Callable[[PeerProtocol, Any], None]] = {
             wire.NewBlock: self._on_new_block,
             wire.GetBlock: self._on_get_block,

@@ -126,7 +126,7 @@ class ReplySizeTests(unittest.TestCase):
 
 class VerifyQueueTests(unittest.TestCase):
     def test_a_block_that_extends_the_tip_waits_behind_few_background_checks(self):
-        """Sync's checks enter the thread pool's queue at most one per verify thread at a
+        """Sync's checks enter the thread pool's queue at most two per verify thread at a
         time; a block from a peer is queued at once, ahead of the rest of a sync batch."""
         h = Harness(self)
         node = h.node
@@ -143,14 +143,14 @@ class VerifyQueueTests(unittest.TestCase):
         h.clock.callFromThread = lambda f, *args, **kwargs: f(*args, **kwargs)  # the "thread" answers at once
         background = [node._in_thread(lambda i=i: i, background=True) for i in range(10)]
         urgent = node._in_thread(lambda: "tip")
-        self.assertEqual(len(queued), 2 + 1)  # two background checks, then the urgent one
+        self.assertEqual(len(queued), 4 + 1)  # two background checks a thread, then the urgent one
         self.assertEqual(queued[-1][0](), "tip")
         for f, args, on_result in list(queued[:2]):
             on_result(True, f(*args))  # two finish: two more background checks may enter
-        self.assertEqual(len(queued), 5)
+        self.assertEqual(len(queued), 7)
         results = []
         urgent.addCallback(results.append)
-        queued[2][2](True, queued[2][0]())
+        queued[4][2](True, queued[4][0]())
         self.assertEqual(results, ["tip"])
         for d in background:
             d.addErrback(lambda f: None)

@@ -96,6 +96,13 @@ class HeaderRun:
     def has_room(self) -> bool:
         return len(self.window) < self.max_window_headers and self.window_bytes < self.max_window_bytes
 
+    def room(self) -> int:
+        """How many more headers the window takes (about: the bytes are estimated)."""
+        if not self.has_room():
+            return 0
+        by_bytes = (self.max_window_bytes - self.window_bytes) // header_size(self.end.header) + 1
+        return max(0, min(self.max_window_headers - len(self.window), by_bytes))
+
     def wants_headers(self) -> bool:
         return (self.compact and not self.proven) or self.has_room()
 

@@ -149,7 +149,7 @@ class HeadersFirstRound:
             self.header_seconds += self.reactor.seconds() - started
             self.pump()
             self.drain()
-            ended = not reply.headers or reply.headers[-1].height >= reply.tip_height
+            ended = not reply.headers or run.last.height >= reply.tip_height
             if not go_on or (ended and not (run.compact and run.proven)):
                 break
             while not run.wants_headers():
@@ -188,6 +188,8 @@ class HeadersFirstRound:
             except HeaderMismatch as e:
                 raise Failed(str(e)) from None
             fresh.append(header)
+        if run.proven and not run.compact:
+            fresh = fresh[:run.room()]  # past the window's room they would be let go and fetched again
         if not fresh:
             return True
         if run.compact and not run.proven:
