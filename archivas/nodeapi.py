@@ -7,6 +7,7 @@ reaches a 500.
 
 from __future__ import annotations
 
+import collections
 from typing import Any, Optional
 
 from twisted.internet import defer
@@ -16,10 +17,12 @@ from archivas.chain import keys, vdf
 from archivas.chain.block import Block, Header, ProofOfSpace, tx_root
 from archivas.chain.blockchain import ADDED_SIDE, ADDED_TIP, KNOWN
 from archivas.chain.consensus import BlockRejected
-from archivas.chain.encoding import DecodeError, hex_field
+from archivas.chain.encoding import DecodeError, canonical_json, hex_field
+from archivas.chain.storage import IndexedTransfer
 from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.node import Node
 from archivas.protocols.addrman import parse_address
+from archivas.protocols.tls import TLS_PREFIX
 
 
 class ApiError(Exception):
@@ -35,12 +38,38 @@ def parse_height(text: str) -> int:
     return int(text)
 
 
+def is_hash(text: str) -> bool:
+    """64 hex digits (either case): a block or transfer hash, not a height."""
+    return len(text) == 64 and text.isascii() and all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def parse_hash(text: Any, what: str = "hash") -> bytes:
+    if not isinstance(text, str) or not is_hash(text):
+        shown = text[:30] if isinstance(text, str) else text
+        raise ApiError(400, f"{what} must be 64 hex digits, not {shown!r}")
+    return bytes.fromhex(text)
+
+
 BAN_SECONDS = 24 * 3600
+HISTORY_LIMIT = 50  # transfers on an address_history page unless `limit` says otherwise
+MAX_HISTORY_LIMIT = 500  # `limit` at most (a page then finishes its last block: maxBlockTransactions - 1 more)
+MAX_HEIGHT = 10**18 - 1  # `before` at most (18 digits, as a height in a path)
+MAX_MEMPOOL_LISTED = 500  # transfers /mempool lists (highest fee first); count and bytes cover all
+SYNC_RATE_WINDOW = 30.0  # seconds of tip heights behind /status's blocksPerSecond
+SYNC_SAMPLE_SECONDS = 1.0  # at most one (time, height) sample a second
+SYNC_SAMPLES = 64  # samples kept (more than the window holds at one a second)
+SYNC_MIN_SPAN = 1.0  # seconds of samples needed before a rate is given (null before)
 
 
 class LocalNodeAPI:
     def __init__(self, node: Node) -> None:
         self.node = node
+        # (reactor time, tip height) at most once a second, for the sync rate and ETA
+        self._tips: collections.deque[tuple[float, int]] = collections.deque(maxlen=SYNC_SAMPLES)
+        self._tips.append((node.reactor.seconds(), node.chain.height))
+        node.on_tip.append(self._tip_moved)
+        # transfer -> (hash, canonical size) of what the mempool held at the last listing
+        self._tx_facts: dict[Transaction, tuple[bytes, int]] = {}
 
     @property
     def chain(self):  # type: ignore[no-untyped-def]
@@ -64,7 +93,52 @@ class LocalNodeAPI:
             "network": self.node.params.name,
             "version": __version__,
             "mempool": len(self.node.mempool),
+            "sync": self.sync_status(),
         }
+
+    # sync progress
+
+    def _tip_moved(self, block: Block) -> None:
+        now = self.node.reactor.seconds()
+        if now - self._tips[-1][0] >= SYNC_SAMPLE_SECONDS:
+            self._tips.append((now, block.height))
+
+    def sync_rate(self) -> Optional[float]:
+        """Blocks a second the tip rose over the last SYNC_RATE_WINDOW seconds (from the
+        oldest sample inside it, else the newest before it); None under SYNC_MIN_SPAN."""
+        now, height = self.node.reactor.seconds(), self.chain.height
+        start = self._tips[-1]
+        for sample in self._tips:
+            if sample[0] >= now - SYNC_RATE_WINDOW:
+                start = sample
+                break
+            start = sample
+        span = now - start[0]
+        if span < SYNC_MIN_SPAN:
+            return None
+        return max(0, height - start[1]) / span
+
+    def sync_status(self) -> dict[str, Any]:
+        """{active, targetHeight, blocksPerSecond, etaSeconds}: the target is the best
+        header a headers-first round proved, else the best height a ready peer claims
+        (never below our own); the ETA is what remains at the recent rate (null when the
+        rate is unknown or zero)."""
+        node, height = self.node, self.chain.height
+        proven = node.sync.best_header_height()
+        if proven is not None:
+            target = max(proven, height)
+        else:
+            target = max([p.info.height for p in node.peers.ready_peers() if p.info is not None] + [height])
+        rate = self.sync_rate()
+        remaining = target - height
+        if remaining <= 0:
+            eta: Optional[float] = 0.0
+        elif rate:
+            eta = round(remaining / rate, 1)
+        else:
+            eta = None
+        return {"active": bool(node.sync.active), "targetHeight": target,
+                "blocksPerSecond": None if rate is None else round(rate, 3), "etaSeconds": eta}
 
     def chain_tip(self) -> dict[str, Any]:
         tip = self.chain.tip
@@ -84,6 +158,70 @@ class LocalNodeAPI:
         if block is None:
             raise ApiError(404, f"no block at height {height} (tip is {self.chain.height})")
         return block.to_json()
+
+    def block_by_hash(self, hex_hash: str) -> dict[str, Any]:
+        """A stored valid block, main chain or a side branch, as `block(height)`."""
+        block_hash = parse_hash(hex_hash, "a block hash")
+        meta = self.chain.storage.block_meta(block_hash)
+        block = None if meta is None or meta.invalid else self.chain.block(block_hash)
+        if block is None:
+            raise ApiError(404, f"no block {block_hash.hex()}")
+        return block.to_json()
+
+    # the transfer indexes and the mempool
+
+    def transaction(self, hex_hash: str) -> dict[str, Any]:
+        """A transfer on the main chain ("confirmed") or in the mempool ("pending")."""
+        tx_hash = parse_hash(hex_hash, "a transfer hash")
+        found = self.chain.storage.transfer(tx_hash)
+        if found is not None:
+            return {**_indexed_json(found), "status": "confirmed",
+                    "confirmations": self.chain.height - found.height + 1}
+        tx = self.node.mempool.get(tx_hash)
+        if tx is None:
+            raise ApiError(404, f"no transfer {tx_hash.hex()} on the main chain or in the mempool")
+        return {"hash": tx_hash.hex(), "from": tx.sender, "to": tx.recipient, "amount": tx.amount, "fee": tx.fee,
+                "nonce": tx.nonce, "status": "pending", "blockHeight": None, "blockHash": None, "index": None,
+                "timestamp": None, "confirmations": 0}
+
+    def mempool(self) -> dict[str, Any]:
+        """{count, bytes, transactions}: every pending transfer counted (bytes: their
+        canonical JSON), at most MAX_MEMPOOL_LISTED listed, highest fee first (the order
+        a block takes them)."""
+        pool = self.node.mempool
+        facts: dict[Transaction, tuple[bytes, int]] = {}
+        for tx in pool.transactions():
+            known = self._tx_facts.get(tx)
+            facts[tx] = known if known is not None else (tx.hash, len(canonical_json(tx.to_json())))
+        self._tx_facts = facts
+        listed = []
+        for tx in pool.select(MAX_MEMPOOL_LISTED):
+            tx_hash = facts[tx][0] if tx in facts else tx.hash
+            listed.append({"hash": tx_hash.hex(), "from": tx.sender, "to": tx.recipient, "amount": tx.amount,
+                           "fee": tx.fee, "nonce": tx.nonce})
+        return {"count": len(facts), "bytes": sum(size for _, size in facts.values()), "limit": MAX_MEMPOOL_LISTED,
+                "transactions": listed}
+
+    def address_history(self, address: str, limit: int = HISTORY_LIMIT,
+                        before: Optional[int] = None) -> dict[str, Any]:
+        """The address's main-chain transfers, sent and received, newest first, from blocks
+        below height `before` (all when None): `limit` (1..MAX_HISTORY_LIMIT) of them, and
+        the rest of the last one's block, as a page never splits a block. `next` is the
+        `before` of the next page (the lowest height on this one), null on the last."""
+        try:
+            keys.decode_address(address)
+        except ValueError as e:
+            raise ApiError(400, f"malformed address: {e}") from None
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_HISTORY_LIMIT:
+            raise ApiError(400, f"limit must be an integer from 1 to {MAX_HISTORY_LIMIT}, not {limit!r}")
+        if before is not None and (isinstance(before, bool) or not isinstance(before, int)
+                                   or not 0 <= before <= MAX_HEIGHT):
+            raise ApiError(400, f"before must be a height from 0 to {MAX_HEIGHT}, not {before!r}")
+        page, more = self.chain.storage.address_transfers(address, limit, before)
+        balance, nonce = self.chain.account(address)
+        return {"address": address, "balance": balance, "nonce": nonce,
+                "transactions": [_indexed_json(t) for t in page],
+                "next": page[-1].height if more else None}
 
     def peers(self) -> list[dict[str, Any]]:
         out = []
@@ -160,7 +298,12 @@ class LocalNodeAPI:
         return {"dialing": doc["address"]}
 
     def drop_peer(self, address: str) -> dict[str, Any]:
-        """Stop dialing `address` and close connections to or from it."""
+        """Stop dialing `address` (host:port, or tls:host:port) and close connections to or
+        from it; a malformed address is 400 and changes nothing."""
+        try:
+            parse_address(address[len(TLS_PREFIX):] if address.startswith(TLS_PREFIX) else address)
+        except ValueError as e:
+            raise ApiError(400, f"malformed address: {e}") from None
         self.node.peers.forget(address)
         closed = 0
         for proto in list(self.node.peers.peers):
@@ -278,6 +421,12 @@ class LocalNodeAPI:
         if not accepted:
             raise ApiError(409, "not accepted: another tip, out of order, or does not verify")
         return {"accepted": True, "segments": len(self.node.vdf_segments)}
+
+
+def _indexed_json(t: IndexedTransfer) -> dict[str, Any]:
+    return {"hash": t.hash.hex(), "from": t.sender, "to": t.recipient, "amount": t.amount, "fee": t.fee,
+            "nonce": t.nonce, "blockHeight": t.height, "blockHash": t.block_hash.hex(), "index": t.position,
+            "timestamp": t.timestamp}
 
 
 def as_deferred(value: Any) -> defer.Deferred:

@@ -6,22 +6,40 @@ with real sockets."""
 
 from __future__ import annotations
 
+import collections
 import json
 import os
+import resource
+import select
 import shutil
+import socket
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import requests
+from treq.testing import StubTreq
+from twisted.internet import defer, reactor, task, threads
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial import unittest
+from twisted.web import resource as web_resource
+from twisted.web import server
 
 from archivas.chain.blockchain import Chain
 from archivas.chain.consensus import BlockRejected
+from archivas.chain.encoding import canonical_json
 from archivas.chain.params import COIN
 from archivas.chain.storage import DB_FILE, SCHEMA_VERSION, StorageError
+from archivas.nodeapi import MAX_HISTORY_LIMIT, MAX_MEMPOOL_LISTED, SYNC_RATE_WINDOW, LocalNodeAPI
+from archivas.protocols import wire
+from archivas.rpc import ABORT_GRACE, BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, REFUSAL_LOG_SECONDS, NodeRPC, site
 from tests.common import ALICE, BOB, CAROL, PARAMS, builder, fixture_blocks, now_ms, open_chain
+from tests.netutil import wait_until
+from tests.test_protocol import Harness, feed
 
 BIN = Path(sys.executable).parent
 
@@ -298,3 +316,482 @@ class CorruptionTests(unittest.TestCase):
         self.assertEqual(len(lines), 1, proc.stderr)
         self.assertTrue(lines[0].startswith("archivas-node: error: database "), lines[0])
         self.assertIn("is corrupt", lines[0])
+
+
+class RPC:
+    """A node on a task.Clock (threaded=False) with `blocks`, its LocalNodeAPI, and its
+    RPC resource behind StubTreq (every request completes synchronously)."""
+
+    def __init__(self, case: unittest.TestCase, blocks=()) -> None:
+        self.case = case
+        self.h = Harness(case, blocks)
+        self.node = self.h.node
+        self.api = LocalNodeAPI(self.node)
+        self.http = StubTreq(NodeRPC(self.api).resource())
+
+    def get(self, path):
+        d = self.http.get("http://node" + path)
+        d.addCallback(lambda r: self.http.content(r).addCallback(lambda content: (r, content)))
+        self.http.flush()
+        response, content = self.case.successResultOf(d)
+        self.case.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"application/json"], path)
+        return response.code, json.loads(content)
+
+    def post(self, path, body):
+        d = self.http.post("http://node" + path, data=json.dumps(body).encode())
+        d.addCallback(lambda r: self.http.content(r).addCallback(lambda content: (r, content)))
+        self.http.flush()
+        response, content = self.case.successResultOf(d)
+        return response.code, json.loads(content)
+
+    def ok(self, path):
+        code, doc = self.get(path)
+        self.case.assertEqual(code, 200, doc)
+        return doc
+
+    def error(self, path, status, *fragments):
+        code, doc = self.get(path)
+        self.case.assertEqual((code, list(doc)), (status, ["error"]), (path, doc))
+        for fragment in fragments:
+            self.case.assertIn(fragment, doc["error"], path)
+        return doc["error"]
+
+
+class LookupTests(unittest.TestCase):
+    """Blocks: c1 with five transfers Alice -> Bob, c2 with two more and Bob -> Carol, c3 empty."""
+
+    def setUp(self):
+        b = builder()
+        self.to_bob = [transfer(ALICE, BOB, (i + 1) * COIN, i) for i in range(5)]
+        self.c1 = b.make_block(b.genesis, self.to_bob)
+        self.later = [transfer(ALICE, BOB, COIN, 5), transfer(BOB, CAROL, COIN // 2, 0), transfer(ALICE, BOB, COIN, 6)]
+        self.c2 = b.make_block(self.c1, self.later)
+        self.c3 = b.make_block(self.c2)
+        self.rpc = RPC(self, [self.c1, self.c2, self.c3])
+
+    def test_block_by_hash_is_the_block_by_height(self):
+        for height, block in ((0, builder().genesis), (1, self.c1), (3, self.c3)):
+            by_height = self.rpc.ok(f"/block/{height}")
+            self.assertEqual(self.rpc.ok(f"/block/{block.hash.hex()}"), by_height)
+            self.assertEqual(self.rpc.ok(f"/block/{block.hash.hex().upper()}"), by_height)
+            self.assertEqual(self.rpc.api.block_by_hash(block.hash.hex()), by_height)
+
+    def test_block_by_hash_of_a_side_branch_and_unknown(self):
+        side = builder().make_block(builder().genesis, [transfer(ALICE, CAROL, COIN, 0)])
+        self.rpc.node.chain.add_block(side, now_ms())
+        self.assertEqual(self.rpc.ok(f"/block/{side.hash.hex()}"), side.to_json())
+        self.rpc.error(f"/block/{'ab' * 32}", 404, f"no block {'ab' * 32}")
+        self.rpc.error(f"/block/{'ab' * 31}", 400, "height must be a non-negative integer")
+        self.rpc.error(f"/block/{'g' * 64}", 400)
+        with self.assertRaises(Exception) as cm:
+            self.rpc.api.block_by_hash("xyz")
+        self.assertEqual(cm.exception.status, 400)
+
+    def test_confirmed_transfer(self):
+        tx = self.later[1]
+        self.assertEqual(self.rpc.ok(f"/tx/{tx.hash.hex()}"), {
+            "hash": tx.hash.hex(), "from": BOB.address, "to": CAROL.address, "amount": COIN // 2, "fee": tx.fee,
+            "nonce": 0, "status": "confirmed", "blockHeight": 2, "blockHash": self.c2.hash.hex(), "index": 1,
+            "timestamp": self.c2.header.timestamp, "confirmations": 2})
+
+    def test_pending_transfer_and_unknown_and_malformed(self):
+        tx = transfer(CAROL, ALICE, COIN // 4, 0)
+        code, doc = self.rpc.post("/submitTx", tx.to_json())
+        self.assertEqual((code, doc), (200, {"txHash": tx.hash.hex()}))
+        self.assertEqual(self.rpc.ok(f"/tx/{tx.hash.hex()}"), {
+            "hash": tx.hash.hex(), "from": CAROL.address, "to": ALICE.address, "amount": COIN // 4, "fee": tx.fee,
+            "nonce": 0, "status": "pending", "blockHeight": None, "blockHash": None, "index": None,
+            "timestamp": None, "confirmations": 0})
+        self.rpc.error(f"/tx/{'00' * 32}", 404, "on the main chain or in the mempool")
+        for bad in ("xyz", "00" * 31, "00" * 33, "zz" * 32, "%E2%82%AC"):
+            self.rpc.error(f"/tx/{bad}", 400, "a transfer hash must be 64 hex digits")
+
+    def test_mempool(self):
+        self.assertEqual(self.rpc.ok("/mempool"), {"count": 0, "bytes": 0, "limit": MAX_MEMPOOL_LISTED,
+                                                   "transactions": []})
+        cheap, dear = transfer(CAROL, ALICE, COIN // 4, 0), transfer(ALICE, CAROL, COIN, 7, fee=10**6)
+        for tx in (cheap, dear):
+            self.assertEqual(self.rpc.post("/submitTx", tx.to_json())[0], 200)
+        doc = self.rpc.ok("/mempool")
+        self.assertEqual(doc["count"], 2)
+        self.assertEqual(doc["bytes"], sum(len(canonical_json(t.to_json())) for t in (cheap, dear)))
+        self.assertEqual([t["hash"] for t in doc["transactions"]], [dear.hash.hex(), cheap.hash.hex()])
+        self.assertEqual(doc["transactions"][0], {"hash": dear.hash.hex(), "from": ALICE.address,
+                                                  "to": CAROL.address, "amount": COIN, "fee": 10**6, "nonce": 7})
+        self.assertEqual(self.rpc.ok("/mempool"), doc)  # the cached sizes give the same answer
+
+    def test_address_history_newest_first_and_paged_by_whole_blocks(self):
+        bob = BOB.address
+        every = self.rpc.ok(f"/address/{bob}")
+        self.assertEqual((every["address"], every["balance"], every["nonce"], every["next"]),
+                         (bob, self.rpc.node.chain.account(bob)[0], 1, None))
+        expected = [(2, 2, self.later[2]), (2, 1, self.later[1]), (2, 0, self.later[0])] + \
+                   [(1, i, self.to_bob[i]) for i in range(4, -1, -1)]
+        self.assertEqual([(t["blockHeight"], t["index"], t["hash"]) for t in every["transactions"]],
+                         [(h, i, tx.hash.hex()) for h, i, tx in expected])
+        first = every["transactions"][0]
+        self.assertEqual(first, {"hash": self.later[2].hash.hex(), "from": ALICE.address, "to": bob, "amount": COIN,
+                                 "fee": self.later[2].fee, "nonce": 6, "blockHeight": 2,
+                                 "blockHash": self.c2.hash.hex(), "index": 2, "timestamp": self.c2.header.timestamp})
+        # limit 2 cuts inside block 2: the page finishes it (3), and `next` is its height
+        page = self.rpc.ok(f"/address/{bob}?limit=2")
+        self.assertEqual((len(page["transactions"]), page["next"]), (3, 2))
+        page = self.rpc.ok(f"/address/{bob}?limit=2&before=2")
+        self.assertEqual(([t["blockHeight"] for t in page["transactions"]], page["next"]), ([1] * 5, None))
+        page = self.rpc.ok(f"/address/{bob}?limit=3")
+        self.assertEqual((len(page["transactions"]), page["next"]), (3, 2))
+        self.assertEqual(self.rpc.ok(f"/address/{bob}?limit=8")["next"], None)
+        self.assertEqual(self.rpc.ok(f"/address/{bob}?before=1")["transactions"], [])
+        self.assertEqual(self.rpc.api.address_history(bob, limit=2, before=2), page | {
+            "transactions": every["transactions"][3:], "next": None})
+
+    def test_address_history_of_an_unseen_address(self):
+        from archivas.chain.keys import PrivateKey
+
+        nobody = PrivateKey.from_secret(b"nobody").address
+        self.assertEqual(self.rpc.ok(f"/address/{nobody}"),
+                         {"address": nobody, "balance": 0, "nonce": 0, "transactions": [], "next": None})
+
+    def test_address_history_refuses_bad_parameters(self):
+        bob = BOB.address
+        self.rpc.error("/address/xyz", 400, "malformed address")
+        self.rpc.error(f"/address/{bob.upper()}", 400, "malformed address")
+        for query in ("limit=0", f"limit={MAX_HISTORY_LIMIT + 1}", "limit=-1", "limit=x", "limit=1.5", "limit=",
+                      "limit=" + "9" * 19):
+            self.rpc.error(f"/address/{bob}?{query}", 400, "limit")
+        for query in ("before=-1", "before=x", "before=" + "9" * 19, "before=1e3"):
+            self.rpc.error(f"/address/{bob}?{query}", 400, "before")
+        self.rpc.error(f"/address/{bob}?limit=1&limit=2", 400, "limit given 2 times")
+        self.assertEqual(len(self.rpc.ok(f"/address/{bob}?limit={MAX_HISTORY_LIMIT}")["transactions"]), 8)
+        for limit in (0, MAX_HISTORY_LIMIT + 1, True, "5"):
+            with self.assertRaises(Exception) as cm:
+                self.rpc.api.address_history(bob, limit=limit)
+            self.assertEqual(cm.exception.status, 400)
+
+
+class MempoolBoundTests(unittest.TestCase):
+    def test_at_most_500_listed_count_and_bytes_cover_all(self):
+        from archivas.chain.keys import PrivateKey
+        from archivas.chain.mempool import MAX_PER_SENDER
+
+        senders = [PrivateKey.from_secret(b"sender %d" % i) for i in range(MAX_MEMPOOL_LISTED // MAX_PER_SENDER + 1)]
+        b = builder()
+        funding = b.make_block(b.genesis, [transfer(ALICE, k, 10 * COIN, i) for i, k in enumerate(senders)])
+        rpc = RPC(self, [funding])
+        pending = [transfer(k, CAROL, 1000 + n, n) for k in senders for n in range(MAX_PER_SENDER)]
+        for tx in pending:
+            rpc.node.submit_transaction(tx)
+        self.assertGreater(len(pending), MAX_MEMPOOL_LISTED)
+        doc = rpc.ok("/mempool")
+        self.assertEqual(doc["count"], len(pending))
+        self.assertEqual(doc["bytes"], sum(len(canonical_json(t.to_json())) for t in pending))
+        self.assertEqual(len(doc["transactions"]), MAX_MEMPOOL_LISTED)
+        fees = [t["fee"] for t in doc["transactions"]]
+        self.assertEqual(fees, sorted(fees, reverse=True))
+
+
+class SyncStatusTests(unittest.TestCase):
+    def test_rate_and_eta_from_recent_tips_and_a_claimed_height(self):
+        blocks = builder().extend(builder().genesis, 6)
+        rpc = RPC(self)
+        sync = rpc.ok("/status")["sync"]
+        self.assertEqual(sync, {"active": False, "targetHeight": 0, "blocksPerSecond": None, "etaSeconds": 0.0})
+        for block in blocks:  # one block every 2 s of the node's clock
+            rpc.h.clock.advance(2)
+            self.successResultOf(rpc.node.receive_block(block))
+        self.assertEqual(rpc.ok("/status")["sync"],
+                         {"active": False, "targetHeight": 6, "blocksPerSecond": 0.5, "etaSeconds": 0.0})
+        # a peer (seed protocol: its STATUS is its handshake) claims height 100
+        proto, _ = rpc.h.connect(host="10.0.0.9")
+        feed(proto, wire.Status(100, 1, b"\x11" * 32, weight=10**6))
+        sync = rpc.ok("/status")["sync"]
+        self.assertEqual((sync["targetHeight"], sync["blocksPerSecond"], sync["etaSeconds"]), (100, 0.5, 188.0))
+        self.assertEqual(sync["active"], rpc.node.sync.active)
+        self.assertEqual(rpc.ok("/status")["syncing"], sync["active"])
+
+    def test_no_new_tip_for_the_whole_window_is_a_rate_of_zero(self):
+        blocks = builder().extend(builder().genesis, 2)
+        rpc = RPC(self)
+        for block in blocks:
+            rpc.h.clock.advance(1)
+            self.successResultOf(rpc.node.receive_block(block))
+        rpc.h.clock.advance(SYNC_RATE_WINDOW + 10)
+        self.assertEqual(rpc.ok("/status")["sync"],
+                         {"active": False, "targetHeight": 2, "blocksPerSecond": 0.0, "etaSeconds": 0.0})
+        self.assertEqual(rpc.api.sync_rate(), 0.0)
+
+
+class _Hold(web_resource.Resource):
+    """GET answers at once; POST /hold stays unanswered until the test finishes it."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list = []
+
+    def render_GET(self, request):
+        request.setHeader(b"content-type", b"application/json")
+        return b'{"ok": true}'
+
+    def render_POST(self, request):
+        self.held.append(request)
+        return server.NOT_DONE_YET
+
+
+class GuardUnitTests(unittest.TestCase):
+    """The listener's deadlines and cap on a task.Clock with StringTransports."""
+
+    def setUp(self):
+        self.clock = task.Clock()
+        self.resource = _Hold()
+        self.factory = site(self.resource, reactor=self.clock, max_connections=3)
+
+    def connect(self):
+        proto = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def assertAnswered(self, transport, status, fragment=""):
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 %d " % status), transport.value()[:80])
+        self.assertIn(fragment.encode(), transport.value())
+        self.assertTrue(transport.disconnecting)
+
+    def test_headers_dripped_slowly_are_cut_at_the_header_timeout(self):
+        proto, transport = self.connect()
+        for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":  # a byte a second: never idle, never done
+            if self.clock.seconds() >= HEADER_TIMEOUT - 1:
+                break
+            proto.dataReceived(bytes([byte]))
+            self.clock.advance(1)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertAnswered(transport, 408, f"request headers not received within {HEADER_TIMEOUT:g} s")
+        self.assertEqual(self.factory.timed_out, 1)
+        self.clock.advance(ABORT_GRACE)  # it never went away: cut
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_body_dripped_slowly_is_cut_at_the_body_timeout(self):
+        proto, transport = self.connect()
+        proto.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        self.clock.advance(HEADER_TIMEOUT + 1)  # the header deadline is over: headers arrived
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(BODY_TIMEOUT - HEADER_TIMEOUT - 2)
+        proto.dataReceived(b"x" * 10)
+        self.assertFalse(transport.disconnecting)
+        self.clock.advance(1)
+        self.assertAnswered(transport, 408, f"request body not received within {BODY_TIMEOUT:g} s")
+
+    def test_a_request_in_progress_has_no_deadline_and_keep_alive_waits_for_the_next(self):
+        proto, transport = self.connect()
+        proto.dataReceived(b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        self.clock.advance(BODY_TIMEOUT * 10)  # the node's own work takes as long as it takes
+        self.assertFalse(transport.disconnecting)
+        (request,) = self.resource.held
+        request.write(b"{}")
+        request.finish()
+        self.assertIn(b"HTTP/1.1 200", transport.value())
+        transport.clear()
+        self.clock.advance(HEADER_TIMEOUT - 0.5)  # an idle keep-alive connection
+        proto.dataReceived(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b'{"ok": true}', transport.value())
+        self.assertFalse(transport.disconnecting)
+        transport.clear()
+        self.clock.advance(HEADER_TIMEOUT)
+        self.assertAnswered(transport, 408, "request headers not received")
+
+    def test_at_the_cap_the_longest_waiting_is_closed_then_busy_means_503(self):
+        first, t1 = self.connect()
+        self.clock.advance(1)
+        second, t2 = self.connect()
+        third, t3 = self.connect()
+        logged = Logged(self)
+        fourth, t4 = self.connect()  # evicts the one waiting longest for headers
+        self.assertAnswered(t1, 408, "closed to make room: 3 RPC connections open")
+        self.assertFalse(t2.disconnecting or t3.disconnecting or t4.disconnecting)
+        self.assertEqual(self.factory.evicted, 1)
+        for proto in (second, third, fourth):  # all three busy with a request
+            proto.dataReceived(b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        refused, t5 = self.connect()
+        self.assertEqual(t5.value().split(b"\r\n")[0], b"HTTP/1.1 503 Service Unavailable")
+        self.assertIn(b"the node has 3 RPC connections busy", t5.value())
+        self.assertTrue(t5.disconnecting)
+        self.assertEqual(self.factory.refused, 1)
+        self.assertEqual(len(self.factory.protocols), 4)  # the evicted one until it is gone; never the refused
+        (line,) = logged.lines("[rpc] 3 connections open")
+        self.assertIn("closed 1 waiting for headers and refused 0", line)  # one line per 10 s at most
+        self.clock.advance(REFUSAL_LOG_SECONDS)
+        self.connect()
+        self.assertEqual(len(logged.lines("[rpc] 3 connections open")), 2)
+
+
+class SlowClientTests(unittest.TestCase):
+    """Real sockets: a loopback listener with short deadlines, and a node process whose
+    file descriptors are limited to 1,024 facing 1,100 slow connections."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_a_slow_client_is_cut_while_a_normal_one_is_served(self):
+        factory = site(_Hold(), header_timeout=0.5, body_timeout=0.5)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        address = ("127.0.0.1", port.getHost().port)
+
+        def slow_then_normal():
+            slow = socket.create_connection(address, timeout=5)
+            started = time.monotonic()
+            answer = b""
+            try:
+                for byte in b"GET / HTTP/1.1\r\nHost: x\r\n":  # a byte every 0.1 s
+                    slow.sendall(bytes([byte]))
+                    time.sleep(0.1)  # the client's pace, not synchronisation: the server answers on its own
+            except OSError:
+                pass
+            while True:
+                chunk = slow.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            cut_after = time.monotonic() - started
+            slow.close()
+            normal = socket.create_connection(address, timeout=5)
+            normal.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            served = b""
+            while True:
+                chunk = normal.recv(4096)
+                if not chunk:
+                    break
+                served += chunk
+            normal.close()
+            return answer, cut_after, served
+
+        answer, cut_after, served = yield threads.deferToThread(slow_then_normal)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 408 Request Timeout"), answer)
+        self.assertGreaterEqual(cut_after, 0.5)
+        self.assertLess(cut_after, 2.0)
+        self.assertTrue(served.startswith(b"HTTP/1.1 200"), served)
+        self.assertIn(b'{"ok": true}', served)
+        yield defer.ensureDeferred(wait_until(lambda: factory.open_connections == 0, "connections to close", 10))
+
+    @defer.inlineCallbacks
+    def test_1100_slow_connections_leave_the_rpc_and_p2p_working_under_1024_descriptors(self):
+        directory = self.mktemp()
+        os.makedirs(directory)
+        rpc, p2p = free_port(), free_port()
+        log_path = os.path.join(directory, "node.log")
+        with open(log_path, "wb") as log_file:
+            proc = subprocess.Popen(
+                [str(BIN / "archivas-node"), "--network", "fastnet", "--db", os.path.join(directory, "data"),
+                 "--rpc-port", f"127.0.0.1:{rpc}", "--p2p-port", f"127.0.0.1:{p2p}"],
+                stdout=log_file, stderr=subprocess.STDOUT,
+                preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024)))
+
+        def stop():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=30)
+        self.addCleanup(stop)
+        url = f"http://127.0.0.1:{rpc}"
+
+        def up():
+            try:
+                return requests.get(url + "/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        def attack():
+            deadline = time.monotonic() + 60
+            while not up():
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"node did not start: {open(log_path).read()[-2000:]}")
+                time.sleep(0.1)  # polling a child process with a deadline
+            baseline = len(os.listdir(f"/proc/{proc.pid}/fd"))
+            most = [baseline]
+            held = slow_connections(("127.0.0.1", rpc), SLOW_CONNECTIONS, lambda: most.append(
+                len(os.listdir(f"/proc/{proc.pid}/fd"))))
+            started = time.monotonic()
+            status = requests.get(url + "/status", timeout=10)
+            took = time.monotonic() - started
+            peer = socket.create_connection(("127.0.0.1", p2p), timeout=10)
+            peer.sendall(json.dumps({"type": 6, "payload": {}}).encode() + b"\n")
+            lines = peer.makefile("rb")
+            line = lines.readline()
+            while line and json.loads(line)["type"] != 7:  # it asks for our status first (GET_STATUS)
+                line = lines.readline()
+            peer.close()
+            most.append(len(os.listdir(f"/proc/{proc.pid}/fd")))
+            # Closed to make room: a 408 then the end, or a reset when the node closed it
+            # before reading what it sent (the kernel then drops the 408 too). Connections
+            # the kernel completed while the node's accept queue was full trickle in later.
+            cut: dict[int, str] = {}
+            deadline = time.monotonic() + HEADER_TIMEOUT / 2  # well before any header deadline
+            while len(cut) < SLOW_CONNECTIONS - MAX_CONNECTIONS - 1 and time.monotonic() < deadline:
+                for i, s in enumerate(held):
+                    if i not in cut:
+                        s.setblocking(False)
+                        try:
+                            data = s.recv(64)
+                            cut[i] = "408" if data.startswith(b"HTTP/1.1 408") else "eof" if not data else "other"
+                        except BlockingIOError:
+                            pass
+                        except ConnectionResetError:
+                            cut[i] = "reset"
+                time.sleep(0.05)  # polling the sockets with a deadline
+            most.append(len(os.listdir(f"/proc/{proc.pid}/fd")))
+            for s in held:
+                s.close()
+            kinds = collections.Counter(cut.values())
+            return baseline, max(most), status.status_code, status.json(), took, line, kinds
+
+        baseline, most, code, doc, took, line, cut = yield threads.deferToThread(attack)
+        self.assertEqual(code, 200, doc)
+        self.assertEqual(doc["height"], 0)
+        self.assertLess(took, 5)
+        self.assertEqual(json.loads(line)["type"], 7, line)  # STATUS: the p2p port still takes a peer
+        self.assertLess(most, 1024)
+        self.assertLessEqual(most, baseline + MAX_CONNECTIONS + 120, (baseline, most))
+        self.assertGreaterEqual(sum(cut.values()), MAX_CONNECTIONS, cut)  # (GuardUnitTests: exactly which)
+        self.assertEqual(cut["other"], 0, cut)
+        with open(log_path) as f:
+            self.assertIn(f"[rpc] {MAX_CONNECTIONS} connections open: closed", f.read())
+
+
+SLOW_CONNECTIONS = 1100
+
+
+def slow_connections(address, count, sample):
+    """`count` connections opened at once (non-blocking, so a full listen backlog costs
+    one SYN retry for them all, not one per 50), each sending a request line and a header
+    and never the rest. `sample()` runs after each 100 are sending."""
+    socks = []
+    for _ in range(count):
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(address)
+        socks.append(s)
+    poller = select.poll()
+    waiting = {s.fileno(): s for s in socks}
+    for fd in waiting:
+        poller.register(fd, select.POLLOUT)
+    deadline, sent = time.monotonic() + 30, 0
+    while waiting and time.monotonic() < deadline:
+        for fd, _ in poller.poll(500):
+            s = waiting.pop(fd, None)
+            if s is None:
+                continue
+            poller.unregister(fd)
+            if s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                s.send(b"GET /status HTTP/1.1\r\nHost: x\r\n")
+            sent += 1
+            if sent % 100 == 0:
+                sample()
+    assert not waiting, f"{len(waiting)} of {count} connections never opened"
+    return socks
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
