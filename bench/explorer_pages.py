@@ -7,10 +7,12 @@ Pages: each page is asked REPEATS times through the node's RPC resource (the rea
 routing, the explorer's handlers and templates) with treq's StubTreq, on a node whose
 chain is tests/fixtures' 3,200 blocks extended with `tests.common.builder()` to 10,000 on
 tests.common.PARAMS, five transfers a block from Alice to 100 other keys (so Alice's
-address page has ~34,000 transfers of history, each other key ~340), 500 transfers in the
-mempool and 8 peers connected (in-memory transports). "server" is the explorer's own
-Server-Timing (route entry to rendered page); "total" adds Klein's routing and the fake
-transport. The goal is under 50 ms per page.
+address page has ~34,000 transfers of history, each other key ~340), then one full block
+on top (2,000 transfers, the most a block holds: the heaviest block page), 500 transfers
+in the mempool and 8 peers connected (in-memory transports). "server" is the explorer's own
+Server-Timing (route entry to rendered page): "first" the first ask (nothing cached yet),
+then the median, p95 and max of the others; "total" adds Klein's routing and the fake
+transport (median). The goal is under 50 ms per page.
 
 Updates: the same chain on the real reactor behind a loopback listener, 64 clients on
 `GET /events` (the explorer's maximum); UPDATES new blocks are given to the node 0.3 s
@@ -145,20 +147,33 @@ def measure_pages(chain: Chain, blocks: list[Block]) -> list[tuple]:
 
         proto.makeConnection(StringTransport(peerAddress=IPv4Address("TCP", f"10.0.0.{i + 1}", 40000)))
         handshake(proto, node_id=bytes([i + 1]) * 16, genesis=node.genesis_hash)
+    # A full block on top (maxBlockTransactions, 2,000 of Alice's transfers): the heaviest block page.
+    b = builder()
+    for height in range(max(0, chain.height - 40), chain.height + 1):  # the ancestors its difficulty needs
+        ancestor = chain.block_at(height)
+        assert ancestor is not None
+        b.blocks[ancestor.hash] = ancestor
+    alice_nonce = chain.account(ALICE.address)[1]
+    full = b.make_block(b.blocks[chain.storage.main_hash(chain.height)], transactions=[
+        b.transfer(ALICE, CAROL.address, 1000, alice_nonce + n) for n in range(PARAMS.max_block_transactions)])
+    node.receive_block(full).addErrback(lambda f: f.printTraceback())
+    assert chain.height == full.height, "the full block was not taken"
+    blocks = blocks + [full]
     funded = [k for k in RECIPIENTS if chain.account(k.address)[0] > COIN // 100]
     if funded:  # five pending from each recipient
-        pending = [(k, n, 0) for k in funded for n in range(MEMPOOL // len(RECIPIENTS))]
+        pending = [(k, n) for k in funded for n in range(MEMPOOL // len(RECIPIENTS))]
     else:  # the fixture chain alone: Alice's and Bob's (64 pending each at most)
-        pending = [(k, chain.account(k.address)[1] + n, 0) for k in (ALICE, BOB) for n in range(64)]
-    for key, nonce, _ in pending:
+        pending = [(k, chain.account(k.address)[1] + n) for k in (ALICE, BOB) for n in range(64)]
+    for key, nonce in pending:
         node.submit_transaction(builder().transfer(key, CAROL.address, 1000, nonce))
     http = StubTreq(NodeRPC(LocalNodeAPI(node)).resource())
     tip = chain.height
-    with_transfers = next((b for b in reversed(blocks) if b.transactions), blocks[-1])
+    with_transfers = next((b for b in reversed(blocks[:-1]) if b.transactions), blocks[-2])
     deep_tx = next(tx for b in blocks[len(blocks) // 2:] for tx in b.transactions)
     pages = [
         ("overview /", "/"),
-        (f"block {tip} (tip)", f"/explorer/block/{tip}"),
+        (f"block {tip} (tip, {len(full.transactions):,} transfers, page 1)", f"/explorer/block/{tip}"),
+        (f"block {tip} page 20", f"/explorer/block/{tip}?page=19"),
         (f"block {tip // 2}", f"/explorer/block/{tip // 2}"),
         (f"block {with_transfers.height} by hash ({len(with_transfers.transactions)} transfers)",
          f"/explorer/block/{with_transfers.hash.hex()}"),
@@ -179,13 +194,14 @@ def measure_pages(chain: Chain, blocks: list[Block]) -> list[tuple]:
             elapsed = (time.perf_counter() - started) * 1000
             response, content = _result(d)
             assert response.code == 200, (path, response.code, content[-300:])
+            timing = float(response.headers.getRawHeaders(b"server-timing")[0].decode().split("dur=")[1])
             if i == 0:
-                continue  # the first asks fill the row cache (the strip) once
-            timing = response.headers.getRawHeaders(b"server-timing")[0].decode()
-            server.append(float(timing.split("dur=")[1]))
+                first = timing  # a cold ask: rows and blocks not cached yet
+                continue
+            server.append(timing)
             total.append(elapsed)
             size = len(content)
-        rows.append((name, statistics.median(server), percentile(server, 95), max(server),
+        rows.append((name, first, statistics.median(server), percentile(server, 95), max(server),
                      statistics.median(total), size))
     node.stop()
     return rows
@@ -265,11 +281,11 @@ def main() -> None:
           f"{REPEATS} asks a page after one warm-up\n")
     rows = measure_pages(chain, blocks)
     width = max(len(r[0]) for r in rows)
-    print(f"{'page':<{width}}  server ms: median    p95    max   total ms  bytes")
-    for name, median, p95, top, total, size in rows:
-        print(f"{name:<{width}}  {median:17.2f} {p95:6.2f} {top:6.2f} {total:10.2f} {size:6,}")
-    print(f"\ngoal: under 50 ms per page; slowest median {max(r[1] for r in rows):.2f} ms, "
-          f"slowest p95 {max(r[2] for r in rows):.2f} ms")
+    print(f"{'page':<{width}}  server ms: first  median    p95    max   total ms    bytes")
+    for name, first, median, p95, top, total, size in rows:
+        print(f"{name:<{width}}  {first:16.2f} {median:7.2f} {p95:6.2f} {top:6.2f} {total:10.2f} {size:8,}")
+    print(f"\ngoal: under 50 ms per page; slowest first ask {max(r[1] for r in rows):.2f} ms, slowest median "
+          f"{max(r[2] for r in rows):.2f} ms, slowest p95 {max(r[3] for r in rows):.2f} ms")
 
     result: dict = {}
 

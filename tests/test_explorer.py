@@ -144,6 +144,30 @@ class PageTests(ExplorerCase):
         self.assertIn("Genesis allocation", genesis)
         self.assertIn("1000.00000000 RCHV", genesis)
 
+    def test_a_block_lists_100_transfers_a_page(self):
+        b = builder()
+        transfers = [b.transfer(ALICE, CAROL.address, COIN, n) for n in range(1, 102)]
+        block = b.make_block(self.blocks[-1], transactions=transfers)
+        self.successResultOf(self.node.receive_block(block))
+        _, first = self.page(f"/explorer/block/{block.height}")
+        _, second = self.page(f"/explorer/block/{block.height}?page=1")
+        self.assertEqual(re.findall(r'<tr data-tx="([0-9a-f]{64})">', first), [t.hash.hex() for t in transfers[:100]])
+        self.assertEqual(re.findall(r'<tr data-tx="([0-9a-f]{64})">', second), [transfers[100].hash.hex()])
+        self.assertIn("page 1 of 2", first)
+        self.assertIn('<span class="sub" id="block-transfers">101</span>', second)
+        self.page(f"/explorer/block/{block.height}?page=2", 404)
+
+    def test_caches_are_bounded(self):
+        from archivas.explorer import app
+
+        self.patch(app, "ROW_CACHE", 3)
+        self.patch(app, "BLOCK_CACHE", 2)
+        self.page("/")
+        self.assertEqual(len(self.explorer()._rows), 3)
+        for height in (1, 2, 3, 2):
+            self.page(f"/explorer/block/{height}")
+        self.assertEqual(list(self.explorer()._blocks), [self.blocks[2].hash, self.blocks[1].hash])
+
     def test_side_branch_block_says_so(self):
         b = builder()
         side = b.make_block(self.blocks[0], timestamp=self.blocks[0].header.timestamp + 777)
@@ -226,6 +250,25 @@ class PageTests(ExplorerCase):
         self.assertEqual(len(set(seen)), 61)
         self.assertEqual(seen[-1], self.tx.hash.hex())
 
+    def test_address_page_bounds(self):
+        """A history page ends with all of its last block: 250 of Alice's transfers in one
+        block show 200 and say how many more; 128 pending to Carol show 100."""
+        b = builder()
+        block = b.make_block(self.blocks[-1], transactions=[b.transfer(ALICE, CAROL.address, 1000, n)
+                                                            for n in range(1, 251)])
+        self.successResultOf(self.node.receive_block(block))
+        history = self.rpc_json(f"/address/{ALICE.address}")
+        _, text = self.page(f"/explorer/address/{ALICE.address}")
+        shown = re.findall(r'<tr data-tx="([0-9a-f]{64})">', text)
+        self.assertEqual(shown, [t["hash"] for t in history["transactions"]][:200])
+        self.assertIn(f"… and {len(history['transactions']) - 200} more of this address's transfers in block "
+                      f'<a href="/explorer/block/{block.hash.hex()}">{block.height}</a>', text)
+        for key, first in ((ALICE, 251), (BOB, 0)):
+            for n in range(64):
+                self.node.submit_transaction(b.transfer(key, CAROL.address, 1000, first + n))
+        _, text = self.page(f"/explorer/address/{CAROL.address}")
+        self.assertIn("128 in the mempool, the first 100 shown", text)
+
     def test_mempool_page(self):
         _, text = self.page("/explorer/mempool")
         self.assertIn('<span id="mempool-count">0</span>', text)
@@ -279,6 +322,7 @@ class PageTests(ExplorerCase):
         self.assertEqual(where(self.tx.hash.hex()), f"/explorer/tx/{self.tx.hash.hex()}")
         self.assertEqual(where(BOB.address), f"/explorer/address/{BOB.address}")
         self.assertEqual(where(BOB.address.upper()), f"/explorer/address/{BOB.address}")
+        self.assertEqual(where("1" * 300), "/explorer/block/" + "1" * 200)  # a query is read to 200 characters
         self.page("/explorer/search?q=", 400)
         self.page("/explorer/search?q=nonsense", 400)
         self.page("/explorer/search?q=%ff%fe", 400)
@@ -336,6 +380,16 @@ class PageTests(ExplorerCase):
         self.assertGreaterEqual(len(files), 10)
         for name in files:
             self.assertTrue(any(fnmatch.fnmatch(name, pattern) for pattern in patterns), name)
+
+
+class NetspaceWindow(unittest.TestCase):
+    def test_the_overview_estimates_over_the_last_64_blocks(self):
+        h = Harness(self, fixture_blocks(70))
+        explorer = Explorer(LocalNodeAPI(h.node))
+        overview = explorer.overview()
+        self.assertEqual(summary.NETSPACE_WINDOW, 64)
+        self.assertEqual(overview["netspace"].blocks, 64)
+        self.assertAlmostEqual(overview["blockSeconds"], PARAMS.target_block_time_ms / 1000)
 
 
 class Recorder:

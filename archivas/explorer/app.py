@@ -26,7 +26,7 @@ from twisted.web.http import unquote
 from archivas import __version__
 from archivas.chain import keys
 from archivas.chain.block import Block
-from archivas.chain.encoding import DecodeError, canonical_json
+from archivas.chain.encoding import canonical_json
 from archivas.chain.transactions import Transaction
 from archivas.explorer import summary
 from archivas.explorer.events import MAX_CLIENTS, EventHub, TooManyClients
@@ -37,8 +37,11 @@ log = Logger()
 STRIP_BLOCKS = 20  # recent blocks on the overview (and in its live strip)
 BLOCK_TX_ROWS = 100  # transfers per block page (?page=N for the rest)
 MEMPOOL_ROWS = 100  # pending transfers per mempool page (?page=N), highest fee first, of those /mempool lists
-HISTORY_ROWS = 50  # transfers per address page (?before=CURSOR, the `next` of address_history, for older ones)
+HISTORY_ROWS = 50  # transfers per address page asked of address_history (?before= its `next` for older ones)
+HISTORY_SHOWN = 200  # at most this many shown of a page (which ends with the whole of its last block)
+PENDING_ROWS = 100  # an address's pending transfers shown (the mempool may hold 5,000 to one address)
 ROW_CACHE = 512  # block rows kept by hash (blocks never change; the strip re-reads none)
+BLOCK_CACHE = 8  # decoded blocks kept for their pages (a full block: ~1 MB, ~25 ms to decode)
 MAX_QUERY = 200  # characters of a search (or any query value) read
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -163,15 +166,31 @@ class Explorer:
         self.reactor = reactor if reactor is not None else self.node.reactor
         self.env = environment()
         self._rows: collections.OrderedDict[bytes, dict[str, Any]] = collections.OrderedDict()
+        self._blocks: collections.OrderedDict[bytes, Block] = collections.OrderedDict()  # block pages' blocks
         self._sent: dict[int, str] = {}  # height -> hash of the strip as the last tip event left it
         self._netspace: tuple[Optional[str], Any] = (None, None)
         self.hub = EventHub(self.reactor, self._snapshot, self._changes, self._live_status,
                             max_clients=max_clients, stopped=lambda: bool(self.node.stopped))
-        self.node.on_tip.append(lambda block: self.hub.tip_changed())
+        self.node.on_tip.append(self._on_tip)
         self._resource = ExplorerRoot(self)
 
     def resource(self) -> resource.Resource:
         return self._resource
+
+    def _on_tip(self, block: Block) -> None:
+        """From the node's block handling: the new tip's row from the block in hand (the
+        strip then decodes nothing), and a tip event scheduled. Never raises into the node."""
+        try:
+            self._remember_row(block.hash, summary.block_row(block))
+            self.hub.tip_changed()
+        except Exception:
+            log.failure("[rpc] explorer on_tip failed")
+
+    def _remember_row(self, block_hash: bytes, row: dict[str, Any]) -> None:
+        self._rows[block_hash] = row
+        self._rows.move_to_end(block_hash)
+        while len(self._rows) > ROW_CACHE:
+            self._rows.popitem(last=False)
 
     # data: LocalNodeAPI, with fallbacks for calls a node may not have yet
 
@@ -189,9 +208,7 @@ class Explorer:
         if block is None:
             return None
         row = summary.block_row(block)
-        self._rows[block_hash] = row
-        while len(self._rows) > ROW_CACHE:
-            self._rows.popitem(last=False)
+        self._remember_row(block_hash, row)
         return row
 
     def strip(self, tip_height: int) -> list[dict[str, Any]]:
@@ -206,7 +223,7 @@ class Explorer:
     def _estimate(self, tip_hash: str) -> Any:
         """(netspace, mean block seconds) over the last NETSPACE_WINDOW blocks, per tip."""
         if self._netspace[0] != tip_hash:
-            window = self.node.ancestors(bytes.fromhex(tip_hash), summary.NETSPACE_WINDOW + 1)
+            window = self.node.ancestors(bytes.fromhex(tip_hash), summary.NETSPACE_WINDOW)
             self._netspace = (tip_hash, (summary.netspace(window, self.params),
                                          summary.mean_block_seconds(window)))
         return self._netspace[1]
@@ -256,20 +273,36 @@ class Explorer:
         self._sent = {r["height"]: r["hash"] for r in rows}
         return {"status": status, "blocks": changed, "strip": STRIP_BLOCKS}
 
-    def block_doc(self, ref: str) -> dict[str, Any]:
+    def block_of(self, ref: str) -> Block:
+        """The stored block a page names, by height (main chain) or hash (any valid one),
+        as the RPC's /block answers them: read from storage once, not decoded again from
+        the RPC's JSON, and the last BLOCK_CACHE kept (its pages of transfers, its viewers)."""
+        tip = self.node.chain.height
         if ref.isascii() and ref.isdigit():
             try:
-                return self.api.block(parse_height(ref))
+                height = parse_height(ref)
             except ApiError as e:
                 raise PageError(e.status, e.message) from None
-        block_hash = _hex32(ref, "a block is named by its height (digits) or its hash (64 hex digits)")
-        doc = self._call("block_by_hash", block_hash)
-        if doc is None:  # a node without block_by_hash
-            block = self.node.block(bytes.fromhex(block_hash))
-            if block is None:
-                raise PageError(404, f"no block {block_hash}")
-            doc = block.to_json()
-        return doc
+            block_hash = self.node.main_hash(height) if height <= tip else None
+            if block_hash is None:
+                raise PageError(404, f"no block at height {height} (tip is {tip})")
+        else:
+            block_hash = bytes.fromhex(_hex32(ref, "a block is named by its height (digits) or its hash "
+                                                   "(64 hex digits)"))
+            meta = self.node.meta(block_hash)
+            if meta is None or meta.invalid:
+                raise PageError(404, f"no block {block_hash.hex()}")
+        block = self._blocks.get(block_hash)
+        if block is not None:
+            self._blocks.move_to_end(block_hash)
+            return block
+        block = self.node.block(block_hash)
+        if block is None:
+            raise PageError(404, f"no block {block_hash.hex()}")
+        self._blocks[block_hash] = block
+        while len(self._blocks) > BLOCK_CACHE:
+            self._blocks.popitem(last=False)
+        return block
 
     def transaction_doc(self, ref: str) -> dict[str, Any]:
         tx_hash = _hex32(ref, "a transfer hash is 64 hex digits")
@@ -351,11 +384,7 @@ class Explorer:
     @app.route("/explorer/block/<string:ref>", methods=["GET"])
     def block_page(self, request: Any, ref: str) -> bytes:
         self._headers(request)
-        doc = self.block_doc(ref)
-        try:
-            block = Block.from_json(doc)
-        except DecodeError as e:
-            raise PageError(500, f"the node's block does not parse: {e}") from None
+        block = self.block_of(ref)
         tip = self.node.chain.tip
         main_hash = self.node.main_hash(block.height)
         main = main_hash == block.hash
@@ -366,7 +395,7 @@ class Explorer:
             raise PageError(404, f"block {block.height} has {pages} page(s) of transfers")
         shown = block.transactions[page * BLOCK_TX_ROWS:(page + 1) * BLOCK_TX_ROWS]
         return self._page(
-            request, "block.html", block=block, doc=doc, header=doc["header"], row=summary.block_row(block, main),
+            request, "block.html", block=block, header=block.header.to_json(), row=summary.block_row(block, main),
             main=main, confirmations=tip.height - block.height + 1 if main else 0,
             next_hash=next_hash.hex() if next_hash else None, txs=[_tx_row(t) for t in shown],
             page=page, pages=pages, first=page * BLOCK_TX_ROWS, now=self.reactor.seconds(),
@@ -389,12 +418,22 @@ class Explorer:
             raise PageError(e.status, e.message) from None
         before = _query_int(request, "before")
         history = self._call("address_history", address, limit=HISTORY_ROWS, before=before)
-        pending = [_tx_row(t) for t in self.node.mempool.transactions() if address in (t.sender, t.recipient)]
-        pending.sort(key=lambda r: (r["from"], r["nonce"]))
+        mine = sorted((t for t in self.node.mempool.transactions() if address in (t.sender, t.recipient)),
+                      key=lambda t: (t.sender, t.nonce))
+        pending = [_tx_row(t) for t in mine[:PENDING_ROWS]]
         rows = list(history.get("transactions") or []) if history is not None else None
         older = history.get("next") if history is not None else None  # the cursor of the next page
+        # A history page ends with the whole of its last block: up to 2,000 transfers of one
+        # address in one block. Past HISTORY_SHOWN the rest is on that block's page.
+        cut = None
+        if rows is not None and len(rows) > HISTORY_SHOWN:
+            last = rows[HISTORY_SHOWN - 1]
+            cut = {"more": len(rows) - HISTORY_SHOWN, "height": last.get("blockHeight"),
+                   "hash": last.get("blockHash")}
+            rows = rows[:HISTORY_SHOWN]
         return self._page(request, "address.html", account=account, history=rows, pending=pending,
-                          before=before, older=older, address=address, now=self.reactor.seconds())
+                          pending_total=len(mine), before=before, older=older, cut=cut, address=address,
+                          now=self.reactor.seconds())
 
     @app.route("/explorer/mempool", methods=["GET"])
     def mempool_page(self, request: Any) -> bytes:
