@@ -414,7 +414,7 @@ class FarmerTests(RPCCase):
 
 class RobustnessTests(RPCCase):
     def test_unknown_route_is_404_json(self):
-        for path in ("/nope", "/", "/balance/", "/block/", "/block/1/extra", "/vdf", "/status/"):
+        for path in ("/nope", "/balance/", "/block/", "/block/1/extra", "/vdf", "/status/"):  # "/" is the explorer
             with self.subTest(path=path):
                 self.assertError(self.get(path), 404, "Not Found")
 
