@@ -36,8 +36,11 @@ run: $(STAMP)
 		--rpc-port $(RPC_PORT) --p2p-port $(P2P_PORT) \
 		--timelord --farm $(RUN_DIR)/plots --farmer-key $(RUN_DIR)/farmer.key
 
+# make test: the unit suite (trial TestCases, pytest-twisted off), then the integration suite
+# (real processes, session fixtures: tests/integration/conftest.py) with pytest-twisted on.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests --ignore=tests/integration
+	$(BIN)/python -m pytest -q -p twisted --reactor=default tests/integration
 
 lint: $(STAMP)
 	$(BIN)/ruff check archivas tests bench twisted
