@@ -115,7 +115,12 @@ class Node:
         # Background checks (sync batches, headers) hold at most two places per verify thread
         # (one running, one queued, so no thread waits on the reactor between checks); a block
         # that extends the tip waits behind those few, not behind a whole batch.
-        self._background_checks = defer.DeferredSemaphore(2 * max(1, verify_threads))
+        # Bodies and headers queue apart, so a reply of 512 headers does not hold up the
+        # bodies of the blocks being stored (each queue two places a thread).
+        self._background_checks = {
+            "headers": defer.DeferredSemaphore(2 * max(1, verify_threads)),
+            "blocks": defer.DeferredSemaphore(2 * max(1, verify_threads)),
+        }
         self._handlers: dict[type[wire.Message], Callable[[PeerProtocol, Any], None]] = {
             wire.NewBlock: self._on_new_block,
             wire.GetBlock: self._on_get_block,
@@ -490,7 +495,7 @@ class Node:
         while len(self._proofs) > MAX_PROOFS_REMEMBERED:
             self._proofs.popitem(last=False)
 
-    def verify(self, block: Block, parent: Header, background: bool = False) -> defer.Deferred:
+    def verify(self, block: Block, parent: Header, background: Optional[str] = None) -> defer.Deferred:
         """The costly, state-free checks in the thread pool; fires with the score. A header
         proved before (by headers-first sync) has only its body checked."""
         score = self.verified_score(block.header)
@@ -506,7 +511,7 @@ class Node:
         score = self.verified_score(header)
         if score is not None:
             return defer.succeed(score)
-        d = self._in_thread(check_header, header, parent, self.params, background=True)
+        d = self._in_thread(check_header, header, parent, self.params, background="headers")
         d.addCallback(self._remember_verified, header)
         return d
 
@@ -519,12 +524,15 @@ class Node:
             self._verified.popitem(last=False)
         return score
 
-    def _in_thread(self, f: Callable[..., Any], *args: Any, background: bool = False) -> defer.Deferred:
+    def _in_thread(self, f: Callable[..., Any], *args: Any, background: Optional[str] = None) -> defer.Deferred:
+        """`f(*args)` in the verify pool; `background` names the queue of sync work it waits
+        in ("headers" or "blocks"), None for a block that may extend the tip (at once)."""
         f = self.metrics.timed(f)  # validation time by component (metrics.COMPONENTS)
         if not self.threaded:
             return defer.maybeDeferred(f, *args)
         if background:
-            return self._background_checks.run(threads.deferToThreadPool, self.reactor, self.threadpool, f, *args)
+            return self._background_checks[background].run(threads.deferToThreadPool, self.reactor,
+                                                           self.threadpool, f, *args)
         return threads.deferToThreadPool(self.reactor, self.threadpool, f, *args)
 
     def _hold_orphan(self, block: Block, source: Optional[PeerProtocol]) -> None:
@@ -630,10 +638,10 @@ class Node:
             return 0
         parents = [first_parent] + [b.header for b in blocks[:-1]]
         if scores is not None:  # headers proved by headers-first sync: their bodies only
-            checks = [self._in_thread(_body_then, b, self.params, score, background=True)
+            checks = [self._in_thread(_body_then, b, self.params, score, background="blocks")
                       for b, score in zip(blocks, scores)]
         else:
-            checks = [self.verify(b, p, background=True) for b, p in zip(blocks, parents)]
+            checks = [self.verify(b, p, background="blocks") for b, p in zip(blocks, parents)]
         added = 0
         try:
             for block, check, sender in zip(blocks, checks, senders):

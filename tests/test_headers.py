@@ -141,7 +141,7 @@ class VerifyQueueTests(unittest.TestCase):
 
         node.threaded, node.threadpool = True, Pool()
         h.clock.callFromThread = lambda f, *args, **kwargs: f(*args, **kwargs)  # the "thread" answers at once
-        background = [node._in_thread(lambda i=i: i, background=True) for i in range(10)]
+        background = [node._in_thread(lambda i=i: i, background="headers") for i in range(10)]
         urgent = node._in_thread(lambda: "tip")
         self.assertEqual(len(queued), 4 + 1)  # two background checks a thread, then the urgent one
         self.assertEqual(queued[-1][0](), "tip")

@@ -40,7 +40,7 @@ class ChargedThreads:
         self.free_at = [0.0] * THREADS
         self.charged = collections.Counter()
 
-    def __call__(self, f, *args, background=False):
+    def __call__(self, f, *args, background=None):
         cost = HEADER_COST if f.__name__ in ("check_header", "check_standalone") else BODY_COST
         self.charged[f.__name__] += 1
         d: defer.Deferred = defer.Deferred()
