@@ -36,6 +36,12 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 TRANSFER = 150_000_000  # 1.5 RCHV in base units
 
 
+def pytest_configure(config):
+    if not config.pluginmanager.has_plugin("twisted"):
+        raise pytest.UsageError("tests/integration needs pytest-twisted, off in pytest.ini: "
+                                "pytest -p twisted --reactor=default tests/integration (or make test)")
+
+
 def block(coroutine_function, *args):
     """Run an async function in the reactor (pytest-twisted's greenlet) and wait for it."""
     d = defer.Deferred()
