@@ -169,7 +169,7 @@ def node_service(
                                        endpoint=tls_endpoint)
         p2p_service.setName("p2p")
         p2p_service.setServiceParent(top)
-        rpc_service = ListeningService(reactor, rpc, site(NodeRPC(top.api, admin_token).resource()), "rpc")
+        rpc_service = ListeningService(reactor, rpc, site(NodeRPC(top.api, admin_token).resource(), reactor), "rpc")
         rpc_service.setName("rpc")
         rpc_service.setServiceParent(top)
         for address in peers:
