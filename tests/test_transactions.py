@@ -149,3 +149,22 @@ class InBlockTests(unittest.TestCase):
             chain.add_block(b.make_block(base[0], [tx, tx]), now_ms())
         self.assertIn("bad_nonce", str(cm.exception))
         self.assertEqual(snapshot(chain)[:2], before[:2])
+
+
+class MessageTests(unittest.TestCase):
+    def test_refusals_speak_rchv(self):
+        """People read amounts in RCHV: refusals name them so, never in base units."""
+        from archivas.chain.mempool import Mempool
+        from archivas.chain.transactions import InvalidTransaction, check_stateless
+
+        low = builder().transfer(ALICE, BOB.address, COIN, 0, fee=PARAMS.min_fee - 1)
+        with self.assertRaises(InvalidTransaction) as cm:
+            check_stateless(low, PARAMS)
+        self.assertIn("0.00099999 RCHV below the minimum 0.00100000 RCHV", str(cm.exception))
+        pool = Mempool(PARAMS)
+        first = builder().transfer(ALICE, BOB.address, COIN, 0, fee=2 * PARAMS.min_fee)
+        pool.add(first, lambda address: (1000 * COIN, 0))
+        again = builder().transfer(ALICE, BOB.address, 2 * COIN, 0, fee=2 * PARAMS.min_fee)
+        with self.assertRaises(InvalidTransaction) as cm:
+            pool.add(again, lambda address: (1000 * COIN, 0))
+        self.assertIn("0.00200000 RCHV does not beat the pending fee 0.00200000 RCHV", str(cm.exception))

@@ -78,7 +78,7 @@ class Mempool:
         replaced = pending.get(tx.nonce)
         if replaced is not None and tx.fee <= replaced.fee:
             raise InvalidTransaction(
-                "replacement_fee_too_low", f"fee {tx.fee} does not beat pending fee {replaced.fee}"
+                "replacement_fee_too_low", f"fee {rchv(tx.fee)} does not beat the pending fee {rchv(replaced.fee)}"
             )
         if replaced is None and len(pending) >= self.max_per_sender:
             raise InvalidTransaction("sender_limit", f"{self.max_per_sender} transfers already pending")

@@ -119,9 +119,9 @@ def check_stateless(tx: Transaction, params: NetworkParams, verify_signature: bo
     if keys.address_hash(tx.public_key) != decoded["from"]:
         raise InvalidTransaction("key_mismatch", f"public key does not belong to {tx.sender}")
     if tx.amount <= 0:
-        raise InvalidTransaction("non_positive_amount", f"amount {tx.amount} must be > 0")
+        raise InvalidTransaction("non_positive_amount", f"amount {rchv(tx.amount)} must be above 0")
     if tx.fee < params.min_fee:
-        raise InvalidTransaction("fee_too_low", f"fee {tx.fee} below the minimum {params.min_fee}")
+        raise InvalidTransaction("fee_too_low", f"fee {rchv(tx.fee)} below the minimum {rchv(params.min_fee)}")
     if verify_signature and not keys.verify(tx.public_key, tx.signing_bytes(), tx.signature):
         raise InvalidTransaction("bad_signature", "signature does not verify")
 
