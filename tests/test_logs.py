@@ -458,3 +458,20 @@ class ProcessTests(unittest.TestCase):
         self.assertRegex(report[0], r"\[timelord\] [1-9][\d,]* segments in 10 s \(\d+ accepted\), [1-9][\d,]* it/s")
         self.assertLess(total / seconds, MAX_LINES_PER_SECOND)
         self.assertEqual(node.lines(), [])  # all of it in the log file
+
+
+class StandaloneLogOptionTests(unittest.TestCase):
+    def test_timelord_and_farmer_take_the_log_options(self):
+        from twisted.python import usage
+
+        from archivas.scripts import farmer, timelord
+
+        options = timelord.Options()
+        options.parseOptions(["--node", "http://127.0.0.1:1", "--log-level", "warn", "--log-format", "json"])
+        self.assertEqual((options["log-level"], options["log-format"]), ("warn", "json"))
+        farm = farmer.Options()
+        farm.parseOptions(["farm", "--farmer-key", "k", "--log-level", "debug"])
+        self.assertEqual(farm.subOptions["log-level"], "debug")
+        for argv in (["--log-level", "loud"], ["--log-format", "xml"]):
+            with self.subTest(argv=argv):
+                self.assertRaises(usage.UsageError, timelord.Options().parseOptions, argv)

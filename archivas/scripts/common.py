@@ -26,6 +26,26 @@ class VersionedOptions(usage.Options):
         raise SystemExit(0)
 
 
+class LogOptions(usage.Options):
+    """`--log-level` and `--log-format` of the standalone programs (to stdout; the node
+    has the file options too: docs/logging.md)."""
+
+    optParameters = [
+        ["log-level", None, "info", "debug, info, warn, error or critical"],
+        ["log-format", None, "text", "text, or json (one object a line)"],
+    ]
+
+    def postOptions(self) -> None:
+        from archivas import logs
+
+        try:
+            logs.parse_level(self["log-level"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["log-format"] not in logs.FORMATS:
+            raise usage.UsageError(f"log format {self['log-format']!r} is not one of {', '.join(logs.FORMATS)}")
+
+
 def die(program: str, message: str, code: int = 1) -> NoReturn:
     sys.stderr.write(f"{program}: error: {message}\n")
     sys.stderr.flush()
@@ -48,13 +68,14 @@ def log_to_stdout(level: str = "info", fmt: str = "text") -> None:
     globalLogBeginner.beginLoggingTo([logs.setup(level, fmt, stdout=sys.stdout).observer], redirectStandardIO=False)
 
 
-def serve_against_node(program: str, url: str, make: Callable[[Any, Any], service.Service]) -> None:
+def serve_against_node(program: str, url: str, make: Callable[[Any, Any], service.Service],
+                       level: str = "info", fmt: str = "text") -> None:
     """Run `make(api, reactor)`'s service against the node at `url` until interrupted;
     an unreachable node is one line and exit 1."""
     from archivas.client import HttpNodeAPI
     from archivas.nodeapi import ApiError
 
-    log_to_stdout()
+    log_to_stdout(level, fmt)
 
     async def main(reactor: Any) -> None:
         api = HttpNodeAPI(url)

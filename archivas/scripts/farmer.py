@@ -15,7 +15,7 @@ from archivas.client import NodeOption
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
 from archivas.farmer.plotter import PlotError, check_space, create_plot, human, remove_stale_temporaries
-from archivas.scripts.common import VersionedOptions, die, parse, serve_against_node
+from archivas.scripts.common import LogOptions, VersionedOptions, die, parse, serve_against_node
 
 PROGRAM = "archivas-farmer"
 BAR_WIDTH = 30
@@ -38,7 +38,7 @@ class PlotOptions(usage.Options):
             raise usage.UsageError("--count must be at least 1")
 
 
-class FarmOptions(NodeOption, usage.Options):
+class FarmOptions(NodeOption, LogOptions):
     optParameters = [
         ["plots", None, "./plots", "directory of plots"],
         ["farmer-key", None, None, "the farmer's key file"],
@@ -49,6 +49,7 @@ class FarmOptions(NodeOption, usage.Options):
         if self["farmer-key"] is None:
             raise usage.UsageError("--farmer-key is required")
         self.check_nodes()
+        LogOptions.postOptions(self)
 
 
 class Options(VersionedOptions):
@@ -147,7 +148,8 @@ def farm(options: FarmOptions) -> None:
         die(PROGRAM, f"no plots in {options['plots']}")
     # Every --node, as serve_against_node's one string: HttpNodeAPI reads a comma list as
     # several nodes; the farmer fails over between them and submits its blocks to all.
-    serve_against_node(PROGRAM, ",".join(options["node"]), lambda api, reactor: Farmer(api, plots, key, reactor))
+    serve_against_node(PROGRAM, ",".join(options["node"]), lambda api, reactor: Farmer(api, plots, key, reactor),
+                       options["log-level"], options["log-format"])
 
 
 def main(argv: Optional[list[str]] = None) -> None:
