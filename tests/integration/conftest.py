@@ -14,8 +14,9 @@ Deferreds with `pytest_twisted.blockon` (pytest-twisted's async fixtures support
 function and module scope); tests are `pytest_twisted.ensureDeferred` coroutines. Nothing
 sleeps to synchronise: every wait polls with a deadline (tests/processes.py, wait_for).
 
-To join this suite: the explorer's browser test (tests/test_explorer.py), being finished
-separately, moves here once it is done, on a session network like `three_nodes`.
+The explorer's headless-Chromium test (test_explorer_browser.py) keeps its farming node
+in this process (it stops the farmer and reads the mempool) and its browser as module
+fixtures in that file; it uses `farmer` and `block` from here.
 """
 
 import os
