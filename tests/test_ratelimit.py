@@ -310,3 +310,19 @@ class MemoryTests(unittest.TestCase):
 
     def test_limits_are_frozen(self):
         self.assertRaises(dataclasses.FrozenInstanceError, setattr, LIMITS["PING"], "per_minute", 1)
+
+
+class HeaderRequestTests(unittest.TestCase):
+    def test_an_honest_headers_sync_passes_and_a_request_flood_does_not(self):
+        """GET_HEADERS costs the server up to 1 MiB of headers each: an honest sync asks one
+        every 2 s or so (26 a minute seen in bench/), ten times that still passes, and a
+        flood is refused within the minute's budget of 300."""
+        clock = Clock()
+        limiter = RateLimiter(clock.seconds)
+        line = 64 * 66 + 100  # a full 64-hash locator
+        for _ in range(600):  # 10 minutes at 1 a second
+            self.assertIsNone(limiter.check("GET_HEADERS", line))
+            clock.advance(1.0)
+        flood = RateLimiter(clock.seconds)
+        refused = next(i for i in range(1000) if flood.check("GET_HEADERS", line) is not None)
+        self.assertEqual(refused, 300)
