@@ -35,32 +35,35 @@ class ScriptedPeer:
                 return tuple(b.header for b in self.blocks[start:start + count])
         return ()
 
+    def reply(self, message):
+        """The answer to a sync request from our blocks (None for anything else)."""
+        if isinstance(message, wire.GetHashes):
+            hashes = [self.genesis] + [b.hash for b in self.blocks]
+            return wire.Hashes(message.start, tuple(hashes[message.start:message.start + message.count]))
+        if isinstance(message, wire.GetBlocks):
+            return wire.Blocks(message.start, tuple(self.blocks[message.start - 1:message.start - 1 + message.count]))
+        if isinstance(message, wire.GetHeaders):
+            return wire.Headers(self.headers_after(message.locator, message.count), self.blocks[-1].height,
+                                self.weight)
+        if isinstance(message, wire.GetBodies):
+            by_hash = {b.hash: b for b in self.blocks}
+            bodies = []
+            for h in message.hashes:
+                if h not in by_hash:
+                    break
+                bodies.append((h, by_hash[h].transactions))
+            return wire.Bodies(tuple(bodies))
+        return None
+
     def answer(self):
         """Answer every request written since the last call; returns how many."""
         count = 0
         for message in sent(self.transport):
             self.requests.append(message)
-            if isinstance(message, wire.GetHashes):
-                hashes = [self.genesis] + [b.hash for b in self.blocks]
-                feed(self.proto, wire.Hashes(message.start,
-                                             tuple(hashes[message.start:message.start + message.count])))
-            elif isinstance(message, wire.GetBlocks):
-                chunk = self.blocks[message.start - 1:message.start - 1 + message.count]
-                feed(self.proto, wire.Blocks(message.start, tuple(chunk)))
-            elif isinstance(message, wire.GetHeaders):
-                feed(self.proto, wire.Headers(self.headers_after(message.locator, message.count),
-                                              self.blocks[-1].height, self.weight))
-            elif isinstance(message, wire.GetBodies):
-                by_hash = {b.hash: b for b in self.blocks}
-                bodies = []
-                for h in message.hashes:
-                    if h not in by_hash:
-                        break
-                    bodies.append((h, by_hash[h].transactions))
-                feed(self.proto, wire.Bodies(tuple(bodies)))
-            else:
-                continue
-            count += 1
+            out = self.reply(message)
+            if out is not None:
+                feed(self.proto, out)
+                count += 1
         return count
 
 

@@ -72,25 +72,6 @@ class Actor(ScriptedPeer):
                            genesis_hash=self.genesis, network="fastnet", version=1,
                            capabilities=wire.CAPABILITIES)
 
-    def reply(self, message):
-        if isinstance(message, wire.GetHeaders):
-            return wire.Headers(self.headers_after(message.locator, message.count), self.blocks[-1].height,
-                                self.weight)
-        if isinstance(message, wire.GetBodies):
-            by_hash = {b.hash: b for b in self.blocks}
-            bodies = []
-            for h in message.hashes:
-                if h not in by_hash:
-                    break
-                bodies.append((h, by_hash[h].transactions))
-            return wire.Bodies(tuple(bodies))
-        if isinstance(message, wire.GetHashes):
-            hashes = [self.genesis] + [b.hash for b in self.blocks]
-            return wire.Hashes(message.start, tuple(hashes[message.start:message.start + message.count]))
-        if isinstance(message, wire.GetBlocks):
-            return wire.Blocks(message.start, tuple(self.blocks[message.start - 1:message.start - 1 + message.count]))
-        return None
-
     def answer(self):
         fed = 0
         for message in sent(self.transport):
