@@ -65,6 +65,16 @@ def type_label(kind: str) -> str:
     return kind if kind in KNOWN_TYPES else "other"
 
 
+def _add_traffic(totals: collections.Counter[tuple[str, str, str]], info: Any) -> None:
+    """A connection's messages and bytes by type and direction, added to `totals`."""
+    for direction, messages, nbytes in (("in", info.messages_in, info.bytes_in),
+                                        ("out", info.messages_out, info.bytes_out)):
+        for kind, count in messages.items():
+            totals[(direction, type_label(kind), "messages")] += count
+        for kind, count in nbytes.items():
+            totals[(direction, type_label(kind), "bytes")] += count
+
+
 class NodeMetrics:
     """A node's registry and the hooks that feed it. `node` is read at scrape time only."""
 
@@ -163,15 +173,8 @@ class NodeMetrics:
 
     def peer_closed(self, proto: Any) -> None:
         """A connection left the peer list: its traffic stays in the totals."""
-        info = proto.info
-        if info is None:
-            return
-        for direction, messages, nbytes in (("in", info.messages_in, info.bytes_in),
-                                            ("out", info.messages_out, info.bytes_out)):
-            for kind, count in messages.items():
-                self.closed_traffic[(direction, type_label(kind), "messages")] += count
-            for kind, count in nbytes.items():
-                self.closed_traffic[(direction, type_label(kind), "bytes")] += count
+        if proto.info is not None:
+            _add_traffic(self.closed_traffic, proto.info)
 
     def attach_farmer(self, farmer: Any) -> None:
         self.farmer = farmer
@@ -233,15 +236,8 @@ class NodeMetrics:
         """(direction, type, messages|bytes) -> total, closed connections and open ones."""
         totals = collections.Counter(self.closed_traffic)
         for proto in self.node.peers.peers:
-            info = proto.info
-            if info is None:
-                continue
-            for direction, messages, nbytes in (("in", info.messages_in, info.bytes_in),
-                                                ("out", info.messages_out, info.bytes_out)):
-                for kind, count in messages.items():
-                    totals[(direction, type_label(kind), "messages")] += count
-                for kind, count in nbytes.items():
-                    totals[(direction, type_label(kind), "bytes")] += count
+            if proto.info is not None:
+                _add_traffic(totals, proto.info)
         return totals
 
     def render(self, accept: Optional[str] = None, accept_encoding: Optional[str] = None,
