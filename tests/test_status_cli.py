@@ -122,13 +122,16 @@ class StatusCliTests(unittest.TestCase):
 
 class NetspaceTests(unittest.TestCase):
     def test_the_estimate(self):
-        from archivas.chain.pos import space
+        import math
+
+        from archivas.chain.pos import PLOT_BYTES_PER_ENTRY, space
 
         blocks = [{"segments": 4, "difficulty": 100}, {"segments": 2, "difficulty": 100},
                   {"segments": 0, "difficulty": 0}]
         est = status_cli.netspace(blocks, 18, 2)
-        entries = 100 * space(18) * 4 / 3  # difficulty * space(kMin) * 2^filterBits / mean segments
-        self.assertEqual(est["bytes"], int(entries * status_cli.ACTUAL_SPACE_FACTOR))
+        # λ = -ln(1 - 1/m) winning proofs a signage point, m = 3 segments a block on average
+        entries = -math.log(1 - 1 / 3) * 100 * space(18) * 4
+        self.assertLessEqual(abs(est["bytes"] - entries * PLOT_BYTES_PER_ENTRY), 1)
         self.assertEqual(est["plotsOfKMin"], round(entries / space(18), 2))
         self.assertEqual(est["fromBlocks"], 2)
         self.assertFalse(est["lowerBound"])

@@ -10,13 +10,12 @@ from typing import Any, Optional, Sequence
 
 from archivas.chain.block import Block
 from archivas.chain.params import COIN, NetworkParams
-from archivas.chain.pos import space
+from archivas.chain.pos import PLOT_BYTES_PER_ENTRY, netspace_entries
 
 NETSPACE_WINDOW = 64  # blocks behind the tip the netspace estimate averages over
 # Bytes per plot entry (space(k) counts entries): finished plots measured 0.75..0.83 space(k)
 # at k=18..25 (archivas/farmer/plotter.py), the tests' two k=18 plots 0.84 and 0.88, and
 # Chia's published k=32 plot (101.4 GiB) 0.78.
-PLOT_BYTES_PER_ENTRY = 0.8
 
 
 def rchv(units: int) -> str:
@@ -103,12 +102,8 @@ def netspace(window: Sequence[Any], params: NetworkParams) -> Optional[Netspace]
     n = len(blocks)
     mean_segments = sum(m.segments for m in blocks) / n
     mean_difficulty = sum(m.difficulty for m in blocks) / n
-    p = 1 / mean_segments
-    lower_bound = p >= 1
-    if lower_bound:
-        p = 1 - 1 / (2 * n)  # one block in 2n not won at once: the least that fits n of n
-    wins = -math.log(1 - p)
-    entries = wins * mean_difficulty * space(params.k_min) * 2 ** params.plot_filter_bits
+    entries, lower_bound = netspace_entries(mean_segments, mean_difficulty, n, params.k_min,
+                                            params.plot_filter_bits)
     return Netspace(entries, entries * PLOT_BYTES_PER_ENTRY, n, mean_segments, mean_difficulty, lower_bound)
 
 

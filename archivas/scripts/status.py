@@ -21,7 +21,7 @@ from typing import Any, NoReturn, Optional
 
 from twisted.python import usage
 
-from archivas.chain.pos import space
+from archivas.chain.pos import PLOT_BYTES_PER_ENTRY, netspace_entries, space
 from archivas.scripts.common import VersionedOptions, die, parse
 
 DEFAULT_NODE = "http://127.0.0.1:8080"
@@ -29,7 +29,6 @@ TIMEOUT_SECONDS = 5.0  # per request
 DEFAULT_BLOCKS = 10  # recent blocks shown (and used for the netspace estimate)
 MAX_BLOCKS = 100
 MAX_ANSWER_BYTES = 16 * 1024 * 1024  # an answer larger than this is refused
-ACTUAL_SPACE_FACTOR = 0.762  # a plot's file size over (2k+1)*2^(k-1), as chia reports netspace
 COMMANDS = ("status", "peers")
 
 
@@ -135,24 +134,22 @@ def recent_blocks(base: str, height: int, count: int) -> list[dict[str, Any]]:
 
 
 def netspace(blocks: list[dict[str, Any]], k_min: int, filter_bits: int) -> Optional[dict[str, Any]]:
-    """Space that would win one block per `mean segments` signage points at the recent
-    difficulty: difficulty * space(kMin) * 2^filterBits / mean segments per block (each plot
-    gives about one quality per challenge, and wins with probability space(k) /
-    (difficulty * space(kMin))). When every block answered its first signage point the
-    space could be any larger: then it is a lower bound."""
+    """The space that wins the recent blocks at their difficulty in as many signage points
+    as they took (pos.netspace_entries, the explorer's estimate too); when every block
+    answered its first signage point it is a lower bound."""
     usable = [b for b in blocks if b["segments"] and b["difficulty"]]
     if not usable:
         return None
     mean_segments = sum(b["segments"] for b in usable) / len(usable)
     mean_difficulty = sum(b["difficulty"] for b in usable) / len(usable)
-    entries = mean_difficulty * space(k_min) * 2 ** filter_bits / mean_segments
+    entries, lower_bound = netspace_entries(mean_segments, mean_difficulty, len(usable), k_min, filter_bits)
     return {
-        "bytes": int(entries * ACTUAL_SPACE_FACTOR),
+        "bytes": int(entries * PLOT_BYTES_PER_ENTRY),
         "plotsOfKMin": round(entries / space(k_min), 2),
         "kMin": k_min,
         "fromBlocks": len(usable),
         "meanSegments": round(mean_segments, 3),
-        "lowerBound": mean_segments <= 1.0,
+        "lowerBound": lower_bound,
     }
 
 
