@@ -7,6 +7,11 @@ Validation has three parts so that the costly one can run in threads:
   thread-safe; chiavdf and pynacl release the GIL.
 - `check_context`: height, timestamps and difficulty against the ancestors.
 - the state part (nonces, balances), applied by `Chain` in a `StateDelta`.
+
+`check_header` and `check_standalone` take a `segments` cache (verifycache.VerifiedSegments)
+and `check_transactions`, `check_body` and `check_standalone` a `transfers` cache
+(verifycache.VerifiedTransfers): a proof found there verified before, byte for byte, and is
+not verified again. Without them every proof is verified, as before.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from archivas.chain.block import Block, Header, child_seed, tx_root
 from archivas.chain.difficulty import median_time, next_difficulty
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, check_stateless, verify_signature
+from archivas.chain.vdf import Segment
+from archivas.chain.verifycache import VerifiedSegments, VerifiedTransfers
 
 
 class Ancestor(Protocol):
@@ -101,8 +108,29 @@ def _spent(timings: Optional[dict[str, float]], part: str, since: float) -> floa
     return now
 
 
+def _counted(timings: Optional[dict[str, float]], count: str, n: int) -> None:
+    """Adds n to timings[count] (a count, not seconds: "vdf_segments_checked",
+    "signatures_checked") when timings are asked for."""
+    if timings is not None:
+        timings[count] = timings.get(count, 0) + n
+
+
+class _CountedSegments:
+    """A segment cache that counts the segments it really verified (its misses)."""
+
+    def __init__(self, cache: VerifiedSegments) -> None:
+        self.cache = cache
+        self.verified = 0
+
+    def check(self, seed: bytes, start: bytes, segment: Segment, bits: int, iterations: int) -> bool:
+        ok, verified = self.cache.lookup_or_verify(seed, start, segment, bits, iterations)
+        self.verified += verified
+        return ok
+
+
 def check_header(header: Header, parent: Header, params: NetworkParams,
-                 timings: Optional[dict[str, float]] = None) -> int:
+                 timings: Optional[dict[str, float]] = None,
+                 segments: Optional[VerifiedSegments] = None) -> int:
     """Everything a header proves on its own, given its parent's header; returns its score.
 
     Cheapest first: shape, then the farmer's signature (tens of microseconds), then the
@@ -110,7 +138,8 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
     check), and only then the VDF segments (milliseconds each). Thread-safe; chiavdf and
     pynacl release the GIL. A failure is permanent (the id commits to it) except the
     farmer's signature, which the id leaves out. `timings`, when given, gets the seconds
-    spent on "farmer_signature", "proof_of_space" and "vdf" (for /metrics)."""
+    spent on "farmer_signature", "proof_of_space" and "vdf" (for /metrics), and the count
+    "vdf_segments_checked" of segments really verified (not found in `segments`)."""
     if header.version != 1:
         raise BlockRejected("malformed", f"version {header.version}")
     if header.segments > params.max_vdf_segments:
@@ -144,16 +173,26 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
         raise BlockRejected("insufficient_quality", f"quality does not win at difficulty {header.difficulty}")
     started = _spent(timings, "proof_of_space", started)
 
-    failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, params.vdf_iterations)
+    if segments is None:
+        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, params.vdf_iterations)
+        verified = failed + 1 if failed >= 0 else header.segments
+    else:
+        counted = _CountedSegments(segments)
+        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, params.vdf_iterations,
+                                  cache=counted)
+        verified = counted.verified
     _spent(timings, "vdf", started)
+    _counted(timings, "vdf_segments_checked", verified)
     if failed >= 0:
         raise BlockRejected("bad_vdf", f"segment {failed + 1} does not verify")
     return pos.score(quality, challenge)
 
 
-def check_transactions(block: Block, params: NetworkParams, timings: Optional[dict[str, float]] = None) -> None:
+def check_transactions(block: Block, params: NetworkParams, timings: Optional[dict[str, float]] = None,
+                       transfers: Optional[VerifiedTransfers] = None) -> None:
     """The transfers' stateless rules and the reward (the id commits to them once the body
-    is bound), then their signatures (which it leaves out; timed as "signatures")."""
+    is bound), then their signatures (which it leaves out; timed as "signatures", counted
+    as "signatures_checked": those really verified, not found in `transfers`)."""
     for i, tx in enumerate(block.transactions):
         try:
             check_stateless(tx, params, verify_signature=False)
@@ -163,29 +202,39 @@ def check_transactions(block: Block, params: NetworkParams, timings: Optional[di
     if block.header.reward != expected_reward:
         raise BlockRejected("bad_reward", f"reward {block.header.reward}, expected {expected_reward}")
     started = time.perf_counter()
+    verified = 0
     for i, tx in enumerate(block.transactions):
-        if not verify_signature(tx):
+        if transfers is None:
+            ok, now = verify_signature(tx), True
+        else:
+            ok, now = transfers.lookup_or_verify(tx)
+        verified += now
+        if not ok:
             raise BlockRejected("bad_transaction", f"transaction {i}: bad_signature: signature does not verify",
                                 permanent=False)
     _spent(timings, "signatures", started)
+    _counted(timings, "signatures_checked", verified)
 
 
-def check_body(block: Block, params: NetworkParams, timings: Optional[dict[str, float]] = None) -> None:
+def check_body(block: Block, params: NetworkParams, timings: Optional[dict[str, float]] = None,
+               transfers: Optional[VerifiedTransfers] = None) -> None:
     """What a block adds to a header already checked (check_header): bound, then its transfers."""
     bind_body(block, params)
-    check_transactions(block, params, timings)
+    check_transactions(block, params, timings, transfers)
 
 
 def check_standalone(block: Block, parent: Header, params: NetworkParams,
-                     timings: Optional[dict[str, float]] = None) -> int:
+                     timings: Optional[dict[str, float]] = None,
+                     segments: Optional[VerifiedSegments] = None,
+                     transfers: Optional[VerifiedTransfers] = None) -> int:
     """Everything provable from the block and its parent's header; returns the score.
 
     The body is first bound to the header (count, size, transaction root), so that a later
     failure is one of what the block id commits to, except the signatures, which the id
     leaves out (see BlockRejected.permanent)."""
     bind_body(block, params)
-    score = check_header(block.header, parent, params, timings)
-    check_transactions(block, params, timings)
+    score = check_header(block.header, parent, params, timings, segments)
+    check_transactions(block, params, timings, transfers)
     return score
 
 

@@ -5,6 +5,10 @@ nonce, all affordable together. Blocks take the highest fees first, in nonce ord
 sender. When full, the lowest-fee transfer (with the later ones of its sender, which then
 could not run) makes room for a better one. After blocks connect or disconnect, the pool
 drops what they made invalid and takes back what a reorganisation returned.
+
+With a `transfers` cache (verifycache.VerifiedTransfers) a signature is verified through
+it, so a transfer admitted here is remembered as verified and the block that later carries
+it does not verify it again.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Callable, Iterable, Optional, Protocol
 from archivas.chain.ledger import Account
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, Transaction, check_stateless, rchv
+from archivas.chain.verifycache import VerifiedTransfers
 
 AccountLookup = Callable[[str], Account]
 
@@ -63,11 +68,17 @@ class Mempool:
     def transactions(self) -> list[Transaction]:
         return list(self._by_hash.values())
 
-    def add(self, tx: Transaction, lookup: AccountLookup) -> None:
-        """Admit `tx` or raise InvalidTransaction with a reason saying why not."""
+    def add(self, tx: Transaction, lookup: AccountLookup, transfers: Optional[VerifiedTransfers] = None) -> None:
+        """Admit `tx` or raise InvalidTransaction with a reason saying why not. The
+        signature is verified through `transfers` when given (and remembered there)."""
         if tx.hash in self._by_hash:
             raise InvalidTransaction("duplicate", "transaction already pending")
-        check_stateless(tx, self.params)
+        if transfers is None:
+            check_stateless(tx, self.params)
+        else:
+            check_stateless(tx, self.params, verify_signature=False)
+            if not transfers.check(tx):
+                raise InvalidTransaction("bad_signature", "signature does not verify")
         balance, nonce = lookup(tx.sender)
         pending = self._by_sender.get(tx.sender, {})
         if tx.nonce < nonce:
@@ -154,9 +165,11 @@ class Mempool:
         connected: Iterable[HasTransactions],
         disconnected: Iterable[HasTransactions],
         lookup: AccountLookup,
+        transfers: Optional[VerifiedTransfers] = None,
     ) -> None:
         """After the tip moved: drop what the connected blocks included or invalidated and
-        take back the disconnected blocks' transfers that are still valid."""
+        take back the disconnected blocks' transfers that are still valid (their signatures
+        checked through `transfers` when given)."""
         disconnected = list(disconnected)
         touched: set[str] = set()
         for block in connected:
@@ -172,7 +185,7 @@ class Mempool:
         returned = [tx for block in disconnected for tx in block.transactions]
         for tx in sorted(returned, key=lambda t: (t.sender, t.nonce)):
             try:
-                self.add(tx, lookup)
+                self.add(tx, lookup, transfers)
             except InvalidTransaction:
                 continue
 

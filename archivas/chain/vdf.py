@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Optional, Protocol
 
 import chiavdf
 
@@ -53,11 +54,21 @@ def verify_segment(seed: bytes, start: bytes, segment: Segment, bits: int, itera
         return False
 
 
-def verify_chain(seed: bytes, segments: list[Segment], bits: int, iterations: int) -> int:
-    """Index of the first segment that fails, or -1 when all verify."""
+class SegmentCache(Protocol):
+    """What verify_chain asks of a cache (verifycache.VerifiedSegments): verify_segment's
+    answer, from memory for a segment that verified before."""
+
+    def check(self, seed: bytes, start: bytes, segment: Segment, bits: int, iterations: int) -> bool: ...
+
+
+def verify_chain(seed: bytes, segments: list[Segment], bits: int, iterations: int,
+                 cache: Optional[SegmentCache] = None) -> int:
+    """Index of the first segment that fails, or -1 when all verify. With `cache`, each
+    segment is checked through it (`cache.check`) instead of verified outright."""
+    check = verify_segment if cache is None else cache.check
     start = GENERATOR
     for i, segment in enumerate(segments):
-        if not verify_segment(seed, start, segment, bits, iterations):
+        if not check(seed, start, segment, bits, iterations):
             return i
         start = segment.output
     return -1
