@@ -31,7 +31,7 @@ from archivas.chain.encoding import canonical_json, sha256
 from archivas.chain.mempool import Mempool
 from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.metrics import NodeMetrics
-from archivas.protocols import wire
+from archivas.protocols import compact, txrelay, wire
 from archivas.protocols.identity import NodeIdentity
 from archivas.protocols.manager import PeerManager
 from archivas.protocols.orphans import OrphanPool
@@ -57,6 +57,21 @@ MAX_PROOFS_REMEMBERED = 4096  # (parent, proof of space) of recent blocks, again
 MAX_COPIES = 4  # other copies of a block under check, kept in case that one is forged
 MAX_ANNOUNCERS = 8  # peers that announced a block under check, asked if every copy fails
 FORGERY_REASONS = ("malformed", "bad_signature", "wrong_chain", "key_mismatch", "bad_address")
+MAX_RES_BYTES = 1024 * 1024  # transfers in one RES answer
+HIGH_BANDWIDTH_PEERS = 3  # peers asked to send new blocks as CMPCT_BLOCK unannounced (BIP152's 3)
+MAX_PARTIAL_BLOCKS = 32  # compact blocks waiting for their missing transfers, in all
+MAX_PARTIAL_PER_PEER = 2  # of those, from one peer
+PARTIAL_TIMEOUT = 10.0  # seconds for a BLOCK_TXN to come before the block is fetched whole
+COMPACT_ASK_AGAIN = 2.0  # seconds before a block announced by several peers is asked of the next
+
+
+@attrs.define(eq=False)
+class _Partial:
+    """A compact block waiting for the transfers its sender is to send (BLOCK_TXN)."""
+
+    partial: compact.PartialBlock
+    source: PeerProtocol
+    timer: Any
 
 
 @attrs.define(eq=False)
@@ -136,7 +151,23 @@ class Node:
             wire.Bodies: self._on_bodies,
             wire.NewTransaction: self._on_new_transaction,
             wire.VdfOutput: self._on_vdf_output,
+            wire.Inv: self._on_inv,
+            wire.Req: self._on_req,
+            wire.Res: self._on_res,
+            wire.SendCmpct: self._on_send_cmpct,
+            wire.CmpctBlock: self._on_cmpct_block,
+            wire.GetBlockTxn: self._on_get_block_txn,
+            wire.BlockTxn: self._on_block_txn,
+            wire.GetCmpct: self._on_get_cmpct,
         }
+        # Transfer inventory (protocols/txrelay.py) and compact blocks (protocols/compact.py).
+        self.txrelay = txrelay.TxRelay(reactor, lambda proto, message: proto.send(message),
+                                       lambda tx_id: tx_id in self.mempool or tx_id in self._seen_txs)
+        self._partials: dict[bytes, _Partial] = {}
+        self._compact_asked: dict[bytes, float] = {}  # block hash -> when a GET_CMPCT went out
+        self.high_bandwidth: list[PeerProtocol] = []  # peers sending us new blocks unannounced
+        self.compact_stats: collections.Counter[str] = collections.Counter()
+        self.peers.on_ready.append(self._peer_ready)
         # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
         self.vdf_parent: bytes = chain.tip.hash
         self.vdf_segments: list[vdf.Segment] = []
@@ -155,6 +186,12 @@ class Node:
         self._stale.clock = self.reactor
         self._stale.start(STALE_CHECK_SECONDS, now=False).addErrback(
             lambda f: log.failure("[sync] stale-tip check failed", f))
+        self._loops = []
+        for seconds, work in ((txrelay.INV_INTERVAL, self.txrelay.flush), (1.0, self.txrelay.check_timeouts)):
+            loop = LoopingCall(work)
+            loop.clock = self.reactor
+            loop.start(seconds, now=False).addErrback(lambda f: log.failure("[p2p] transfer relay failed", f))
+            self._loops.append(loop)
 
     def _stale_tip_check(self) -> None:
         """As Bitcoin Core's: no new tip for a while although a peer shows more weight ->
@@ -174,6 +211,13 @@ class Node:
         self.stopped = True
         if self._stale is not None and self._stale.running:
             self._stale.stop()
+        for loop in getattr(self, "_loops", ()):
+            if loop.running:
+                loop.stop()
+        for pending in self._partials.values():
+            if pending.timer.active():
+                pending.timer.cancel()
+        self._partials.clear()
         self.sync.stop()
         d = self.peers.stop()
         if self.threaded:
@@ -236,6 +280,12 @@ class Node:
     def peer_lost(self, proto: PeerProtocol) -> None:
         self.metrics.peer_closed(proto)
         self.sync.peer_lost(proto)
+        self.txrelay.peer_lost(proto)
+        if proto in self.high_bandwidth:
+            self.high_bandwidth.remove(proto)
+        for block_hash, pending in list(self._partials.items()):
+            if pending.source is proto:
+                self._drop_partial(block_hash)
 
     def message_received(self, proto: PeerProtocol, message: wire.Message) -> None:
         handler = self._handlers.get(type(message))
@@ -264,8 +314,27 @@ class Node:
             return
         if message.height > self.chain.height + ORPHAN_FETCH_GAP:
             self.sync.peer_updated(proto)
+        elif info.can("cmpct") and self.chain.has_block(self._parent_guess(message)):
+            self._ask_compact(proto, message.hash)
         else:
             self._request_block(proto, message.height)
+
+    def _parent_guess(self, message: wire.NewBlock) -> bytes:
+        """The tip's hash when an announced block may be its child (compact relay is for
+        blocks at the top; anything else is fetched whole)."""
+        return self.chain.tip.hash if message.height == self.chain.height + 1 else b""
+
+    def _ask_compact(self, proto: PeerProtocol, block_hash: bytes) -> None:
+        """GET_CMPCT once per block, asked of the next announcer only if the first has not
+        delivered within COMPACT_ASK_AGAIN seconds."""
+        now = self.reactor.seconds()
+        asked = self._compact_asked.get(block_hash)
+        if asked is not None and now - asked < COMPACT_ASK_AGAIN:
+            return
+        self._compact_asked[block_hash] = now
+        while len(self._compact_asked) > MAX_INVALID_REMEMBERED:
+            del self._compact_asked[next(iter(self._compact_asked))]
+        proto.send(wire.GetCmpct(block_hash))
 
     def _request_block(self, proto: PeerProtocol, height: int) -> None:
         if proto.info is not None and proto.info.can("blocks"):
@@ -455,6 +524,7 @@ class Node:
             sender.info.last_block_at = self.reactor.seconds()  # a novel block (eviction protects it)
             sender.info.weight = max(sender.info.weight, self.chain.tip.weight)
             sender.info.tip_hash = candidate.hash
+            self._delivered_first(sender)
         self._connect_children(candidate.hash)
         return result
 
@@ -602,6 +672,10 @@ class Node:
         (log.info if at_top else log.debug)("[chain] new tip height={height} hash={hash}", height=block.height,
                                             hash=block.hash.hex()[:16])
         self.mempool.update_for_blocks(result.connected, result.disconnected, self.chain.account)
+        for old in result.disconnected:  # back in the mempool: peers on the other branch may lack them
+            for tx in old.transactions:
+                if tx.hash in self.mempool:
+                    self._relay_transaction(tx)
         self.vdf_parent, self.vdf_segments = block.hash, []
         if at_top:
             self.relay_block(block)  # during a sync, only blocks at the top (history is not pushed)
@@ -609,16 +683,172 @@ class Node:
             callback(block)
 
     def relay_block(self, block: Block) -> None:
+        """To each peer that lacks it: as CMPCT_BLOCK to those that asked for high
+        bandwidth, announced (NEW_BLOCK) to other compact peers, whole (PUSH_BLOCK) to
+        older Archivas peers, announced to seed peers. A peer that is not reading what we
+        write gets the small announcement only."""
         announce = wire.NewBlock(block.height, block.hash)
-        push = wire.PushBlock(block)
+        push: Optional[wire.PushBlock] = None
+        cmpct: Optional[wire.CmpctBlock] = None
         for proto in self.peers.ready_peers():
             info = proto.info
             assert info is not None
             if block.hash in info.known_blocks:
                 continue
             info.known_blocks.add(block.hash)
-            # A peer that is not reading what we write gets the small announcement only.
-            proto.send(push if info.can("push") and not proto.writes_paused else announce)
+            if proto.writes_paused:
+                proto.send(announce)
+            elif info.can("cmpct"):
+                if info.cmpct_high_bandwidth:
+                    cmpct = cmpct or self.compact_for(block)
+                    proto.send(cmpct)
+                else:
+                    proto.send(announce)
+            elif info.can("push"):
+                push = push or wire.PushBlock(block)
+                proto.send(push)
+            else:
+                proto.send(announce)
+
+    def compact_for(self, block: Block) -> wire.CmpctBlock:
+        """`block` as CMPCT_BLOCK; the transfers we had not seen before it (so our peers
+        likely lack them too) go in full. The nonce is ours and the block's: one per block."""
+        nonce = int.from_bytes(sha256(b"cmpct", self.node_id, block.hash)[:6], "big")
+        prefill = [i for i, tx in enumerate(block.transactions) if tx.hash not in self._seen_txs]
+        return compact.make_compact(block, nonce, prefill)
+
+    # compact blocks
+
+    def _peer_ready(self, proto: PeerProtocol) -> None:
+        """Until blocks show who is fast, the first compact-capable outbound peers are the
+        high-bandwidth ones."""
+        info = proto.info
+        if (info is not None and info.can("cmpct") and info.direction == "outbound"
+                and len(self.high_bandwidth) < HIGH_BANDWIDTH_PEERS):
+            self.high_bandwidth.append(proto)
+            proto.send(wire.SendCmpct(True))
+
+    def _delivered_first(self, proto: PeerProtocol) -> None:
+        """`proto` gave us a new tip first: it becomes (or stays) a high-bandwidth peer; the
+        one that delivered least recently leaves the three (BIP152)."""
+        info = proto.info
+        if info is None or not info.can("cmpct") or info.state is PeerState.CLOSED:
+            return
+        if proto in self.high_bandwidth:
+            self.high_bandwidth.remove(proto)
+            self.high_bandwidth.insert(0, proto)
+            return
+        self.high_bandwidth.insert(0, proto)
+        proto.send(wire.SendCmpct(True))
+        while len(self.high_bandwidth) > HIGH_BANDWIDTH_PEERS:
+            self.high_bandwidth.pop().send(wire.SendCmpct(False))
+
+    def _on_send_cmpct(self, proto: PeerProtocol, message: wire.SendCmpct) -> None:
+        assert proto.info is not None
+        proto.info.cmpct_high_bandwidth = message.high_bandwidth
+
+    def _on_get_cmpct(self, proto: PeerProtocol, message: wire.GetCmpct) -> None:
+        block = self.chain.block(message.hash)
+        if block is not None:
+            assert proto.info is not None
+            proto.info.known_blocks.add(block.hash)
+            proto.send(self.compact_for(block))
+
+    def _on_cmpct_block(self, proto: PeerProtocol, message: wire.CmpctBlock) -> None:
+        """Rebuild from the mempool; a whole block goes to receive_block, one that lacks
+        transfers asks its sender for exactly those (one round trip)."""
+        info = proto.info
+        assert info is not None
+        header = message.header
+        block_hash = header.hash
+        info.known_blocks.add(block_hash)
+        info.height = max(info.height, header.height)
+        if (self.chain.has_block(block_hash) or block_hash in self._in_progress or block_hash in self._partials
+                or block_hash in self.orphans or block_hash in self._invalid_blocks):
+            return
+        if self.chain.header(header.parent_hash) is None:
+            # Not on anything we have: the ordinary announcement path fetches what is needed.
+            self._on_new_block(proto, wire.NewBlock(header.height, block_hash))
+            return
+        partial = compact.rebuild(message, self.mempool.transactions())
+        missing = partial.missing
+        if not missing:
+            self.compact_stats["rebuilt"] += 1
+            self._compact_complete(proto, partial)
+            return
+        if (len(self._partials) >= MAX_PARTIAL_BLOCKS
+                or sum(1 for p in self._partials.values() if p.source is proto) >= MAX_PARTIAL_PER_PEER):
+            self.compact_stats["too_many_partial"] += 1
+            self._request_block(proto, header.height)
+            return
+        self.compact_stats["asked_missing"] += 1
+        timer = self.reactor.callLater(PARTIAL_TIMEOUT, self._partial_timed_out, block_hash)
+        self._partials[block_hash] = _Partial(partial, proto, timer)
+        proto.send(wire.GetBlockTxn(block_hash, missing))
+
+    def _compact_complete(self, proto: PeerProtocol, partial: compact.PartialBlock) -> None:
+        block = partial.block()
+        if block is None:  # a short-id collision, or a lie: fetch it whole
+            self.compact_stats["root_mismatch"] += 1
+            self._request_block(proto, partial.header.height)
+            return
+        self._background(self.receive_block(block, proto), "CMPCT_BLOCK")
+
+    def _on_block_txn(self, proto: PeerProtocol, message: wire.BlockTxn) -> None:
+        pending = self._partials.get(message.hash)
+        if pending is None or pending.source is not proto:
+            return  # late (timed out, or the block came another way), or not asked of it
+        self._drop_partial(message.hash)
+        if not pending.partial.fill(message.txs):
+            self.peers.misbehaved(proto, "invalid_block", "BLOCK_TXN with the wrong number of transfers")
+            return
+        self._compact_complete(proto, pending.partial)
+
+    def _on_get_block_txn(self, proto: PeerProtocol, message: wire.GetBlockTxn) -> None:
+        block = self.chain.block(message.hash)
+        if block is None:
+            return
+        if message.indexes[-1] >= len(block.transactions):
+            self.peers.misbehaved(proto, "bad_payload", "GET_BLOCK_TXN index beyond the block")
+            return
+        proto.send(wire.BlockTxn(message.hash, tuple(block.transactions[i] for i in message.indexes)))
+
+    def _partial_timed_out(self, block_hash: bytes) -> None:
+        pending = self._partials.pop(block_hash, None)
+        if pending is not None and pending.source.info is not None:
+            self.compact_stats["partial_timeout"] += 1
+            self._request_block(pending.source, pending.partial.header.height)
+
+    def _drop_partial(self, block_hash: bytes) -> None:
+        pending = self._partials.pop(block_hash, None)
+        if pending is not None and pending.timer.active():
+            pending.timer.cancel()
+
+    # transfer inventory
+
+    def _on_inv(self, proto: PeerProtocol, message: wire.Inv) -> None:
+        assert proto.info is not None
+        for tx_id in message.ids:
+            proto.info.known_txs.add(tx_id)
+        self.txrelay.inv_received(proto, message.ids)
+
+    def _on_req(self, proto: PeerProtocol, message: wire.Req) -> None:
+        txs: list[Transaction] = []
+        size = 0
+        for tx_id in message.ids:
+            tx = self.mempool.get(tx_id)
+            if tx is None:
+                continue
+            size += 400 + 2 * len(tx.signature)
+            if txs and size > MAX_RES_BYTES:
+                break
+            txs.append(tx)
+        proto.send(wire.Res(tuple(txs)))
+
+    def _on_res(self, proto: PeerProtocol, message: wire.Res) -> None:
+        # Only what we asked of it is admitted (and relayed); the rest is ignored.
+        for tx in self.txrelay.res_received(proto, message.txs):
+            self._on_new_transaction(proto, wire.NewTransaction(tx))
 
     async def import_batch(self, blocks: list[Block],
                            sources: Optional[Sequence[Optional[PeerProtocol]]] = None,
@@ -690,16 +920,27 @@ class Node:
         self._seen_txs.add(tx.hash)
         if source is not None and source.info is not None:
             source.info.last_tx_at = self.reactor.seconds()
-        message = wire.NewTransaction(tx)
+        self.txrelay.known(tx.hash)
+        self._relay_transaction(tx)
+        return tx.hash
+
+    def _relay_transaction(self, tx: Transaction) -> None:
+        """Announced in the next INV to inventory peers, pushed whole to older ones."""
+        message: Optional[wire.NewTransaction] = None
+        announce_to = []
         for proto in self.peers.ready_peers():
             info = proto.info
             assert info is not None
-            if info.block_relay_only or proto.writes_paused:
+            if info.block_relay_only or tx.hash in info.known_txs:
                 continue
-            if info.can("tx") and tx.hash not in info.known_txs:
+            if info.can("inv"):
                 info.known_txs.add(tx.hash)
+                announce_to.append(proto)
+            elif info.can("tx") and not proto.writes_paused:
+                info.known_txs.add(tx.hash)
+                message = message or wire.NewTransaction(tx)
                 proto.send(message)
-        return tx.hash
+        self.txrelay.announce(tx.hash, announce_to)
 
     # timelord output
 

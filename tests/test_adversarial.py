@@ -618,7 +618,7 @@ class Floods(Adversarial):
     @defer.inlineCallbacks
     def test_junk_flood_of_maximal_lines(self):
         """Connection after connection: 64 KiB junk lines before READY (bad_json, closed at
-        10), exactly-4-MiB JSON lines after it (reserved type 9: dropped until the 64 MiB a
+        10), exactly-4-MiB JSON lines after it (reserved type 0: dropped until the 64 MiB a
         minute of OTHER is spent, then rate_limit), and megabytes of blank lines."""
         node = self.start()
         before = self.snapshot(node)
@@ -627,7 +627,7 @@ class Floods(Adversarial):
         counts = node.node.peers.misbehaviour_counts
         self.assertGreaterEqual(counts["bad_json"], 10)
         self.assertGreaterEqual(counts["rate_limit"], 1)
-        self.assertGreaterEqual(node.node.peers.dropped_counts["INV"], 16)
+        self.assertGreaterEqual(node.node.peers.dropped_counts["HANDSHAKE"], 16)
         self.assertLess(outcome.rss_growth, RSS_BOUND)
 
     @defer.inlineCallbacks

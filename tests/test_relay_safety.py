@@ -155,8 +155,10 @@ class GrindingTests(unittest.TestCase):
             feed(farmer, wire.PushBlock(version))
         self.assertEqual(h.node.chain.tip.hash, versions[0].hash)
         self.assertEqual([blk.hash for blk in reorgs], [versions[0].hash])
-        pushed = [m for m in sent(watcher_transport) if isinstance(m, wire.PushBlock)]
-        self.assertEqual([m.block.hash for m in pushed], [versions[0].hash])
+        relayed = [m.hash if isinstance(m, wire.NewBlock) else m.header.hash if isinstance(m, wire.CmpctBlock)
+                   else m.block.hash for m in sent(watcher_transport)
+                   if isinstance(m, (wire.PushBlock, wire.NewBlock, wire.CmpctBlock))]
+        self.assertEqual(relayed, [versions[0].hash])
         self.assertEqual(h.node.dropped_siblings, 9)
         self.assertEqual(farmer.info.misbehaviour, 0)
 

@@ -13,7 +13,7 @@ import time
 from twisted.trial import unittest
 
 from archivas.chain.vdf import Segment
-from archivas.protocols import peer as peer_module
+from archivas.protocols import compact, peer as peer_module
 from archivas.protocols import wire
 from archivas.protocols.peer import PeerState
 from tests.common import ALICE, CAROL, builder
@@ -195,6 +195,14 @@ class GateTests(unittest.TestCase):
             wire.Headers: wire.Headers((self.blocks[2].header,)),
             wire.GetBodies: wire.GetBodies((self.blocks[1].hash,)),
             wire.Bodies: wire.Bodies(((self.blocks[2].hash, ()),)),
+            wire.Inv: wire.Inv((tx.hash,)),
+            wire.Req: wire.Req((tx.hash,)),
+            wire.Res: wire.Res((tx,)),
+            wire.SendCmpct: wire.SendCmpct(True),
+            wire.CmpctBlock: compact.make_compact(self.blocks[2], 7),
+            wire.GetBlockTxn: wire.GetBlockTxn(self.blocks[1].hash, (0,)),
+            wire.BlockTxn: wire.BlockTxn(self.blocks[2].hash, ()),
+            wire.GetCmpct: wire.GetCmpct(self.blocks[1].hash),
         }
         extension_types = {cls for cls in wire.MESSAGES.values() if cls.TYPE not in wire.SEED_TYPES}
         self.assertEqual(set(self.extensions), extension_types)

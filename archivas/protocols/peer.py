@@ -103,6 +103,7 @@ class PeerInfo:
     min_ping: float = float("inf")
     last_block_at: float = 0.0  # when it last sent a block that became ours (eviction)
     last_tx_at: float = 0.0  # when it last sent a transfer we admitted (eviction)
+    cmpct_high_bandwidth: bool = False  # it asked for new blocks as CMPCT_BLOCK, unannounced
     messages_in: collections.Counter[str] = attrs.field(factory=collections.Counter)
     bytes_in: collections.Counter[str] = attrs.field(factory=collections.Counter)
     messages_out: collections.Counter[str] = attrs.field(factory=collections.Counter)

@@ -27,7 +27,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 PERIOD = 60.0  # seconds: every budget is "per minute"
-OTHER = "OTHER"  # reserved types (0 HANDSHAKE, 9 INV, 10 REQ, 11 RES) and unknown types
+OTHER = "OTHER"  # the reserved type (0 HANDSHAKE) and unknown types
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,7 +98,26 @@ LIMITS: dict[str, Limit] = {
     "GET_BODIES": Limit(6_000, 8 * KiB, 16 * MiB),
     # answers to our GET_BODIES: as BLOCKS_BATCH
     "BODIES": Limit(6_000, 4 * MiB, 12 * GiB),
-    # a Go peer's HANDSHAKE/INV/REQ/RES and unknown types, read and dropped: 20/s, 16 full lines/min
+    # transfer inventory: one INV per peer every 2 s (30/min), each up to 1,000 ids of 43
+    # characters (~43 KB); a burst of 100 transfers/s is ~2 lines a peer a second: 600/min, x2
+    "INV": Limit(1_200, 64 * KiB, 32 * MiB),
+    # our asks for what a peer announced: as INV
+    "REQ": Limit(1_200, 64 * KiB, 32 * MiB),
+    # answers to our REQs: at most 1,000 transfers of ~600 B (node.MAX_RES_BYTES is 1 MiB);
+    # honest gossip at most 100 transfers/s = 6,000/min of ~600 B = 3.6 MiB/min, x4
+    "RES": Limit(1_200, 2 * MiB, 16 * MiB),
+    # a node picks its 3 fast peers again when they change: a few a block
+    "SEND_CMPCT": Limit(120, 1 * KiB, 64 * KiB),
+    # each new block once, a few/s (as PUSH_BLOCK); a header with up to 1,024 VDF segments
+    # (~410 KB) and up to 2,000 transfers prefilled: a line up to the 4 MiB cap
+    "CMPCT_BLOCK": Limit(1_200, 4 * MiB, 1 * GiB),
+    # at most one a compact block we got: as CMPCT_BLOCK; 2,000 indexes are ~10 KB
+    "GET_BLOCK_TXN": Limit(1_200, 64 * KiB, 16 * MiB),
+    # answers to our GET_BLOCK_TXN: a whole block's transfers at most
+    "BLOCK_TXN": Limit(1_200, 4 * MiB, 1 * GiB),
+    # a low-bandwidth peer asks once a NEW_BLOCK we sent
+    "GET_CMPCT": Limit(1_200, 4 * KiB, 2 * MiB),
+    # a Go peer's HANDSHAKE and unknown types, read and dropped: 20/s, 16 full lines/min
     OTHER: Limit(1_200, 4 * MiB, 64 * MiB),
 }
 

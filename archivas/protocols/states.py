@@ -20,7 +20,7 @@ from archivas.protocols.peer import PeerInfo, PeerState
 SEED = frozenset({wire.Ping, wire.Pong, wire.NewBlock, wire.GetBlock, wire.BlockData, wire.GetStatus, wire.Status})
 HANDSHAKE = frozenset({wire.Hello, wire.HelloAck})
 EXTENSIONS = frozenset(cls for cls in wire.MESSAGES.values() if cls not in SEED and cls not in HANDSHAKE)
-NOT_ON_BLOCK_RELAY = frozenset({wire.NewTransaction, wire.Peers, wire.GetPeers})
+NOT_ON_BLOCK_RELAY = frozenset({wire.NewTransaction, wire.Peers, wire.GetPeers, wire.Inv, wire.Req, wire.Res})
 
 HANDSHAKING, SEED_READY, READY, CLOSED = "handshaking", "seed", "ready", "closed"
 

@@ -14,6 +14,8 @@ in the style asked for (hex unless the peer is a seed peer that uses arrays).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
 from typing import Any, ClassVar, Optional
 
@@ -42,13 +44,17 @@ MAX_PEERS_LISTED = 64
 MAX_LOCATOR = 64  # hashes in a GET_HEADERS locator
 MAX_HEADERS = 2000  # headers in one HEADERS reply (and at most node.MAX_HEADERS_REPLY_BYTES)
 MAX_BODIES = 64  # bodies asked for in one GET_BODIES (and at most node.MAX_BLOCKS_REPLY_BYTES)
+MAX_INV = 1000  # transfer ids in one INV or REQ (Bitcoin's is 50,000; ours come in 2 s batches)
+MAX_RES = 1000  # transfers in one RES (and at most node.MAX_RES_BYTES)
+SHORT_ID_BYTES = 6  # a compact block's transfer ids, as BIP152's
 
 HEX = "hex"
 ARRAY = "array"  # a [32]byte as Go's encoding/json writes it
 
-# The original project's numbers for messages we do not have (yet): read, never acted on,
-# never penalised (SPEC §2). 0 HANDSHAKE, 9 INV, 10 REQ, 11 RES.
-RESERVED_TYPES = frozenset({0, 9, 10, 11})
+# The original project's numbers for messages we do not have: read, never acted on, never
+# penalised (SPEC §2). 0 HANDSHAKE. (9 INV, 10 REQ and 11 RES are ours now, for transfer
+# inventory, under capability "inv": a peer that did not announce it is not read for them.)
+RESERVED_TYPES = frozenset({0})
 SEED_TYPES = frozenset(range(1, 8))
 
 
@@ -664,15 +670,243 @@ class Bodies(Message):
         return cls(tuple(bodies))
 
 
+def _packed(payload: dict[str, Any], name: str, width: int, most: int) -> tuple[bytes, ...]:
+    """Ids packed end to end in one base64 string (a 32-byte id is 43 characters, not the
+    67 of a quoted hex string in a list: inventory is most of a node's traffic)."""
+    raw = field(payload, name, str)
+    if len(raw) > 4 * (width * most + 2) // 3 + 4:
+        raise DecodeError(f"more than {most} ids in {name!r}")
+    try:
+        data = base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        raise DecodeError(f"field {name!r} must be base64") from None
+    if len(data) % width:
+        raise DecodeError(f"field {name!r} is not a whole number of {width}-byte ids")
+    if len(data) // width > most:
+        raise DecodeError(f"more than {most} ids in {name!r}")
+    return tuple(data[i:i + width] for i in range(0, len(data), width))
+
+
+def _pack(ids: tuple[bytes, ...]) -> str:
+    return base64.b64encode(b"".join(ids)).decode()
+
+
+def _transfers(payload: dict[str, Any], name: str, most: int) -> tuple[Transaction, ...]:
+    raw = field(payload, name, list)
+    if len(raw) > most:
+        raise DecodeError(f"more than {most} transfers in {name!r}")
+    try:
+        return tuple(Transaction.from_json(t) for t in raw)
+    except InvalidTransaction as e:
+        raise DecodeError(f"transaction: {e}") from None
+
+
+# Transfer inventory on the original project's INV, REQ, RES numbers (capability "inv"):
+# a node announces the ids of transfers it admitted, in batches; a peer fetches only those
+# it lacks (Bitcoin's INV/GETDATA/TX), instead of every transfer pushed to every peer.
+
+
+@dataclasses.dataclass(frozen=True)
+class Inv(Message):
+    """Ids of transfers the sender has in its mempool (32 bytes each, packed in base64)."""
+
+    TYPE: ClassVar[int] = 9
+    NAME: ClassVar[str] = "INV"
+    CAPABILITY: ClassVar[Optional[str]] = "inv"
+    ids: tuple[bytes, ...]
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"txs": _pack(self.ids)}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Inv":
+        ids = _packed(payload, "txs", 32, MAX_INV)
+        if not ids:
+            raise DecodeError("no ids")
+        return cls(ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Req(Message):
+    """The transfers with these ids, which the receiver announced."""
+
+    TYPE: ClassVar[int] = 10
+    NAME: ClassVar[str] = "REQ"
+    CAPABILITY: ClassVar[Optional[str]] = "inv"
+    ids: tuple[bytes, ...]
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"txs": _pack(self.ids)}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Req":
+        ids = _packed(payload, "txs", 32, MAX_INV)
+        if not ids:
+            raise DecodeError("no ids")
+        return cls(ids)
+
+
+@dataclasses.dataclass(frozen=True)
+class Res(Message):
+    """Answer to a REQ: the asked transfers the sender still has (the others left out)."""
+
+    TYPE: ClassVar[int] = 11
+    NAME: ClassVar[str] = "RES"
+    CAPABILITY: ClassVar[Optional[str]] = "inv"
+    txs: tuple[Transaction, ...]
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"txs": [tx.to_json() for tx in self.txs]}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Res":
+        return cls(_transfers(payload, "txs", MAX_RES))
+
+
+# Compact block relay in the manner of BIP152 (capability "cmpct"): a new block goes out as
+# its header and 6-byte short ids of its transfers; the receiver rebuilds it from its
+# mempool and asks only for what it lacks.
+
+
+@dataclasses.dataclass(frozen=True)
+class SendCmpct(Message):
+    """`highBandwidth` true: send me new blocks as CMPCT_BLOCK at once, unannounced (a
+    node asks this of the 3 peers that last gave it new blocks first); false: announce
+    them (NEW_BLOCK) and I ask with GET_CMPCT."""
+
+    TYPE: ClassVar[int] = 111
+    NAME: ClassVar[str] = "SEND_CMPCT"
+    CAPABILITY: ClassVar[Optional[str]] = "cmpct"
+    high_bandwidth: bool
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"highBandwidth": self.high_bandwidth}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "SendCmpct":
+        value = payload.get("highBandwidth")
+        if not isinstance(value, bool):
+            raise DecodeError("field 'highBandwidth' must be a boolean")
+        return cls(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class CmpctBlock(Message):
+    """A block as its header, a 48-bit nonce, the short ids of its transfers in order (packed
+    base64) and some transfers in full (`prefilled`: [index, txData] pairs, indexes into
+    the whole list, ascending)."""
+
+    TYPE: ClassVar[int] = 112
+    NAME: ClassVar[str] = "CMPCT_BLOCK"
+    CAPABILITY: ClassVar[Optional[str]] = "cmpct"
+    header: Header
+    nonce: int
+    short_ids: tuple[bytes, ...]
+    prefilled: tuple[tuple[int, Transaction], ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.short_ids) + len(self.prefilled)
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"header": self.header.to_json(), "nonce": self.nonce, "shortIds": _pack(self.short_ids),
+                "prefilled": [[i, tx.to_json()] for i, tx in self.prefilled]}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "CmpctBlock":
+        most = limits.max_block_transactions
+        nonce = field(payload, "nonce", int)
+        if not 0 <= nonce < 2**48:
+            raise DecodeError("nonce must be an integer 0..2^48-1 (exact in any JSON reader)")
+        try:
+            header = Header.from_json(field(payload, "header", dict), limits.max_vdf_segments)
+        except DecodeError as e:
+            raise DecodeError(f"header: {e}") from None
+        short_ids = _packed(payload, "shortIds", SHORT_ID_BYTES, most)
+        raw = field(payload, "prefilled", list)
+        if len(raw) + len(short_ids) > most:
+            raise DecodeError(f"more than {most} transfers")
+        prefilled: list[tuple[int, Transaction]] = []
+        for item in raw:
+            if not (isinstance(item, list) and len(item) == 2 and type(item[0]) is int):
+                raise DecodeError("prefilled entries are [index, txData]")
+            if not 0 <= item[0] < len(raw) + len(short_ids) or (prefilled and item[0] <= prefilled[-1][0]):
+                raise DecodeError("prefilled indexes must ascend within the block")
+            try:
+                prefilled.append((item[0], Transaction.from_json(item[1])))
+            except InvalidTransaction as e:
+                raise DecodeError(f"prefilled transaction: {e}") from None
+        return cls(header, nonce, short_ids, tuple(prefilled))
+
+
+@dataclasses.dataclass(frozen=True)
+class GetBlockTxn(Message):
+    """The transfers at these indexes of a block the sender sent us as CMPCT_BLOCK."""
+
+    TYPE: ClassVar[int] = 113
+    NAME: ClassVar[str] = "GET_BLOCK_TXN"
+    CAPABILITY: ClassVar[Optional[str]] = "cmpct"
+    hash: bytes
+    indexes: tuple[int, ...]
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"hash": self.hash.hex(), "indexes": list(self.indexes)}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "GetBlockTxn":
+        raw = field(payload, "indexes", list)
+        if not raw or len(raw) > limits.max_block_transactions:
+            raise DecodeError(f"1..{limits.max_block_transactions} indexes")
+        if not all(type(i) is int for i in raw) or any(b <= a for a, b in zip(raw, raw[1:])) or raw[0] < 0:
+            raise DecodeError("indexes must be ascending non-negative integers")
+        return cls(hex_field(payload, "hash", 32), tuple(raw))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockTxn(Message):
+    """The answer to GET_BLOCK_TXN: those transfers, in its order."""
+
+    TYPE: ClassVar[int] = 114
+    NAME: ClassVar[str] = "BLOCK_TXN"
+    CAPABILITY: ClassVar[Optional[str]] = "cmpct"
+    hash: bytes
+    txs: tuple[Transaction, ...]
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"hash": self.hash.hex(), "txs": [tx.to_json() for tx in self.txs]}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "BlockTxn":
+        return cls(hex_field(payload, "hash", 32), _transfers(payload, "txs", limits.max_block_transactions))
+
+
+@dataclasses.dataclass(frozen=True)
+class GetCmpct(Message):
+    """A block by hash as CMPCT_BLOCK (after its NEW_BLOCK, from a low-bandwidth peer)."""
+
+    TYPE: ClassVar[int] = 115
+    NAME: ClassVar[str] = "GET_CMPCT"
+    CAPABILITY: ClassVar[Optional[str]] = "cmpct"
+    hash: bytes
+
+    def payload(self, style: str = HEX) -> dict[str, Any]:
+        return {"hash": self.hash.hex()}
+
+    @classmethod
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "GetCmpct":
+        return cls(hex_field(payload, "hash", 32))
+
+
 MESSAGES: dict[int, type[Message]] = {
     m.TYPE: m
     for m in (Ping, Pong, NewBlock, GetBlock, BlockData, GetStatus, Status, Peers, NewTransaction,
               GetBlocks, Blocks, Hello, VdfOutput, GetPeers, GetHashes, Hashes, PushBlock, HelloAck,
-              GetHeaders, Headers, GetBodies, Bodies)
+              GetHeaders, Headers, GetBodies, Bodies, Inv, Req, Res, SendCmpct, CmpctBlock, GetBlockTxn,
+              BlockTxn, GetCmpct)
 }
 
 # Capabilities a peer announces in STATUS ("capabilities") and HELLO: every extension's.
-CAPABILITIES = ("hello", "blocks", "hashes", "push", "tx", "vdf", "peers", "headers")
+CAPABILITIES = ("hello", "blocks", "hashes", "push", "tx", "vdf", "peers", "headers", "inv", "cmpct")
 assert {m.CAPABILITY for m in MESSAGES.values()} - {None} == set(CAPABILITIES)
 assert not (set(MESSAGES) & RESERVED_TYPES)
 
@@ -681,7 +915,7 @@ def type_name(kind: int) -> str:
     cls = MESSAGES.get(kind)
     if cls is not None:
         return cls.NAME
-    return {0: "HANDSHAKE", 9: "INV", 10: "REQ", 11: "RES"}.get(kind, f"type {kind}")
+    return {0: "HANDSHAKE"}.get(kind, f"type {kind}")
 
 
 def encode(message: Message, style: str = HEX) -> bytes:

@@ -610,9 +610,9 @@ def s_conn_flood(ctx: Context) -> dict[str, Any]:
 
 def s_junk_flood(ctx: Context) -> dict[str, Any]:
     """Maximal lines, on connection after connection: 64 KiB of junk before READY, 4 MiB
-    JSON lines (reserved type 9, read and dropped) after it, and 1 MiB of blank lines."""
+    JSON lines (reserved type 0, read and dropped) after it, and 1 MiB of blank lines."""
     pre = b"x" * (HANDSHAKE_LINE - 1) + b"\n"
-    head = b'{"type":9,"payload":{"pad":"'
+    head = b'{"type":0,"payload":{"pad":"'
     tail = b'"}}'
     big = head + b"p" * (MAX_LINE - len(head) - len(tail)) + tail + b"\n"
     assert len(big) == MAX_LINE + 1

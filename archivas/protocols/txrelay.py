@@ -1,0 +1,186 @@
+"""Transfer relay by inventory (Bitcoin's INV/GETDATA/TX, on the original INV/REQ/RES).
+
+A node that admits a transfer queues its id for every peer that may not have it; every
+INV_INTERVAL seconds each peer's queue leaves as one INV (at most wire.MAX_INV ids). A
+peer that gets an INV asks (REQ) for the ids it neither has nor is already fetching, from
+the first peer that announced each; the others that announced it are remembered (at most
+MAX_ANNOUNCERS) and asked in turn if the first does not deliver within REQUEST_TIMEOUT, or
+answers without it, or goes away. So each transfer crosses each link about once, and an
+announcer that never serves (a liar, a silent peer) delays a transfer by one timeout.
+
+Bounds (docs/protocol.md): ids queued for one peer, ids being fetched at once from one
+peer, ids tracked in all. Past them, new ids are dropped (the transfer will be announced
+again by another peer, or included in a block: nothing here is needed for consensus).
+
+No reactor of its own: `clock` (IReactorTime) for times, `send` to write, `have` to ask
+whether an id is known already. Peers are keyed by object identity.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Callable, Iterable, Optional
+
+import attrs
+
+from archivas.protocols import wire
+
+INV_INTERVAL = 2.0  # seconds between a peer's INVs (Bitcoin: 2 s on average to outbound peers)
+REQUEST_TIMEOUT = 5.0  # seconds for an asked transfer to arrive before the next announcer is asked
+MAX_ANNOUNCERS = 8  # peers remembered per id as having announced it
+MAX_QUEUED_PER_PEER = 5000  # ids waiting for one peer's next INV (oldest dropped past it)
+MAX_IN_FLIGHT_PER_PEER = 2000  # ids asked of one peer and not yet answered
+MAX_TRACKED = 50_000  # ids being fetched or waiting for a second announcer, in all
+
+
+@attrs.define(eq=False)
+class _Wanted:
+    """An id we lack: who announced it, whom we asked and until when."""
+
+    announcers: list[Any] = attrs.field(factory=list)
+    asked: Optional[Any] = None
+    deadline: float = 0.0
+
+
+class TxRelay:
+    def __init__(self, clock: Any, send: Callable[[Any, wire.Message], None],
+                 have: Callable[[bytes], bool]) -> None:
+        self.clock = clock
+        self.send = send
+        self.have = have
+        self._queues: dict[Any, list[bytes]] = {}
+        self._wanted: collections.OrderedDict[bytes, _Wanted] = collections.OrderedDict()
+        self._in_flight: collections.Counter[Any] = collections.Counter()
+        # REQ batches sent to each peer and not answered yet, oldest first (each holds ids
+        # counted in _in_flight, so their number is bounded by MAX_IN_FLIGHT_PER_PEER).
+        self._outstanding: dict[Any, collections.deque[list[bytes]]] = {}
+        self.dropped = 0  # ids not queued or tracked for a bound
+        self.timeouts = 0
+
+    # announcing
+
+    def announce(self, tx_id: bytes, peers: Iterable[Any]) -> None:
+        for peer in peers:
+            queue = self._queues.setdefault(peer, [])
+            if len(queue) >= MAX_QUEUED_PER_PEER:
+                del queue[0]
+                self.dropped += 1
+            queue.append(tx_id)
+
+    def flush(self) -> int:
+        """Send every peer its queued ids (one INV each, split at wire.MAX_INV); returns
+        how many INVs went out. Called every INV_INTERVAL."""
+        sent = 0
+        queues, self._queues = self._queues, {}
+        for peer, ids in queues.items():
+            for start in range(0, len(ids), wire.MAX_INV):
+                self.send(peer, wire.Inv(tuple(ids[start:start + wire.MAX_INV])))
+                sent += 1
+        return sent
+
+    # fetching
+
+    def inv_received(self, peer: Any, ids: Iterable[bytes]) -> None:
+        ask: list[bytes] = []
+        now = self.clock.seconds()
+        for tx_id in ids:
+            if self.have(tx_id):
+                continue
+            wanted = self._wanted.get(tx_id)
+            if wanted is None:
+                if len(self._wanted) >= MAX_TRACKED:
+                    self.dropped += 1
+                    continue
+                wanted = self._wanted[tx_id] = _Wanted()
+            if peer not in wanted.announcers and len(wanted.announcers) < MAX_ANNOUNCERS:
+                wanted.announcers.append(peer)
+            if wanted.asked is None and self._in_flight[peer] < MAX_IN_FLIGHT_PER_PEER:
+                wanted.asked, wanted.deadline = peer, now + REQUEST_TIMEOUT
+                self._in_flight[peer] += 1
+                ask.append(tx_id)
+        self._request(peer, ask)
+
+    def _request(self, peer: Any, ids: list[bytes]) -> None:
+        for start in range(0, len(ids), wire.MAX_INV):
+            batch = ids[start:start + wire.MAX_INV]
+            self._outstanding.setdefault(peer, collections.deque()).append(batch)
+            self.send(peer, wire.Req(tuple(batch)))
+
+    def res_received(self, peer: Any, txs: Iterable[Any]) -> list[Any]:
+        """A RES from `peer`: it answers our oldest REQ to it (a peer answers in order).
+        Returns the transfers of it that we asked of that peer (to admit); the REQ's ids it
+        left out go to their next announcer at once. Anything else is ignored."""
+        batches = self._outstanding.get(peer)
+        if not batches:
+            return []
+        batch = batches.popleft()
+        if not batches:
+            del self._outstanding[peer]
+        asked = set(batch)
+        out = []
+        for tx in txs:
+            wanted = self._wanted.get(tx.hash)
+            if tx.hash in asked and wanted is not None and wanted.asked is peer:
+                self._done(tx.hash, wanted)
+                out.append(tx)
+        self._retry([tx_id for tx_id in batch if (w := self._wanted.get(tx_id)) is not None and w.asked is peer])
+        return out
+
+    def known(self, tx_id: bytes) -> None:
+        """We have the transfer now (from anywhere): stop fetching it."""
+        wanted = self._wanted.get(tx_id)
+        if wanted is not None:
+            self._done(tx_id, wanted)
+
+    def _done(self, tx_id: bytes, wanted: _Wanted) -> None:
+        if wanted.asked is not None:
+            self._release(wanted.asked)
+        del self._wanted[tx_id]
+
+    def _release(self, peer: Any) -> None:
+        self._in_flight[peer] -= 1
+        if self._in_flight[peer] <= 0:
+            del self._in_flight[peer]
+
+    def check_timeouts(self) -> None:
+        """Asked ids past their deadline go to the next announcer (call every second or so)."""
+        now = self.clock.seconds()
+        late = [tx_id for tx_id, w in self._wanted.items() if w.asked is not None and w.deadline <= now]
+        self.timeouts += len(late)
+        self._retry(late)
+
+    def _retry(self, ids: list[bytes]) -> None:
+        batches: dict[Any, list[bytes]] = {}
+        now = self.clock.seconds()
+        for tx_id in ids:
+            wanted = self._wanted[tx_id]
+            failed = wanted.asked
+            if failed is not None:
+                self._release(failed)
+                if failed in wanted.announcers:
+                    wanted.announcers.remove(failed)
+            wanted.asked = None
+            nxt = next((p for p in wanted.announcers if self._in_flight[p] < MAX_IN_FLIGHT_PER_PEER), None)
+            if nxt is None:
+                del self._wanted[tx_id]  # nobody else announced it: it may come again
+                continue
+            wanted.asked, wanted.deadline = nxt, now + REQUEST_TIMEOUT
+            self._in_flight[nxt] += 1
+            batches.setdefault(nxt, []).append(tx_id)
+        for peer, batch in batches.items():
+            self._request(peer, batch)
+
+    def peer_lost(self, peer: Any) -> None:
+        self._queues.pop(peer, None)
+        self._outstanding.pop(peer, None)
+        mine = [tx_id for tx_id, w in self._wanted.items() if w.asked is peer]
+        for wanted in self._wanted.values():
+            if peer in wanted.announcers and wanted.asked is not peer:
+                wanted.announcers.remove(peer)
+        self._retry(mine)
+
+    def asked_of(self, peer: Any) -> int:
+        return self._in_flight.get(peer, 0)
+
+    def tracked(self) -> int:
+        return len(self._wanted)

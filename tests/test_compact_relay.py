@@ -1,0 +1,255 @@
+"""Compact block relay (BIP152-style) and transfer relay by inventory (INV/REQ/RES), on one
+node with scripted peers (StringTransport, task.Clock)."""
+
+from twisted.trial import unittest
+
+from archivas.chain.block import Block
+from archivas.node import HIGH_BANDWIDTH_PEERS, PARTIAL_TIMEOUT
+from archivas.protocols import compact, txrelay, wire
+from tests.common import ALICE, BOB, CAROL, builder
+from tests.test_protocol import Harness, feed, handshake, sent
+
+REQUESTS = (wire.GetBlockTxn, wire.GetBlocks, wire.GetBlock, wire.GetCmpct)
+
+
+def ready_peer(h, n, direction="inbound", capabilities=wire.CAPABILITIES):
+    proto, transport = h.connect(direction, host=f"10.0.{n}.1")
+    handshake(proto, node_id=bytes([n]) * 16, genesis=h.node.genesis_hash, capabilities=capabilities)
+    sent(transport)
+    return proto, transport
+
+
+class CompactBlockTests(unittest.TestCase):
+    def setUp(self):
+        b = builder()
+        self.base = b.extend(b.genesis, 2)
+        self.txs = [b.transfer(ALICE, CAROL.address, 10 + i, i) for i in range(3)]
+        self.block = b.make_block(self.base[-1], transactions=self.txs)
+        self.h = Harness(self, self.base)
+        self.peer, self.transport = ready_peer(self.h, 7)
+
+    def gossip(self, txs):
+        """The peer announces `txs` by INV, the node asks, the peer answers."""
+        feed(self.peer, wire.Inv(tuple(tx.hash for tx in txs)))
+        asked = [m for m in sent(self.transport) if isinstance(m, wire.Req)]
+        self.assertEqual([set(m.ids) for m in asked], [{tx.hash for tx in txs}])
+        feed(self.peer, wire.Res(tuple(txs)))
+        for tx in txs:
+            self.assertIn(tx.hash, self.h.node.mempool)
+
+    def test_all_transfers_gossiped_first_no_round_trip(self):
+        self.gossip(self.txs)
+        feed(self.peer, compact.make_compact(self.block, 99))
+        self.assertEqual(self.h.node.chain.tip.hash, self.block.hash)
+        self.assertEqual([m for m in sent(self.transport) if isinstance(m, REQUESTS)], [])
+        self.assertEqual(self.h.node.compact_stats["rebuilt"], 1)
+
+    def test_unknown_transfers_cost_exactly_one_round_trip(self):
+        self.gossip(self.txs[:1])
+        feed(self.peer, compact.make_compact(self.block, 5))
+        requests = [m for m in sent(self.transport) if isinstance(m, REQUESTS)]
+        self.assertEqual(requests, [wire.GetBlockTxn(self.block.hash, (1, 2))])
+        self.assertNotEqual(self.h.node.chain.tip.hash, self.block.hash)
+        feed(self.peer, wire.BlockTxn(self.block.hash, tuple(self.txs[1:])))
+        self.assertEqual(self.h.node.chain.tip.hash, self.block.hash)
+        self.assertEqual([m for m in sent(self.transport) if isinstance(m, REQUESTS)], [])
+
+    def test_prefilled_transfers_need_no_mempool(self):
+        feed(self.peer, compact.make_compact(self.block, 5, prefill=range(3)))
+        self.assertEqual(self.h.node.chain.tip.hash, self.block.hash)
+        self.assertEqual([m for m in sent(self.transport) if isinstance(m, REQUESTS)], [])
+
+    def test_a_lie_in_block_txn_fetches_the_block_whole(self):
+        """Transfers that do not match the header's root: no block made of them; the block
+        is fetched whole (and the real one taken)."""
+        other = builder().transfer(BOB, CAROL.address, 77, 0)
+        feed(self.peer, compact.make_compact(self.block, 5))
+        sent(self.transport)
+        feed(self.peer, wire.BlockTxn(self.block.hash, (self.txs[0], other, self.txs[2])))
+        self.assertNotEqual(self.h.node.chain.tip.hash, self.block.hash)
+        requests = [m for m in sent(self.transport) if isinstance(m, REQUESTS)]
+        self.assertEqual(requests, [wire.GetBlocks(self.block.height, 1)])
+        feed(self.peer, wire.Blocks(self.block.height, (self.block,), self.block.height, True))
+        self.assertEqual(self.h.node.chain.tip.hash, self.block.hash)
+
+    def test_wrong_count_in_block_txn_is_misbehaviour(self):
+        feed(self.peer, compact.make_compact(self.block, 5))
+        sent(self.transport)
+        feed(self.peer, wire.BlockTxn(self.block.hash, (self.txs[1],)))
+        self.assertGreater(self.peer.info.misbehaviour, 0)
+        self.assertNotEqual(self.h.node.chain.tip.hash, self.block.hash)
+
+    def test_unasked_block_txn_changes_nothing(self):
+        other, other_transport = ready_peer(self.h, 8)
+        feed(self.peer, compact.make_compact(self.block, 5))
+        feed(other, wire.BlockTxn(self.block.hash, tuple(self.txs[1:])))  # not asked of it
+        self.assertNotEqual(self.h.node.chain.tip.hash, self.block.hash)
+        self.assertEqual(other.info.misbehaviour, 0)
+
+    def test_a_short_id_collision_in_the_mempool_is_asked_for(self):
+        """Two mempool transfers with one short id: neither is used; that slot is asked for."""
+        partial = compact.rebuild(compact.make_compact(self.block, 5), [])
+        self.assertEqual(partial.missing, (0, 1, 2))
+        message = compact.make_compact(self.block, 5)
+        forged = wire.CmpctBlock(message.header, message.nonce,
+                                 (message.short_ids[0], message.short_ids[0], message.short_ids[2]))
+        partial = compact.rebuild(forged, self.txs)
+        self.assertEqual(partial.missing, (0, 1))  # the same id twice: not trusted for either slot
+
+    def test_partial_blocks_are_bounded_and_time_out(self):
+        feed(self.peer, compact.make_compact(self.block, 5))
+        sent(self.transport)
+        self.h.clock.advance(PARTIAL_TIMEOUT + 0.1)
+        self.assertEqual([m for m in sent(self.transport) if isinstance(m, REQUESTS)],
+                         [wire.GetBlocks(self.block.height, 1)])
+        self.assertEqual(self.h.node._partials, {})
+
+    def test_a_compact_block_on_an_unknown_parent_is_fetched_the_ordinary_way(self):
+        b = builder()
+        child = b.make_block(self.block)
+        feed(self.peer, compact.make_compact(child, 5))
+        requests = [m for m in sent(self.transport) if isinstance(m, REQUESTS)]
+        self.assertEqual(len(requests), 1)
+        self.assertIsInstance(requests[0], (wire.GetBlocks, wire.GetBlock))
+        self.assertEqual(self.h.node._partials, {})
+
+
+class HighBandwidthTests(unittest.TestCase):
+    def setUp(self):
+        b = builder()
+        self.base = b.extend(b.genesis, 2)
+        self.h = Harness(self, self.base)
+
+    def test_outbound_compact_peers_are_asked_for_high_bandwidth_at_first(self):
+        for n in range(HIGH_BANDWIDTH_PEERS + 1):
+            proto, transport = self.h.connect("outbound", host=f"10.0.{n}.1")
+            handshake(proto, node_id=bytes([n + 1]) * 16, genesis=self.h.node.genesis_hash)
+            asked = [m for m in sent(transport) if isinstance(m, wire.SendCmpct)]
+            self.assertEqual(asked, [wire.SendCmpct(True)] if n < HIGH_BANDWIDTH_PEERS else [])
+        self.assertEqual(len(self.h.node.high_bandwidth), HIGH_BANDWIDTH_PEERS)
+
+    def test_relay_compact_to_high_bandwidth_announce_to_others(self):
+        fast, fast_transport = ready_peer(self.h, 1)
+        slow, slow_transport = ready_peer(self.h, 2)
+        old, old_transport = ready_peer(self.h, 3, capabilities=tuple(c for c in wire.CAPABILITIES if c != "cmpct"))
+        feed(fast, wire.SendCmpct(True))
+        block = builder().make_block(self.base[-1])
+        self.h.node.receive_block(block)
+        self.assertEqual([type(m) for m in sent(fast_transport) if not isinstance(m, wire.Inv)], [wire.CmpctBlock])
+        self.assertEqual(sent(slow_transport), [wire.NewBlock(block.height, block.hash)])
+        self.assertEqual([type(m) for m in sent(old_transport)], [wire.PushBlock])
+        feed(slow, wire.GetCmpct(block.hash))
+        reply = sent(slow_transport)
+        self.assertEqual(len(reply), 1)
+        self.assertEqual(reply[0].header.hash, block.hash)
+
+    def test_an_announcement_from_a_compact_peer_is_asked_as_compact_once(self):
+        a, a_transport = ready_peer(self.h, 1)
+        b_, b_transport = ready_peer(self.h, 2)
+        block = builder().make_block(self.base[-1])
+        feed(a, wire.NewBlock(block.height, block.hash))
+        feed(b_, wire.NewBlock(block.height, block.hash))
+        self.assertEqual(sent(a_transport), [wire.GetCmpct(block.hash)])
+        self.assertEqual(sent(b_transport), [])  # already asked of a
+
+    def test_the_peer_that_delivers_first_becomes_high_bandwidth(self):
+        peers = [ready_peer(self.h, n) for n in range(1, 5)]
+        parent = self.base[-1]
+        for n, (proto, transport) in enumerate(peers):
+            block = builder().make_block(parent)
+            feed(proto, compact.make_compact(block, n))
+            self.assertEqual(self.h.node.chain.tip.hash, block.hash)
+            parent = block
+        self.assertEqual(self.h.node.high_bandwidth, [p for p, _ in reversed(peers[1:])])
+        first_transport = peers[0][1]
+        self.assertIn(wire.SendCmpct(False), sent(first_transport))
+
+
+class InventoryTests(unittest.TestCase):
+    def setUp(self):
+        b = builder()
+        self.base = b.extend(b.genesis, 2)
+        self.h = Harness(self, self.base)
+        self.tx = b.transfer(ALICE, CAROL.address, 10, 0)
+
+    def test_admitted_transfers_are_announced_in_batches_not_pushed(self):
+        inv_peer, inv_transport = ready_peer(self.h, 1)
+        old, old_transport = ready_peer(self.h, 2, capabilities=tuple(c for c in wire.CAPABILITIES if c != "inv"))
+        second = builder().transfer(ALICE, CAROL.address, 11, 1)
+        self.h.node.submit_transaction(self.tx)
+        self.h.node.submit_transaction(second)
+        self.assertEqual(sent(inv_transport), [])
+        self.assertEqual([type(m) for m in sent(old_transport)], [wire.NewTransaction, wire.NewTransaction])
+        self.h.clock.advance(txrelay.INV_INTERVAL)
+        self.assertEqual(sent(inv_transport), [wire.Inv((self.tx.hash, second.hash))])
+        feed(inv_peer, wire.Req((second.hash, b"\x00" * 32)))
+        self.assertEqual(sent(inv_transport), [wire.Res((second,))])
+
+    def test_an_announcer_that_never_answers_is_passed_over(self):
+        silent, silent_transport = ready_peer(self.h, 1)
+        honest, honest_transport = ready_peer(self.h, 2)
+        feed(silent, wire.Inv((self.tx.hash,)))
+        feed(honest, wire.Inv((self.tx.hash,)))
+        self.assertEqual(sent(silent_transport), [wire.Req((self.tx.hash,))])
+        self.assertEqual(sent(honest_transport), [])  # one at a time
+        self.h.clock.advance(txrelay.REQUEST_TIMEOUT + 1)
+        self.assertEqual(sent(honest_transport), [wire.Req((self.tx.hash,))])
+        feed(honest, wire.Res((self.tx,)))
+        self.assertIn(self.tx.hash, self.h.node.mempool)
+
+    def test_an_answer_without_the_transfer_goes_to_the_next_announcer_at_once(self):
+        liar, liar_transport = ready_peer(self.h, 1)
+        honest, honest_transport = ready_peer(self.h, 2)
+        feed(liar, wire.Inv((self.tx.hash,)))
+        feed(honest, wire.Inv((self.tx.hash,)))
+        feed(liar, wire.Res(()))
+        self.assertEqual(sent(honest_transport), [wire.Req((self.tx.hash,))])
+
+    def test_unasked_transfers_are_not_admitted(self):
+        peer, _ = ready_peer(self.h, 1)
+        feed(peer, wire.Res((self.tx,)))
+        self.assertNotIn(self.tx.hash, self.h.node.mempool)
+
+    def test_known_transfers_are_not_asked_for(self):
+        self.h.node.submit_transaction(self.tx)
+        peer, transport = ready_peer(self.h, 1)
+        feed(peer, wire.Inv((self.tx.hash,)))
+        self.assertEqual([m for m in sent(transport) if isinstance(m, wire.Req)], [])
+
+    def test_a_lost_peer_hands_its_asks_to_the_next_announcer(self):
+        first, _ = ready_peer(self.h, 1)
+        second, second_transport = ready_peer(self.h, 2)
+        feed(first, wire.Inv((self.tx.hash,)))
+        feed(second, wire.Inv((self.tx.hash,)))
+        first.disconnect("test")
+        first.connectionLost(None)
+        self.assertEqual(sent(second_transport), [wire.Req((self.tx.hash,))])
+
+    def test_bounds(self):
+        relay = txrelay.TxRelay(self.h.clock, lambda p, m: None, lambda i: False)
+        relay.announce(b"x" * 32, ["p"] * 1)
+        for i in range(txrelay.MAX_QUEUED_PER_PEER + 10):
+            relay.announce(i.to_bytes(32, "big"), ["p"])
+        self.assertEqual(len(relay._queues["p"]), txrelay.MAX_QUEUED_PER_PEER)
+        relay.inv_received("q", [i.to_bytes(32, "big") for i in range(txrelay.MAX_IN_FLIGHT_PER_PEER + 5)])
+        self.assertEqual(relay.asked_of("q"), txrelay.MAX_IN_FLIGHT_PER_PEER)
+        for start in range(0, txrelay.MAX_TRACKED + 100, 1000):
+            relay.inv_received("r", [(start + i).to_bytes(32, "big") for i in range(1000)])
+        self.assertLessEqual(relay.tracked(), txrelay.MAX_TRACKED)
+
+
+class WireTests(unittest.TestCase):
+    def test_packed_ids_are_checked(self):
+        for payload in ({"txs": "not base64!"}, {"txs": "AAAA"}, {"txs": ""}, {"txs": 5}):
+            with self.assertRaises(wire.WireError):
+                wire.decode(b'{"type":9,"payload":%s}' % repr(payload).replace("'", '"').encode())
+        too_many = wire.encode(wire.Inv(tuple(i.to_bytes(32, "big") for i in range(wire.MAX_INV + 1))))
+        with self.assertRaises(wire.WireError):
+            wire.decode(too_many)
+
+    def test_compact_block_shape(self):
+        block = builder().make_block(builder().genesis, transactions=[builder().transfer(ALICE, BOB.address, 5, 0)])
+        line = wire.encode(compact.make_compact(block, 3))
+        self.assertLess(len(line), len(block.encode()))
+        message = wire.decode(line)
+        self.assertEqual(compact.rebuild(message, block.transactions).block(), Block(block.header, block.transactions))
