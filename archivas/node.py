@@ -30,6 +30,7 @@ from archivas.chain.consensus import BlockRejected, check_body, check_header, ch
 from archivas.chain.encoding import canonical_json, sha256
 from archivas.chain.mempool import Mempool
 from archivas.chain.transactions import InvalidTransaction, Transaction
+from archivas.chain.verifycache import VerifiedSegments, VerifiedTransfers
 from archivas.metrics import NodeMetrics
 from archivas.protocols import compact, txrelay, wire
 from archivas.protocols.identity import NodeIdentity
@@ -93,6 +94,7 @@ class Node:
         verify_threads: int = VERIFY_THREADS,
         threaded: bool = True,
         headers_first: bool = True,
+        checker: Optional[Callable[..., defer.Deferred]] = None,
         **manager_options: Any,
     ) -> None:
         self.chain = chain
@@ -102,6 +104,11 @@ class Node:
         self.identity = node_identity or NodeIdentity.ephemeral()
         self.node_id = self.identity.node_id
         self.mempool = Mempool(self.params)
+        # What this node verified already (chain/verifycache.py): a transfer's signature on
+        # its way into the mempool, a VDF segment from timelord gossip; a block carrying
+        # them has those checked from the cache, keyed by every byte the check reads.
+        self.verified_transfers = VerifiedTransfers()
+        self.verified_segments = VerifiedSegments()
         self.orphans: OrphanPool[PeerProtocol] = OrphanPool()
         # The peer layer reaches the chain only through the seams it declares
         # (protocols/interfaces.py): this node is its ChainView, BlockSink and PeerEvents.
@@ -110,6 +117,9 @@ class Node:
         # threaded=False checks proofs on the calling thread: for reactors without threads
         # (task.Clock, MemoryReactor) in unit tests.
         self.threaded = threaded
+        # checker(node, f, args, kwargs) -> Deferred runs the costly checks instead of the
+        # thread pool: the simulator's (archivas/sim/), which charges simulated time for them.
+        self.checker = checker
         self.threadpool = ThreadPool(minthreads=0, maxthreads=verify_threads, name="archivas-verify")
         self._in_progress: dict[bytes, _Checking] = {}
         self._seen_txs = BoundedSet(16384)
@@ -570,8 +580,10 @@ class Node:
         proved before (by headers-first sync) has only its body checked."""
         score = self.verified_score(block.header)
         if score is not None:
-            return self._in_thread(_body_then, block, self.params, score, background=background)
-        d = self._in_thread(check_standalone, block, parent, self.params, background=background)
+            return self._in_thread(_body_then, block, self.params, score, background=background,
+                                   transfers=self.verified_transfers)
+        d = self._in_thread(check_standalone, block, parent, self.params, background=background,
+                            segments=self.verified_segments, transfers=self.verified_transfers)
         d.addCallback(self._remember_verified, block.header)
         return d
 
@@ -581,7 +593,8 @@ class Node:
         score = self.verified_score(header)
         if score is not None:
             return defer.succeed(score)
-        d = self._in_thread(check_header, header, parent, self.params, background="headers")
+        d = self._in_thread(check_header, header, parent, self.params, background="headers",
+                            segments=self.verified_segments)
         d.addCallback(self._remember_verified, header)
         return d
 
@@ -594,16 +607,20 @@ class Node:
             self._verified.popitem(last=False)
         return score
 
-    def _in_thread(self, f: Callable[..., Any], *args: Any, background: Optional[str] = None) -> defer.Deferred:
-        """`f(*args)` in the verify pool; `background` names the queue of sync work it waits
-        in ("headers" or "blocks"), None for a block that may extend the tip (at once)."""
+    def _in_thread(self, f: Callable[..., Any], *args: Any, background: Optional[str] = None,
+                   **kwargs: Any) -> defer.Deferred:
+        """`f(*args, **kwargs)` in the verify pool; `background` names the queue of sync
+        work it waits in ("headers" or "blocks"), None for a block that may extend the tip
+        (at once). With a `checker` (the simulator's), that runs it instead."""
+        if self.checker is not None:
+            return self.checker(self, f, args, kwargs)
         f = self.metrics.timed(f)  # validation time by component (metrics.COMPONENTS)
         if not self.threaded:
-            return defer.maybeDeferred(f, *args)
+            return defer.maybeDeferred(f, *args, **kwargs)
         if background:
             return self._background_checks[background].run(threads.deferToThreadPool, self.reactor,
-                                                           self.threadpool, f, *args)
-        return threads.deferToThreadPool(self.reactor, self.threadpool, f, *args)
+                                                           self.threadpool, f, *args, **kwargs)
+        return threads.deferToThreadPool(self.reactor, self.threadpool, f, *args, **kwargs)
 
     def _hold_orphan(self, block: Block, source: Optional[PeerProtocol]) -> None:
         """Hold a block whose parent is missing, and ask for the parent. Held only from a
@@ -868,7 +885,8 @@ class Node:
             return 0
         parents = [first_parent] + [b.header for b in blocks[:-1]]
         if scores is not None:  # headers proved by headers-first sync: their bodies only
-            checks = [self._in_thread(_body_then, b, self.params, score, background="blocks")
+            checks = [self._in_thread(_body_then, b, self.params, score, background="blocks",
+                                      transfers=self.verified_transfers)
                       for b, score in zip(blocks, scores)]
         else:
             checks = [self.verify(b, p, background="blocks") for b, p in zip(blocks, parents)]
@@ -909,7 +927,7 @@ class Node:
         if source is not None and tx.hash in self._seen_txs:
             return tx.hash
         try:
-            self.mempool.add(tx, self.chain.account)
+            self.mempool.add(tx, self.chain.account, self.verified_transfers)
         except InvalidTransaction as e:
             # Remember only what can never be admitted by this id; a gap or a full pool may
             # clear, and a bad signature condemns this copy only (the id leaves the
@@ -965,8 +983,8 @@ class Node:
         try:
             seed = self.chain.seed_for_child(parent_hash)
             start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
-            ok = await self._in_thread(vdf.verify_segment, seed, start, segment,
-                                       self.params.discriminant_bits, self.params.vdf_iterations)
+            ok = await self._in_thread(verify_segment, seed, start, segment, self.params.discriminant_bits,
+                                       self.params.vdf_iterations, cache=self.verified_segments)
         finally:
             self._vdf_checking.discard(slot)
             if source is not None:
@@ -994,9 +1012,19 @@ class Node:
         return True
 
 
-def _body_then(block: Block, params: Any, score: int, timings: Optional[dict[str, float]] = None) -> int:
-    check_body(block, params, timings)
+def _body_then(block: Block, params: Any, score: int, timings: Optional[dict[str, float]] = None,
+               transfers: Optional[VerifiedTransfers] = None) -> int:
+    check_body(block, params, timings, transfers)
     return score
+
+
+def verify_segment(seed: bytes, start: bytes, segment: vdf.Segment, bits: int, iterations: int,
+                   cache: Optional[VerifiedSegments] = None) -> bool:
+    """One timelord segment, remembered in `cache` when it verifies (so the block that
+    carries it does not check it again)."""
+    if cache is None:
+        return vdf.verify_segment(seed, start, segment, bits, iterations)
+    return cache.check(seed, start, segment, bits, iterations)
 
 
 def _vdf_id(parent_hash: bytes, index: int) -> bytes:
