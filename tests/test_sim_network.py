@@ -704,6 +704,46 @@ class TwistedProtocolTests(unittest.TestCase):
         self.successResultOf(stopped)
 
 
+class RealNodeTests(unittest.TestCase):
+    """Two real Nodes (PeerManager, PeerProtocol) over the sim network: the handshake
+    completes, a block relays, and stopping one closes the connection on both sides."""
+
+    def node(self, clock):
+        from archivas.node import Node
+        from tests.common import open_chain
+
+        node = Node(open_chain(self), clock, threaded=False)
+        node.start()
+        return node
+
+    def test_two_nodes_handshake_and_relay_a_block(self):
+        from archivas.protocols.peer import PeerState
+        from tests.common import builder
+
+        clock = HeapClock(1_800_000_000.0)  # block times in the past, as tests.test_protocol's Harness
+        net = SimNetwork(clock, random.Random(2))
+        a, b = self.node(clock), self.node(clock)
+        ha, hb = net.add_host("10.0.0.1"), net.add_host("10.0.0.2")
+        ha.listen(9090, a.peers.inbound_factory)
+        service = b.peers.client_service("10.0.0.1:9090", endpoint=hb.endpoint("10.0.0.1", 9090))
+        service.startService()
+        clock.advance(5)
+        self.assertEqual([p.info.state for p in a.peers.peers + b.peers.peers], [PeerState.READY] * 2)
+        self.assertEqual(b.peers.peers[0].info.address, "10.0.0.1:9090")
+        self.assertEqual(a.peers.peers[0].info.host, "10.0.0.2")
+        blocks = builder().extend(builder().genesis, 3)
+        for block in blocks:
+            a.receive_block(block)
+            clock.advance(1)
+        self.assertEqual(b.chain.tip.hash, blocks[-1].hash)
+        service.stopService()
+        stopped = a.stop()
+        clock.advance(10)
+        self.successResultOf(stopped)
+        self.assertEqual((a.peers.peers, b.peers.peers), ([], []))
+        self.successResultOf(b.stop())
+
+
 # determinism
 
 SCENARIO = """
