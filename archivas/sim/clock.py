@@ -26,6 +26,7 @@ from zope.interface import implementer
 log = Logger()
 
 COMPACT_MIN_STALE = 1024  # dead heap entries tolerated before a rebuild is considered
+_NO_KEYWORDS: dict[str, Any] = {}  # shared by calls without keyword arguments (never written)
 
 
 @implementer(IDelayedCall)
@@ -106,7 +107,13 @@ class HeapClock:
     def call_at(self, when: float, f: Callable[..., Any], *args: Any) -> SimDelayedCall:
         """Call `f(*args)` at time `when` (not before now). The network computes arrival
         times itself; scheduling them as delays would round them off."""
-        return self._push(SimDelayedCall(self, when if when > self._now else self._now, f, args, {}))
+        if when < self._now:
+            when = self._now
+        call = SimDelayedCall(self, when, f, args, _NO_KEYWORDS)
+        seq = call._seq = self._seq
+        self._seq = seq + 1
+        heapq.heappush(self._heap, (when, seq, call))
+        return call
 
     def _push(self, call: SimDelayedCall) -> SimDelayedCall:
         seq = self._seq
@@ -182,7 +189,10 @@ class HeapClock:
             call.called = True
             ran += 1
             try:
-                call.func(*call.args, **call.kw)
+                if call.kw:
+                    call.func(*call.args, **call.kw)
+                else:
+                    call.func(*call.args)
             except Exception:
                 log.failure("Unhandled error in a delayed call {call!r}", call=call)
             if limit is not None and ran >= limit:
