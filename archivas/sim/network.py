@@ -795,8 +795,8 @@ class SimNetwork:
         self.clock = clock
         self.rng = rng
         self.latency_ms = (float(low), float(high))
-        self.bandwidth_mbit = float(bandwidth_mbit)
-        self.byte_time = _byte_time(self.bandwidth_mbit)
+        self._bandwidth_mbit = float(bandwidth_mbit)
+        self.byte_time = _byte_time(self._bandwidth_mbit)
         self.loss = float(loss)
         self.rto = rto_ms / 1000.0
         self.hosts: dict[str, SimHost] = {}
@@ -806,6 +806,11 @@ class SimNetwork:
         self.deliveries = 0
         self.losses = 0
         self.trace = hashlib.sha256()
+
+    @property
+    def bandwidth_mbit(self) -> float:
+        """Every host's default (fixed; a host may set its own `bandwidth_mbit`)."""
+        return self._bandwidth_mbit
 
     # hosts and paths
 
