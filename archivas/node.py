@@ -59,6 +59,7 @@ MAX_COPIES = 4  # other copies of a block under check, kept in case that one is 
 MAX_ANNOUNCERS = 8  # peers that announced a block under check, asked if every copy fails
 FORGERY_REASONS = ("malformed", "bad_signature", "wrong_chain", "key_mismatch", "bad_address")
 MAX_RES_BYTES = 1024 * 1024  # transfers in one RES answer
+MAX_INV_IDS = 65536  # inv ids of transfers seen, and of admitted ones for answering REQ
 HIGH_BANDWIDTH_PEERS = 3  # peers asked to send new blocks as CMPCT_BLOCK unannounced (BIP152's 3)
 MAX_PARTIAL_BLOCKS = 32  # compact blocks waiting for their missing transfers, in all
 MAX_PARTIAL_PER_PEER = 2  # of those, from one peer
@@ -123,6 +124,9 @@ class Node:
         self.threadpool = ThreadPool(minthreads=0, maxthreads=verify_threads, name="archivas-verify")
         self._in_progress: dict[bytes, _Checking] = {}
         self._seen_txs = BoundedSet(16384)
+        # The same by inv id (wire.inv_id), and the mempool's transfers by inv id (for REQ).
+        self._seen_inv = BoundedSet(MAX_INV_IDS)
+        self._by_inv: collections.OrderedDict[bytes, bytes] = collections.OrderedDict()
         # Refused for good (with why): not verified again.
         self._invalid_blocks: collections.OrderedDict[bytes, BlockRejected] = collections.OrderedDict()
         # (parent hash, proof of space) -> the first valid block seen with them.
@@ -172,7 +176,8 @@ class Node:
         }
         # Transfer inventory (protocols/txrelay.py) and compact blocks (protocols/compact.py).
         self.txrelay = txrelay.TxRelay(reactor, lambda proto, message: proto.send(message),
-                                       lambda tx_id: tx_id in self.mempool or tx_id in self._seen_txs)
+                                       lambda inv: inv in self._seen_inv,
+                                       self._not_known_to, _inv_interval)
         self._partials: dict[bytes, _Partial] = {}
         self._compact_asked: dict[bytes, float] = {}  # block hash -> when a GET_CMPCT went out
         self.high_bandwidth: list[PeerProtocol] = []  # peers sending us new blocks unannounced
@@ -197,7 +202,7 @@ class Node:
         self._stale.start(STALE_CHECK_SECONDS, now=False).addErrback(
             lambda f: log.failure("[sync] stale-tip check failed", f))
         self._loops = []
-        for seconds, work in ((txrelay.INV_INTERVAL, self.txrelay.flush), (1.0, self.txrelay.check_timeouts)):
+        for seconds, work in ((txrelay.TICK, self.txrelay.flush), (1.0, self.txrelay.check_timeouts)):
             loop = LoopingCall(work)
             loop.clock = self.reactor
             loop.start(seconds, now=False).addErrback(lambda f: log.failure("[p2p] transfer relay failed", f))
@@ -843,17 +848,29 @@ class Node:
 
     # transfer inventory
 
+    def _not_known_to(self, proto: PeerProtocol, ids: list[bytes]) -> list[bytes]:
+        """Of the ids queued for a peer, those it has not announced (nor got from us) since:
+        they go in its INV now and are known to it from now on."""
+        info = proto.info
+        if info is None or info.state is PeerState.CLOSED:
+            return []
+        out = [tx_id for tx_id in ids if tx_id not in info.known_txs]
+        for tx_id in out:
+            info.known_txs.add(tx_id)
+        return out
+
     def _on_inv(self, proto: PeerProtocol, message: wire.Inv) -> None:
         assert proto.info is not None
-        for tx_id in message.ids:
-            proto.info.known_txs.add(tx_id)
+        for inv in message.ids:
+            proto.info.known_txs.add(inv)
         self.txrelay.inv_received(proto, message.ids)
 
     def _on_req(self, proto: PeerProtocol, message: wire.Req) -> None:
         txs: list[Transaction] = []
         size = 0
-        for tx_id in message.ids:
-            tx = self.mempool.get(tx_id)
+        for inv in message.ids:
+            tx_id = self._by_inv.get(inv)
+            tx = self.mempool.get(tx_id) if tx_id is not None else None
             if tx is None:
                 continue
             size += 400 + 2 * len(tx.signature)
@@ -920,8 +937,9 @@ class Node:
 
     def submit_transaction(self, tx: Transaction, source: Optional[PeerProtocol] = None) -> bytes:
         """Admit a transfer to the mempool and relay it; InvalidTransaction says why not."""
+        inv = wire.inv_id(tx.hash)
         if source is not None and source.info is not None:
-            source.info.known_txs.add(tx.hash)
+            source.info.known_txs.add(inv)
         if tx.hash in self.mempool:
             return tx.hash
         if source is not None and tx.hash in self._seen_txs:
@@ -934,11 +952,16 @@ class Node:
             # signature out: a forged copy must not shadow the real transfer).
             if e.reason != "bad_signature" and (e.reason in FORGERY_REASONS or e.reason == "bad_nonce"):
                 self._seen_txs.add(tx.hash)
+                self._seen_inv.add(inv)
             raise
         self._seen_txs.add(tx.hash)
+        self._seen_inv.add(inv)
+        self._by_inv[inv] = tx.hash
+        while len(self._by_inv) > MAX_INV_IDS:
+            self._by_inv.popitem(last=False)
         if source is not None and source.info is not None:
             source.info.last_tx_at = self.reactor.seconds()
-        self.txrelay.known(tx.hash)
+        self.txrelay.known(inv)
         self._relay_transaction(tx)
         return tx.hash
 
@@ -946,19 +969,19 @@ class Node:
         """Announced in the next INV to inventory peers, pushed whole to older ones."""
         message: Optional[wire.NewTransaction] = None
         announce_to = []
+        inv = wire.inv_id(tx.hash)
         for proto in self.peers.ready_peers():
             info = proto.info
             assert info is not None
-            if info.block_relay_only or tx.hash in info.known_txs:
+            if info.block_relay_only or inv in info.known_txs:
                 continue
             if info.can("inv"):
-                info.known_txs.add(tx.hash)
-                announce_to.append(proto)
+                announce_to.append(proto)  # marked known when its INV leaves (_not_known_to)
             elif info.can("tx") and not proto.writes_paused:
-                info.known_txs.add(tx.hash)
+                info.known_txs.add(inv)
                 message = message or wire.NewTransaction(tx)
                 proto.send(message)
-        self.txrelay.announce(tx.hash, announce_to)
+        self.txrelay.announce(inv, announce_to)
 
     # timelord output
 
@@ -1010,6 +1033,11 @@ class Node:
         for callback in list(self.on_vdf):
             callback(parent_hash, index, segment)
         return True
+
+
+def _inv_interval(proto: PeerProtocol) -> float:
+    outbound = proto.info is not None and proto.info.direction == "outbound"
+    return txrelay.OUTBOUND_INTERVAL if outbound else txrelay.INBOUND_INTERVAL
 
 
 def _body_then(block: Block, params: Any, score: int, timings: Optional[dict[str, float]] = None,

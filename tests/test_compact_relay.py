@@ -9,6 +9,10 @@ from archivas.protocols import compact, txrelay, wire
 from tests.common import ALICE, BOB, CAROL, builder
 from tests.test_protocol import Harness, feed, handshake, sent
 
+def inv(tx):
+    return wire.inv_id(tx.hash)
+
+
 REQUESTS = (wire.GetBlockTxn, wire.GetBlocks, wire.GetBlock, wire.GetCmpct)
 
 
@@ -30,9 +34,9 @@ class CompactBlockTests(unittest.TestCase):
 
     def gossip(self, txs):
         """The peer announces `txs` by INV, the node asks, the peer answers."""
-        feed(self.peer, wire.Inv(tuple(tx.hash for tx in txs)))
+        feed(self.peer, wire.Inv(tuple(inv(tx) for tx in txs)))
         asked = [m for m in sent(self.transport) if isinstance(m, wire.Req)]
-        self.assertEqual([set(m.ids) for m in asked], [{tx.hash for tx in txs}])
+        self.assertEqual([set(m.ids) for m in asked], [{inv(tx) for tx in txs}])
         feed(self.peer, wire.Res(tuple(txs)))
         for tx in txs:
             self.assertIn(tx.hash, self.h.node.mempool)
@@ -180,30 +184,40 @@ class InventoryTests(unittest.TestCase):
         self.h.node.submit_transaction(second)
         self.assertEqual(sent(inv_transport), [])
         self.assertEqual([type(m) for m in sent(old_transport)], [wire.NewTransaction, wire.NewTransaction])
-        self.h.clock.advance(txrelay.INV_INTERVAL)
-        self.assertEqual(sent(inv_transport), [wire.Inv((self.tx.hash, second.hash))])
-        feed(inv_peer, wire.Req((second.hash, b"\x00" * 32)))
+        self.h.clock.advance(txrelay.TICK)
+        self.assertEqual(sent(inv_transport), [wire.Inv((inv(self.tx), inv(second)))])
+        third = builder().transfer(ALICE, CAROL.address, 12, 2)
+        fourth = builder().transfer(ALICE, CAROL.address, 13, 3)
+        self.h.node.submit_transaction(third)
+        self.h.node.submit_transaction(fourth)
+        feed(inv_peer, wire.Inv((inv(third),)))  # it announced one meanwhile: not announced back
+        sent(inv_transport)
+        self.h.clock.advance(txrelay.TICK)
+        self.assertEqual(sent(inv_transport), [])  # an inbound peer's INVs are 5 s apart
+        self.h.clock.advance(txrelay.INBOUND_INTERVAL)
+        self.assertEqual(sent(inv_transport), [wire.Inv((inv(fourth),))])
+        feed(inv_peer, wire.Req((inv(second), b"\x00" * 16)))
         self.assertEqual(sent(inv_transport), [wire.Res((second,))])
 
     def test_an_announcer_that_never_answers_is_passed_over(self):
         silent, silent_transport = ready_peer(self.h, 1)
         honest, honest_transport = ready_peer(self.h, 2)
-        feed(silent, wire.Inv((self.tx.hash,)))
-        feed(honest, wire.Inv((self.tx.hash,)))
-        self.assertEqual(sent(silent_transport), [wire.Req((self.tx.hash,))])
+        feed(silent, wire.Inv((inv(self.tx),)))
+        feed(honest, wire.Inv((inv(self.tx),)))
+        self.assertEqual(sent(silent_transport), [wire.Req((inv(self.tx),))])
         self.assertEqual(sent(honest_transport), [])  # one at a time
         self.h.clock.advance(txrelay.REQUEST_TIMEOUT + 1)
-        self.assertEqual(sent(honest_transport), [wire.Req((self.tx.hash,))])
+        self.assertEqual(sent(honest_transport), [wire.Req((inv(self.tx),))])
         feed(honest, wire.Res((self.tx,)))
         self.assertIn(self.tx.hash, self.h.node.mempool)
 
     def test_an_answer_without_the_transfer_goes_to_the_next_announcer_at_once(self):
         liar, liar_transport = ready_peer(self.h, 1)
         honest, honest_transport = ready_peer(self.h, 2)
-        feed(liar, wire.Inv((self.tx.hash,)))
-        feed(honest, wire.Inv((self.tx.hash,)))
+        feed(liar, wire.Inv((inv(self.tx),)))
+        feed(honest, wire.Inv((inv(self.tx),)))
         feed(liar, wire.Res(()))
-        self.assertEqual(sent(honest_transport), [wire.Req((self.tx.hash,))])
+        self.assertEqual(sent(honest_transport), [wire.Req((inv(self.tx),))])
 
     def test_unasked_transfers_are_not_admitted(self):
         peer, _ = ready_peer(self.h, 1)
@@ -213,28 +227,28 @@ class InventoryTests(unittest.TestCase):
     def test_known_transfers_are_not_asked_for(self):
         self.h.node.submit_transaction(self.tx)
         peer, transport = ready_peer(self.h, 1)
-        feed(peer, wire.Inv((self.tx.hash,)))
+        feed(peer, wire.Inv((inv(self.tx),)))
         self.assertEqual([m for m in sent(transport) if isinstance(m, wire.Req)], [])
 
     def test_a_lost_peer_hands_its_asks_to_the_next_announcer(self):
         first, _ = ready_peer(self.h, 1)
         second, second_transport = ready_peer(self.h, 2)
-        feed(first, wire.Inv((self.tx.hash,)))
-        feed(second, wire.Inv((self.tx.hash,)))
+        feed(first, wire.Inv((inv(self.tx),)))
+        feed(second, wire.Inv((inv(self.tx),)))
         first.disconnect("test")
         first.connectionLost(None)
-        self.assertEqual(sent(second_transport), [wire.Req((self.tx.hash,))])
+        self.assertEqual(sent(second_transport), [wire.Req((inv(self.tx),))])
 
     def test_bounds(self):
         relay = txrelay.TxRelay(self.h.clock, lambda p, m: None, lambda i: False)
-        relay.announce(b"x" * 32, ["p"] * 1)
+        relay.announce(b"x" * 16, ["p"] * 1)
         for i in range(txrelay.MAX_QUEUED_PER_PEER + 10):
-            relay.announce(i.to_bytes(32, "big"), ["p"])
+            relay.announce(i.to_bytes(16, "big"), ["p"])
         self.assertEqual(len(relay._queues["p"]), txrelay.MAX_QUEUED_PER_PEER)
-        relay.inv_received("q", [i.to_bytes(32, "big") for i in range(txrelay.MAX_IN_FLIGHT_PER_PEER + 5)])
+        relay.inv_received("q", [i.to_bytes(16, "big") for i in range(txrelay.MAX_IN_FLIGHT_PER_PEER + 5)])
         self.assertEqual(relay.asked_of("q"), txrelay.MAX_IN_FLIGHT_PER_PEER)
         for start in range(0, txrelay.MAX_TRACKED + 100, 1000):
-            relay.inv_received("r", [(start + i).to_bytes(32, "big") for i in range(1000)])
+            relay.inv_received("r", [(start + i).to_bytes(16, "big") for i in range(1000)])
         self.assertLessEqual(relay.tracked(), txrelay.MAX_TRACKED)
 
 
@@ -243,7 +257,7 @@ class WireTests(unittest.TestCase):
         for payload in ({"txs": "not base64!"}, {"txs": "AAAA"}, {"txs": ""}, {"txs": 5}):
             with self.assertRaises(wire.WireError):
                 wire.decode(b'{"type":9,"payload":%s}' % repr(payload).replace("'", '"').encode())
-        too_many = wire.encode(wire.Inv(tuple(i.to_bytes(32, "big") for i in range(wire.MAX_INV + 1))))
+        too_many = wire.encode(wire.Inv(tuple(i.to_bytes(16, "big") for i in range(wire.MAX_INV + 1))))
         with self.assertRaises(wire.WireError):
             wire.decode(too_many)
 

@@ -10,13 +10,15 @@ from twisted.trial import unittest
 
 from archivas.chain.params import COIN
 from archivas.chain.vdf import Segment
-from archivas.protocols import addrman, identity, states, wire
+from archivas.protocols import addrman, compact, identity, states, wire
 from archivas.protocols.peer import PeerState
 from tests.common import ALICE, CAROL, builder
 from tests.test_protocol import Harness, feed, handshake, hello, peer_identity, sent
 
 ALL = sorted(wire.MESSAGES.values(), key=lambda cls: cls.TYPE)
 SEED = {wire.Ping, wire.Pong, wire.NewBlock, wire.GetBlock, wire.BlockData, wire.GetStatus, wire.Status}
+
+COMPACT = {wire.SendCmpct, wire.CmpctBlock, wire.GetBlockTxn, wire.BlockTxn, wire.GetCmpct}
 
 # The table, written out: for each state, the message types it acts on. Everything else
 # is dropped unparsed (and changes nothing).
@@ -27,9 +29,10 @@ TABLE = {
     "seed": SEED,
     "ready": SEED | {wire.Peers, wire.NewTransaction, wire.GetBlocks, wire.Blocks, wire.VdfOutput, wire.GetPeers,
                      wire.GetHashes, wire.Hashes, wire.PushBlock, wire.GetHeaders, wire.Headers, wire.GetBodies,
-                     wire.Bodies},
+                     wire.Bodies, wire.Inv, wire.Req, wire.Res} | COMPACT,
     "ready, block-relay-only": SEED | {wire.GetBlocks, wire.Blocks, wire.VdfOutput, wire.GetHashes, wire.Hashes,
-                                       wire.PushBlock, wire.GetHeaders, wire.Headers, wire.GetBodies, wire.Bodies},
+                                       wire.PushBlock, wire.GetHeaders, wire.Headers, wire.GetBodies,
+                                       wire.Bodies} | COMPACT,
     "ready, no capabilities": SEED,
     "closed": set(),
 }
@@ -59,6 +62,10 @@ class StateTableTests(unittest.TestCase):
             wire.Hashes: wire.Hashes(0, (genesis,)), wire.PushBlock: wire.PushBlock(self.blocks[2]),
             wire.GetHeaders: wire.GetHeaders((genesis,), 5), wire.Headers: wire.Headers((self.blocks[2].header,)),
             wire.GetBodies: wire.GetBodies((self.blocks[0].hash,)), wire.Bodies: wire.Bodies(((genesis, ()),)),
+            wire.Inv: wire.Inv((tx.hash[:16],)), wire.Req: wire.Req((tx.hash[:16],)), wire.Res: wire.Res((tx,)),
+            wire.SendCmpct: wire.SendCmpct(True), wire.CmpctBlock: compact.make_compact(self.blocks[2], 1),
+            wire.GetBlockTxn: wire.GetBlockTxn(self.blocks[1].hash, (0,)),
+            wire.BlockTxn: wire.BlockTxn(self.blocks[2].hash, ()), wire.GetCmpct: wire.GetCmpct(self.blocks[1].hash),
         }
         self.assertEqual(set(self.samples), set(ALL))
 

@@ -105,7 +105,7 @@ class WireTests(unittest.TestCase):
             wire.Hashes(0, (block.hash,)), wire.PushBlock(block), wire.HelloAck(b"\x09" * 64),
             wire.GetHeaders((block.hash, b.genesis.hash), 100), wire.Headers((block.header,), 1, 7),
             wire.GetBodies((block.hash,)), wire.Bodies(((block.hash, (tx,)),)),
-            wire.Inv((tx.hash, block.hash)), wire.Req((tx.hash,)), wire.Res((tx,)), wire.SendCmpct(True),
+            wire.Inv((tx.hash[:16], block.hash[:16])), wire.Req((tx.hash[:16],)), wire.Res((tx,)), wire.SendCmpct(True),
             wire.CmpctBlock(block.header, 2**48 - 1, (b"\x01" * 6, b"\x02" * 6), ((1, tx),)),
             wire.GetBlockTxn(block.hash, (0, 2)), wire.BlockTxn(block.hash, (tx,)), wire.GetCmpct(block.hash),
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 from archivas.chain import keys
@@ -59,11 +60,16 @@ class Transaction:
         }
 
     def signing_bytes(self) -> bytes:
+        return self._signing_bytes
+
+    @functools.cached_property
+    def _signing_bytes(self) -> bytes:
         return TX_DOMAIN + canonical_json(self.unsigned_json())
 
-    @property
+    @functools.cached_property
     def hash(self) -> bytes:
-        # Over the signed content, not the signature: a transaction has one id.
+        # Over the signed content, not the signature: a transaction has one id (computed
+        # once: a Transaction is immutable).
         return sha256(self.signing_bytes())
 
     def to_json(self) -> dict[str, Any]:

@@ -33,9 +33,10 @@ import hashlib
 import ipaddress
 import math
 import random
-import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Hashable, Iterable, Optional, Sequence
+
+from archivas.protocols import entropy
 
 # --- table geometry (Bitcoin Core's values) ---
 NEW_BUCKET_COUNT = 1024  # buckets in the "new" table
@@ -286,7 +287,7 @@ class AddressBook:
         if key is None:
             # Not from `rng`: Mersenne Twister state can be rebuilt from observed choices,
             # and the key must stay secret or bucket placement can be aimed.
-            key = secrets.token_bytes(KEY_BYTES)
+            key = entropy.token_bytes(KEY_BYTES)
         if not isinstance(key, bytes) or len(key) != KEY_BYTES:
             raise ValueError(f"address book key must be {KEY_BYTES} bytes")
         self._now = now

@@ -14,6 +14,7 @@ from typing import Optional
 
 from archivas.chain import keys
 from archivas.chain.encoding import sha256
+from archivas.protocols import entropy
 
 KEY_FILE = "node.key"
 HELLO_DOMAIN = b"archivas-hello-v2\x00"
@@ -39,7 +40,7 @@ def check_proof(prover_key: bytes, genesis_hash: bytes, challenger_nonce: bytes,
 
 
 def fresh_nonce() -> bytes:
-    return os.urandom(NONCE_BYTES)
+    return entropy.token_bytes(NONCE_BYTES)
 
 
 class NodeIdentity:

@@ -36,10 +36,11 @@ Non-hash inputs (short or structured bytes) would fill the filter unevenly: don'
 
 from __future__ import annotations
 
-import secrets
 from typing import Optional
 
 from rbloom import Bloom
+
+from archivas.protocols import entropy
 
 # Defaults per set: the most recent 4,096 ids always remembered, one false "already has it"
 # in a million lookups. They give 3 generations x 7,947 bytes = 23,841 bytes of bit arrays
@@ -78,7 +79,7 @@ class RollingKnownSet:
         self.false_positive_rate = false_positive_rate
         self._per_generation = (capacity + 1) // 2
         # Any int to [-2**127, 2**127), so that key XOR tweak stays a signed 128-bit int.
-        self._tweak = ((secrets.randbits(128) if tweak is None else tweak) % _INT128) - _INT127
+        self._tweak = ((entropy.randbits(128) if tweak is None else tweak) % _INT128) - _INT127
         # A lookup consults every generation: each gets a third of the rate (union bound).
         rate = false_positive_rate / GENERATIONS
         # The filters hold keys (see add), already hashes: rbloom takes them as they are.

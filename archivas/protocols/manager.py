@@ -26,7 +26,7 @@ from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-from archivas.protocols import addrman, eviction, identity, states, tls, wire
+from archivas.protocols import addrman, entropy, eviction, identity, states, tls, wire
 from archivas.protocols.addrman import canonical_ip
 from archivas.protocols.banlist import BanList
 from archivas.protocols.interfaces import ChainView, PeerEvents
@@ -185,6 +185,7 @@ class PeerManager:
         group: Callable[[str], bytes] = eviction.address_group,
         discover: bool = True,
         tls_certificate: Optional[Any] = None,
+        endpoint_factory: Optional[Callable[[str, int, float], Any]] = None,
     ) -> None:
         self.view = view
         self.events = events
@@ -204,7 +205,9 @@ class PeerManager:
         self.group = group
         self.discover = discover  # fill outbound slots from the address book
         self.tls_certificate = tls_certificate  # for tls:host:port peers (tls.py); made on first need
-        self._rng = random.Random()
+        # (host, port, timeout) -> a client endpoint, instead of TCP (the simulator's links)
+        self.endpoint_factory = endpoint_factory
+        self._rng = entropy.new_rng()
         self.book = book if book is not None else addrman.AddressBook(reactor.seconds, self._rng, group=group)
         self.book_path = book_path
         self.addr_limiter = addrman.AddrRateLimiter(reactor.seconds)
@@ -307,13 +310,20 @@ class PeerManager:
                 self.tls_certificate = tls.load_or_create_certificate()
             endpoint = tls.client_endpoint(self.reactor, host, port, self.tls_certificate)
         elif endpoint is None:
-            endpoint = endpoints.HostnameEndpoint(self.reactor, host, port)
+            endpoint = self._endpoint(host, port, None)
         policy = self.dial_policies[address] = DialPolicy(self, address, self._rng)
         service = ClientService(endpoint, PeerFactory(self, "outbound", address, "manual"),
                                 retryPolicy=policy, clock=self.reactor)
         service.setName(f"peer {address}")
         self.dialers[address] = service
         return service
+
+    def _endpoint(self, host: str, port: int, timeout: Optional[float]) -> Any:
+        if self.endpoint_factory is not None:
+            return self.endpoint_factory(host, port, timeout or DIAL_TIMEOUT)
+        if timeout is None:
+            return endpoints.HostnameEndpoint(self.reactor, host, port)
+        return endpoints.HostnameEndpoint(self.reactor, host, port, timeout=timeout)
 
     def dial(self, address: str) -> ClientService:
         """Start keeping an outbound connection to `host:port` now."""
@@ -339,7 +349,7 @@ class PeerManager:
             self.book.remove(address)
             return None
         if endpoint is None:
-            endpoint = endpoints.HostnameEndpoint(self.reactor, host, port, timeout=DIAL_TIMEOUT)
+            endpoint = self._endpoint(host, port, DIAL_TIMEOUT)
         self._dialing[address] = slot
         self.book.attempt(address)
         d = endpoint.connect(PeerFactory(self, "outbound", address, slot))

@@ -14,6 +14,8 @@ Entering `ready` cancels the handshake timer (manager.READY_TIMEOUT).
 
 from __future__ import annotations
 
+import functools
+
 from archivas.protocols import wire
 from archivas.protocols.peer import PeerInfo, PeerState
 
@@ -47,7 +49,13 @@ def accepted(info: PeerInfo) -> frozenset[type[wire.Message]]:
         return SEED | extra
     if state == SEED_READY:
         return SEED
-    allowed = {cls for cls in EXTENSIONS if cls.CAPABILITY is not None and info.can(cls.CAPABILITY)}
-    if info.block_relay_only:
+    return _ready(info.capabilities, info.block_relay_only)
+
+
+@functools.lru_cache(maxsize=256)
+def _ready(capabilities: frozenset[str], block_relay_only: bool) -> frozenset[type[wire.Message]]:
+    """`ready`'s table for these capabilities (asked for every message: computed once)."""
+    allowed = {cls for cls in EXTENSIONS if cls.CAPABILITY is not None and cls.CAPABILITY in capabilities}
+    if block_relay_only:
         allowed -= NOT_ON_BLOCK_RELAY
     return SEED | allowed

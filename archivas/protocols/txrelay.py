@@ -1,7 +1,10 @@
 """Transfer relay by inventory (Bitcoin's INV/GETDATA/TX, on the original INV/REQ/RES).
 
-A node that admits a transfer queues its id for every peer that may not have it; every
-INV_INTERVAL seconds each peer's queue leaves as one INV (at most wire.MAX_INV ids). A
+A node that admits a transfer queues its id for every peer that may not have it; each
+peer's queue leaves as one INV (at most wire.MAX_INV ids) every OUTBOUND_INTERVAL seconds
+to peers we dialed, every INBOUND_INTERVAL to the others (Bitcoin's 2 s and 5 s), less the
+ids that peer announced to us meanwhile: so on most links a transfer is announced in one
+direction only. A
 peer that gets an INV asks (REQ) for the ids it neither has nor is already fetching, from
 the first peer that announced each; the others that announced it are remembered (at most
 MAX_ANNOUNCERS) and asked in turn if the first does not deliver within REQUEST_TIMEOUT, or
@@ -12,8 +15,9 @@ Bounds (docs/protocol.md): ids queued for one peer, ids being fetched at once fr
 peer, ids tracked in all. Past them, new ids are dropped (the transfer will be announced
 again by another peer, or included in a block: nothing here is needed for consensus).
 
-No reactor of its own: `clock` (IReactorTime) for times, `send` to write, `have` to ask
-whether an id is known already. Peers are keyed by object identity.
+Ids here are inv ids (wire.inv_id: a transfer id's first 16 bytes). No reactor of its own:
+`clock` (IReactorTime) for times, `send` to write, `have` to ask whether an id is known
+already. Peers are keyed by object identity.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ import attrs
 
 from archivas.protocols import wire
 
-INV_INTERVAL = 2.0  # seconds between a peer's INVs (Bitcoin: 2 s on average to outbound peers)
+OUTBOUND_INTERVAL = 2.0  # seconds between INVs to a peer we dialed (Bitcoin: 2 s on average)
+INBOUND_INTERVAL = 5.0  # ... to a peer that dialed us (Bitcoin: 5 s)
+TICK = 1.0  # how often queues are looked at
 REQUEST_TIMEOUT = 5.0  # seconds for an asked transfer to arrive before the next announcer is asked
 MAX_ANNOUNCERS = 8  # peers remembered per id as having announced it
 MAX_QUEUED_PER_PEER = 5000  # ids waiting for one peer's next INV (oldest dropped past it)
@@ -44,11 +50,16 @@ class _Wanted:
 
 class TxRelay:
     def __init__(self, clock: Any, send: Callable[[Any, wire.Message], None],
-                 have: Callable[[bytes], bool]) -> None:
+                 have: Callable[[bytes], bool],
+                 still_unknown: Callable[[Any, list[bytes]], list[bytes]] = lambda peer, ids: ids,
+                 interval: Callable[[Any], float] = lambda peer: OUTBOUND_INTERVAL) -> None:
         self.clock = clock
         self.send = send
         self.have = have
+        self.still_unknown = still_unknown  # at send time: those of the ids the peer is not known to have
+        self.interval = interval
         self._queues: dict[Any, list[bytes]] = {}
+        self._due: dict[Any, float] = {}  # when each peer's next INV may leave
         self._wanted: collections.OrderedDict[bytes, _Wanted] = collections.OrderedDict()
         self._in_flight: collections.Counter[Any] = collections.Counter()
         # REQ batches sent to each peer and not answered yet, oldest first (each holds ids
@@ -68,11 +79,14 @@ class TxRelay:
             queue.append(tx_id)
 
     def flush(self) -> int:
-        """Send every peer its queued ids (one INV each, split at wire.MAX_INV); returns
-        how many INVs went out. Called every INV_INTERVAL."""
+        """Send each peer whose time has come its queued ids that it is still not known
+        to have (one INV, split at wire.MAX_INV); returns how many INVs went out. Called
+        every TICK seconds."""
         sent = 0
-        queues, self._queues = self._queues, {}
-        for peer, ids in queues.items():
+        now = self.clock.seconds()
+        for peer in [p for p in self._queues if self._due.get(p, 0.0) <= now]:
+            ids = self.still_unknown(peer, self._queues.pop(peer))
+            self._due[peer] = now + self.interval(peer)
             for start in range(0, len(ids), wire.MAX_INV):
                 self.send(peer, wire.Inv(tuple(ids[start:start + wire.MAX_INV])))
                 sent += 1
@@ -119,9 +133,10 @@ class TxRelay:
         asked = set(batch)
         out = []
         for tx in txs:
-            wanted = self._wanted.get(tx.hash)
-            if tx.hash in asked and wanted is not None and wanted.asked is peer:
-                self._done(tx.hash, wanted)
+            tx_id = wire.inv_id(tx.hash)
+            wanted = self._wanted.get(tx_id)
+            if tx_id in asked and wanted is not None and wanted.asked is peer:
+                self._done(tx_id, wanted)
                 out.append(tx)
         self._retry([tx_id for tx_id in batch if (w := self._wanted.get(tx_id)) is not None and w.asked is peer])
         return out
@@ -172,6 +187,7 @@ class TxRelay:
 
     def peer_lost(self, peer: Any) -> None:
         self._queues.pop(peer, None)
+        self._due.pop(peer, None)
         self._outstanding.pop(peer, None)
         mine = [tx_id for tx_id, w in self._wanted.items() if w.asked is peer]
         for wanted in self._wanted.values():

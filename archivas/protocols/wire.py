@@ -47,6 +47,11 @@ MAX_BODIES = 64  # bodies asked for in one GET_BODIES (and at most node.MAX_BLOC
 MAX_INV = 1000  # transfer ids in one INV or REQ (Bitcoin's is 50,000; ours come in 2 s batches)
 MAX_RES = 1000  # transfers in one RES (and at most node.MAX_RES_BYTES)
 SHORT_ID_BYTES = 6  # a compact block's transfer ids, as BIP152's
+# INV and REQ name a transfer by the first 16 bytes of its id: 22 base64 characters where
+# the whole id takes 43 (inventory is most of a node's traffic). Making a transfer that
+# shares another's 16 bytes is a second preimage on 128 bits, out of reach; two made to
+# collide with each other (2^64 work) only slow the maker's own transfers.
+INV_ID_BYTES = 16
 
 HEX = "hex"
 ARRAY = "array"  # a [32]byte as Go's encoding/json writes it
@@ -687,6 +692,11 @@ def _packed(payload: dict[str, Any], name: str, width: int, most: int) -> tuple[
     return tuple(data[i:i + width] for i in range(0, len(data), width))
 
 
+def inv_id(tx_hash: bytes) -> bytes:
+    """How INV and REQ name a transfer (see INV_ID_BYTES)."""
+    return tx_hash[:INV_ID_BYTES]
+
+
 def _pack(ids: tuple[bytes, ...]) -> str:
     return base64.b64encode(b"".join(ids)).decode()
 
@@ -708,7 +718,8 @@ def _transfers(payload: dict[str, Any], name: str, most: int) -> tuple[Transacti
 
 @dataclasses.dataclass(frozen=True)
 class Inv(Message):
-    """Ids of transfers the sender has in its mempool (32 bytes each, packed in base64)."""
+    """Transfers the sender has in its mempool, by inv id (inv_id: 16 bytes each, packed in
+    base64)."""
 
     TYPE: ClassVar[int] = 9
     NAME: ClassVar[str] = "INV"
@@ -720,7 +731,7 @@ class Inv(Message):
 
     @classmethod
     def parse(cls, payload: dict[str, Any], limits: Limits) -> "Inv":
-        ids = _packed(payload, "txs", 32, MAX_INV)
+        ids = _packed(payload, "txs", INV_ID_BYTES, MAX_INV)
         if not ids:
             raise DecodeError("no ids")
         return cls(ids)
@@ -740,7 +751,7 @@ class Req(Message):
 
     @classmethod
     def parse(cls, payload: dict[str, Any], limits: Limits) -> "Req":
-        ids = _packed(payload, "txs", 32, MAX_INV)
+        ids = _packed(payload, "txs", INV_ID_BYTES, MAX_INV)
         if not ids:
             raise DecodeError("no ids")
         return cls(ids)
