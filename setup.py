@@ -44,6 +44,7 @@ setup(
             "archivas-timelord = archivas.scripts.timelord:main",
             "archivas-farmer = archivas.scripts.farmer:main",
             "archivas-wallet = archivas.scripts.wallet:main",
+            "archivas-sim = archivas.sim.cli:main",
         ]
     },
 )
