@@ -358,24 +358,25 @@ class Node:
             proto.send(wire.GetBlock(height))
 
     def _on_get_block(self, proto: PeerProtocol, message: wire.GetBlock) -> None:
-        block = self.chain.block_at(message.height) if message.height <= self.chain.height else None
-        if block is not None:
-            proto.send(wire.BlockData(message.height, block))
+        # Served from the stored bytes, never decoded and encoded again.
+        raw = self.chain.block_bytes_at(message.height) if message.height <= self.chain.height else None
+        if raw is not None:
+            proto.send(wire.block_data_line(message.height, raw))
 
     def _on_get_blocks(self, proto: PeerProtocol, message: wire.GetBlocks) -> None:
-        blocks: list[Block] = []
+        raws: list[bytes] = []
         size = 0
         tip_height = self.chain.height
         for height in range(message.start, min(message.start + message.count, tip_height + 1)):
-            block = self.chain.block_at(height)
-            if block is None:
+            raw = self.chain.block_bytes_at(height)
+            if raw is None:
                 break
-            size += len(block.encode())
-            if blocks and size > MAX_BLOCKS_REPLY_BYTES:
+            size += len(raw)
+            if raws and size > MAX_BLOCKS_REPLY_BYTES:
                 break
-            blocks.append(block)
-        eof = bool(blocks) and message.start + len(blocks) - 1 == tip_height
-        proto.send(wire.Blocks(message.start, tuple(blocks), tip_height, eof))
+            raws.append(raw)
+        eof = bool(raws) and message.start + len(raws) - 1 == tip_height
+        proto.send(wire.blocks_line(message.start, raws, tip_height, eof))
 
     def _on_get_headers(self, proto: PeerProtocol, message: wire.GetHeaders) -> None:
         """Main-chain headers after the first locator hash on our main chain (none when

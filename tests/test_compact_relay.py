@@ -9,6 +9,7 @@ from archivas.protocols import compact, txrelay, wire
 from tests.common import ALICE, BOB, CAROL, builder
 from tests.test_protocol import Harness, feed, handshake, sent
 
+
 def inv(tx):
     return wire.inv_id(tx.hash)
 
@@ -159,7 +160,7 @@ class HighBandwidthTests(unittest.TestCase):
     def test_the_peer_that_delivers_first_becomes_high_bandwidth(self):
         peers = [ready_peer(self.h, n) for n in range(1, 5)]
         parent = self.base[-1]
-        for n, (proto, transport) in enumerate(peers):
+        for n, (proto, _) in enumerate(peers):
             block = builder().make_block(parent)
             feed(proto, compact.make_compact(block, n))
             self.assertEqual(self.h.node.chain.tip.hash, block.hash)
@@ -267,3 +268,29 @@ class WireTests(unittest.TestCase):
         self.assertLess(len(line), len(block.encode()))
         message = wire.decode(line)
         self.assertEqual(compact.rebuild(message, block.transactions).block(), Block(block.header, block.transactions))
+
+
+class StoredBytesTests(unittest.TestCase):
+    """Blocks are served from the bytes they are stored as: the very lines encode writes."""
+
+    def test_lines_equal_encoded_messages(self):
+        b = builder()
+        blocks = b.extend(b.genesis, 2)
+        raws = [blk.encode() for blk in blocks]
+        self.assertEqual(wire.block_data_line(1, raws[0]).line, wire.encode(wire.BlockData(1, blocks[0])))
+        for eof in (True, False):
+            self.assertEqual(wire.blocks_line(1, raws, 2, eof).line,
+                             wire.encode(wire.Blocks(1, tuple(blocks), 2, eof)))
+        self.assertEqual(wire.blocks_line(5, [], 2, False).line, wire.encode(wire.Blocks(5, (), 2, False)))
+        self.assertEqual(wire.push_block_line(raws[1]).line, wire.encode(wire.PushBlock(blocks[1])))
+
+    def test_a_node_serves_what_it_stored_without_decoding(self):
+        b = builder()
+        blocks = b.extend(b.genesis, 3)
+        h = Harness(self, blocks)
+        peer, transport = ready_peer(h, 9)
+        h.node.chain.storage.block = None  # decoding a stored block would fail now
+        feed(peer, wire.GetBlocks(1, 3))
+        self.assertEqual(sent(transport), [wire.Blocks(1, tuple(blocks), 3, True)])
+        feed(peer, wire.GetBlock(2))
+        self.assertEqual(sent(transport), [wire.BlockData(2, blocks[1])])

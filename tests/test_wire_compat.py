@@ -13,8 +13,8 @@ import time
 from twisted.trial import unittest
 
 from archivas.chain.vdf import Segment
-from archivas.protocols import compact, peer as peer_module
-from archivas.protocols import wire
+from archivas.protocols import compact, wire
+from archivas.protocols import peer as peer_module
 from archivas.protocols.peer import PeerState
 from tests.common import ALICE, CAROL, builder
 from tests.test_protocol import Harness, feed, handshake, hello, sent

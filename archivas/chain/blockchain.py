@@ -126,6 +126,11 @@ class Chain:
     def block(self, block_hash: bytes) -> Optional[Block]:
         return self.storage.block(block_hash)
 
+    def block_bytes_at(self, height: int) -> Optional[bytes]:
+        """The main-chain block at `height` as stored (canonical JSON), not decoded."""
+        block_hash = self.storage.main_hash(height)
+        return None if block_hash is None else self.storage.block_bytes(block_hash)
+
     def has_block(self, block_hash: bytes) -> bool:
         return self.storage.has_block(block_hash)
 

@@ -318,6 +318,11 @@ class Storage:
         row = self.db.execute(f"SELECT {_META_COLUMNS} FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         return _meta(row) if row else None
 
+    def block_bytes(self, block_hash: bytes) -> Optional[bytes]:
+        """A block as stored: its canonical JSON (Block.encode), to serve without decoding."""
+        row = self.db.execute("SELECT data FROM blocks WHERE hash=?", (block_hash,)).fetchone()
+        return None if row is None else bytes(row[0])
+
     def block(self, block_hash: bytes) -> Optional[Block]:
         row = self.db.execute("SELECT data FROM blocks WHERE hash=?", (block_hash,)).fetchone()
         if row is None:

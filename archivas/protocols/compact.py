@@ -89,13 +89,13 @@ def rebuild(message: wire.CmpctBlock, pool: Iterable[Transaction]) -> PartialBlo
         else:
             wanted.setdefault(next(order), []).append(i)
     found: dict[bytes, Optional[Transaction]] = {}
-    for tx in pool:
-        sid = short_id(key, tx.hash)
+    for candidate in pool:
+        sid = short_id(key, candidate.hash)
         if sid in wanted:
             # Two different transfers with one short id: neither is trusted.
-            found[sid] = tx if sid not in found or found[sid] == tx else None
+            found[sid] = candidate if sid not in found or found[sid] == candidate else None
     for sid, indexes in wanted.items():
-        tx = found.get(sid)
-        if tx is not None and len(indexes) == 1:
-            slots[indexes[0]] = tx
+        match = found.get(sid)
+        if match is not None and len(indexes) == 1:
+            slots[indexes[0]] = match
     return PartialBlock(message.header, slots)

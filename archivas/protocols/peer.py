@@ -293,11 +293,14 @@ class PeerProtocol(LineReceiver):
         self.manager.misbehaved(self, "line_too_long", f"a line over {self.line_cap} bytes")
         self.disconnect("line too long")
 
-    def send(self, message: wire.Message) -> None:
+    def send(self, message: wire.Message | wire.Encoded) -> None:
         if self.transport is not None and self._open():
             assert self.info is not None
-            style = wire.HEX if self.info.node_id is not None else self.info.hash_style
-            line = wire.encode(message, style) + b"\n"
+            if isinstance(message, wire.Encoded):
+                line = message.line + b"\n"
+            else:
+                style = wire.HEX if self.info.node_id is not None else self.info.hash_style
+                line = wire.encode(message, style) + b"\n"
             self.info.messages_out[message.NAME] += 1
             self.info.bytes_out[message.NAME] += len(line)
             self.transport.write(line)

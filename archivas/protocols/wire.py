@@ -931,8 +931,43 @@ def type_name(kind: int) -> str:
 
 def encode(message: Message, style: str = HEX) -> bytes:
     """One line, without the delimiter: `{"type":N,"payload":{...}}` (always valid JSON:
-    every value a node writes is an integer, a string, a list or an object)."""
-    return b'{"type":%d,"payload":%s}' % (message.TYPE, canonical_json(message.payload(style)))
+    every value a node writes is an integer, a string, a list or an object). A message
+    is encoded once (in hex style) however many peers it goes to: messages are immutable."""
+    if style == HEX:
+        cached = message.__dict__.get("_line")
+        if cached is not None:
+            return cached
+    line = b'{"type":%d,"payload":%s}' % (message.TYPE, canonical_json(message.payload(style)))
+    if style == HEX:
+        object.__setattr__(message, "_line", line)
+    return line
+
+
+@dataclasses.dataclass(frozen=True)
+class Encoded:
+    """A line made without building its message: blocks served from the bytes they are
+    stored as (canonical JSON, which is what encode would write), never decoded and
+    encoded again. `NAME` is the message's, for accounting."""
+
+    NAME: str
+    line: bytes
+
+
+def block_data_line(height: int, raw_block: bytes) -> Encoded:
+    """BLOCK_DATA for a block stored as `raw_block` (its canonical JSON)."""
+    return Encoded(BlockData.NAME, b'{"type":%d,"payload":{"blockData":%s,"height":%d}}'
+                   % (BlockData.TYPE, raw_block, height))
+
+
+def blocks_line(start: int, raw_blocks: list[bytes], tip_height: int, eof: bool) -> Encoded:
+    """BLOCKS_BATCH for blocks stored as `raw_blocks`, keys in canonical order."""
+    return Encoded(Blocks.NAME, b'{"type":%d,"payload":{"blocks":[%s],"count":%d,"eof":%s,"fromHeight":%d,'
+                   b'"tipHeight":%d}}' % (Blocks.TYPE, b",".join(raw_blocks), len(raw_blocks),
+                                          b"true" if eof else b"false", start, tip_height))
+
+
+def push_block_line(raw_block: bytes) -> Encoded:
+    return Encoded(PushBlock.NAME, b'{"type":%d,"payload":{"blockData":%s}}' % (PushBlock.TYPE, raw_block))
 
 
 @dataclasses.dataclass(frozen=True)
