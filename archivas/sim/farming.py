@@ -4,9 +4,11 @@ The model (docs/simulator.md):
 - Block events are a Poisson process with the network's target block time as its mean.
   Each event's winner is drawn among the farming nodes that are up, in proportion to the
   space assigned to each.
-- Timelords run at a few nodes. The winner answers a signage point of the VDF of the
-  heaviest tip among the timelords on its side of any partition (the fastest timelord on
-  the best peak reaches every farmer); with none on its side, the event is lost.
+- Timelords run at a few nodes; the first one on the winner's side of any partition
+  paces that side (the fastest timelord: Chia's others only stand by). It runs the VDF on
+  its peak: the heavier of its node's tip and the block it infused last, which it knows
+  at once (as Chia's timelord infuses a farmer's block). With none on its side, the event
+  is lost.
 - VDF_LEAD seconds before the event that timelord's node publishes the segments (real
   chiavdf proofs on the parent's seed, as many as it takes for one of the shared plots to
   win at the required difficulty) through its node, as a timelord would feed it.
@@ -15,8 +17,8 @@ The model (docs/simulator.md):
   the plot's farmer key) and takes it as a local block, which it relays. A winner that
   lacks the parent waits for it (up to one block time), as a farmer's full node would.
 
-A block made while the timelord had not yet heard of the previous one is a sibling of it:
-that is how blocks go stale here. Only the choice of winner and times is drawn; every
+So on one side of the network blocks follow one another; blocks go stale when two
+timelords paced two sides (a partition) and one side's chain loses. Only the choice of winner and times is drawn; every
 block, proof and signature is real.
 """
 
@@ -117,6 +119,7 @@ class Farming:
         self.made = 0
         self.lost = 0  # events with no timelord reachable, or a winner that never got the parent
         self.limit: Optional[int] = None
+        self.infused: dict[int, tuple[bytes, int]] = {}  # timelord -> (block, weight) it infused last
 
     def start(self, limit: Optional[int] = None) -> None:
         self.running, self.limit = True, limit
@@ -145,6 +148,15 @@ class Farming:
                 return farmer
         return self.farmers[-1]
 
+    def _peak(self, timelord: Any) -> tuple[bytes, int]:
+        """What a timelord runs its VDF on: the heaviest of its node's tip and the block it
+        infused last (it knows that one at once, before it reaches its node)."""
+        tip = timelord.node.chain.tip
+        infused = self.infused.get(timelord.index)
+        if infused is not None and infused[1] >= tip.weight:
+            return infused
+        return tip.hash, tip.weight
+
     def _publish(self, winner: Any, lead: float) -> None:
         """The timelord's segments go out; the block follows `lead` seconds later."""
         if not self.running or (self.limit is not None and self.made >= self.limit):
@@ -153,30 +165,35 @@ class Farming:
         if not timelords:
             self.lost += 1
             return
-        timelord = max(timelords, key=lambda t: (t.node.chain.tip.weight, -t.index))
-        parent_hash = timelord.node.chain.tip.hash
-        segments, win, difficulty = self.maker.segments_for(timelord.node.chain, parent_hash)
+        timelord = timelords[0]  # the fastest timelord on this side paces its chain
+        parent_hash, _ = self._peak(timelord)
         node = timelord.node
-        if node.vdf_parent == parent_hash and not node.vdf_segments:
-            for i, segment in enumerate(segments, start=1):
-                d = node.add_vdf_output(parent_hash, i, segment)
-                d.addErrback(lambda f: None)
+        segments = win = difficulty = None
+        if node.chain.header(parent_hash) is not None:
+            segments, win, difficulty = self.maker.segments_for(node.chain, parent_hash)
+            if node.vdf_parent == parent_hash and not node.vdf_segments:
+                for i, segment in enumerate(segments, start=1):
+                    node.add_vdf_output(parent_hash, i, segment).addErrback(lambda f: None)
         self.made += 1
-        self.clock.callLater(lead, self._when_parent, winner, parent_hash, segments, win, difficulty,
+        self.clock.callLater(lead, self._when_parent, timelord, winner, parent_hash, segments, win, difficulty,
                              self.clock.seconds() + lead + self.block_time)
 
-    def _when_parent(self, winner: Any, parent_hash: bytes, segments: list[Any], win: Any, difficulty: int,
-                     deadline: float) -> None:
+    def _when_parent(self, timelord: Any, winner: Any, parent_hash: bytes, segments: Any, win: Any,
+                     difficulty: Any, deadline: float) -> None:
         parent = winner.node.chain.header(parent_hash)
         if parent is None:
             if self.clock.seconds() < deadline and winner.up:
-                self.clock.callLater(0.05, self._when_parent, winner, parent_hash, segments, win, difficulty,
-                                     deadline)
+                self.clock.callLater(0.05, self._when_parent, timelord, winner, parent_hash, segments, win,
+                                     difficulty, deadline)
             else:
                 self.lost += 1
             return
+        if segments is None:
+            segments, win, difficulty = self.maker.segments_for(winner.node.chain, parent_hash)
         block = self.maker.make(winner.node, parent, segments, win, difficulty,
                                 int(self.clock.seconds() * 1000), winner.address_for_rewards, winner.admitted)
+        weight = winner.node.chain.storage.block_meta(parent_hash).weight + difficulty
+        self.infused[timelord.index] = (block.hash, weight)
         self.on_block(winner, block)
 
 

@@ -41,8 +41,8 @@ from archivas.sim.traffic import FUNDS, Traffic, accounts
 
 PORT = 9090
 SEEDED_ADDRESSES = 32  # addresses a node starts with, as from a DNS seed
-PING_INTERVAL = 60.0  # the sim's PING period (a node's default is 10 s; Bitcoin's is 120 s)
-PEER_TIMEOUT = 180.0
+PING_INTERVAL = 120.0  # the sim's PING period, as Bitcoin's (a node's default is 10 s)
+PEER_TIMEOUT = 360.0
 ACCOUNTS = 256  # funded accounts sending transfers
 PREROLL = 1.0  # block times of transfers before farming starts
 
@@ -187,8 +187,11 @@ class Simulation:
         clock.run_until(clock.seconds() + preroll)
 
         # farming
-        farmers = rng.sample(self.honest, max(2, round(len(self.honest) * c.farmers)))
-        farmers.sort(key=lambda s: s.index)
+        # Farmers spread evenly over the nodes (so both sides of any partition farm).
+        count = max(2, round(len(self.honest) * c.farmers))
+        step = len(self.honest) / count
+        offset = rng.random() * step
+        farmers = [self.honest[min(len(self.honest) - 1, int(offset + k * step))] for k in range(count)]
         space = [rng.uniform(1.0, 10.0) for _ in farmers]
         timelords = self._timelords()
         self.cut: set[int] = set()
