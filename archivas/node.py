@@ -23,7 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from archivas.chain import vdf
+from archivas.chain import keys, vdf
 from archivas.chain.block import Block, Header
 from archivas.chain.blockchain import ADDED_TIP, KNOWN, ORPHAN, AddResult, Chain
 from archivas.chain.consensus import BlockRejected, check_body, check_header, check_standalone
@@ -65,6 +65,8 @@ MAX_PARTIAL_BLOCKS = 32  # compact blocks waiting for their missing transfers, i
 MAX_PARTIAL_PER_PEER = 2  # of those, from one peer
 PARTIAL_TIMEOUT = 10.0  # seconds for a BLOCK_TXN to come before the block is fetched whole
 COMPACT_ASK_AGAIN = 2.0  # seconds before a block announced by several peers is asked of the next
+COMPACT_SERVE_DEPTH = 10  # GET_CMPCT / GET_BLOCK_TXN are answered for blocks this close to the tip (BIP152's 10)
+RECENT_BLOCKS = 16  # decoded recent blocks (and their compact forms) kept to answer those
 
 
 @attrs.define(eq=False)
@@ -182,6 +184,10 @@ class Node:
         self._compact_asked: dict[bytes, float] = {}  # block hash -> when a GET_CMPCT went out
         self.high_bandwidth: list[PeerProtocol] = []  # peers sending us new blocks unannounced
         self.compact_stats: collections.Counter[str] = collections.Counter()
+        # Recent blocks decoded, and their compact forms, so that asking for them again
+        # and again costs a dictionary look-up, not a decode (and only near the tip).
+        self._recent: collections.OrderedDict[bytes, tuple[Block, Optional[wire.CmpctBlock]]] = \
+            collections.OrderedDict()
         self.peers.on_ready.append(self._peer_ready)
         # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
         self.vdf_parent: bytes = chain.tip.hash
@@ -735,10 +741,37 @@ class Node:
 
     def compact_for(self, block: Block) -> wire.CmpctBlock:
         """`block` as CMPCT_BLOCK; the transfers we had not seen before it (so our peers
-        likely lack them too) go in full. The nonce is ours and the block's: one per block."""
+        likely lack them too) go in full. The nonce is ours and the block's: one per block
+        (made once, kept with the recent blocks)."""
+        kept = self._recent.get(block.hash)
+        if kept is not None and kept[1] is not None:
+            return kept[1]
         nonce = int.from_bytes(sha256(b"cmpct", self.node_id, block.hash)[:6], "big")
         prefill = [i for i, tx in enumerate(block.transactions) if tx.hash not in self._seen_txs]
-        return compact.make_compact(block, nonce, prefill)
+        message = compact.make_compact(block, nonce, prefill)
+        self._keep_recent(block, message)
+        return message
+
+    def _keep_recent(self, block: Block, message: Optional[wire.CmpctBlock] = None) -> None:
+        old = self._recent.get(block.hash)
+        self._recent[block.hash] = (block, message or (old[1] if old else None))
+        self._recent.move_to_end(block.hash)
+        while len(self._recent) > RECENT_BLOCKS:
+            self._recent.popitem(last=False)
+
+    def _recent_block(self, block_hash: bytes) -> Optional[Block]:
+        """A block near the tip, for GET_CMPCT / GET_BLOCK_TXN (None for older ones: those
+        are asked for whole, at REQUEST_BLOCKS' costs and limits)."""
+        kept = self._recent.get(block_hash)
+        if kept is not None:
+            return kept[0]
+        meta = self.chain.storage.block_meta(block_hash)
+        if meta is None or meta.height + COMPACT_SERVE_DEPTH < self.chain.height:
+            return None
+        block = self.chain.block(block_hash)
+        if block is not None:
+            self._keep_recent(block)
+        return block
 
     # compact blocks
 
@@ -771,7 +804,7 @@ class Node:
         proto.info.cmpct_high_bandwidth = message.high_bandwidth
 
     def _on_get_cmpct(self, proto: PeerProtocol, message: wire.GetCmpct) -> None:
-        block = self.chain.block(message.hash)
+        block = self._recent_block(message.hash)
         if block is not None:
             assert proto.info is not None
             proto.info.known_blocks.add(block.hash)
@@ -789,9 +822,18 @@ class Node:
         if (self.chain.has_block(block_hash) or block_hash in self._in_progress or block_hash in self._partials
                 or block_hash in self.orphans or block_hash in self._invalid_blocks):
             return
-        if self.chain.header(header.parent_hash) is None:
+        parent = self.chain.header(header.parent_hash)
+        if parent is None:
             # Not on anything we have: the ordinary announcement path fetches what is needed.
             self._on_new_block(proto, wire.NewBlock(header.height, block_hash))
+            return
+        # Rebuilding costs a pass over the mempool: first what is cheap to check (height,
+        # the farmer's signature: tens of microseconds), so junk headers cost their sender.
+        pos = header.proof_of_space
+        if (header.height != parent.height + 1 or pos is None
+                or not keys.verify(pos.farmer_public_key, header.signing_bytes, header.farmer_signature)):
+            self.peers.misbehaved(proto, "invalid_block", f"CMPCT_BLOCK at height {header.height} is not signed "
+                                                          "by its farmer or not on its parent")
             return
         partial = compact.rebuild(message, self.mempool.transactions())
         missing = partial.missing
@@ -828,7 +870,7 @@ class Node:
         self._compact_complete(proto, pending.partial)
 
     def _on_get_block_txn(self, proto: PeerProtocol, message: wire.GetBlockTxn) -> None:
-        block = self.chain.block(message.hash)
+        block = self._recent_block(message.hash)
         if block is None:
             return
         if message.indexes[-1] >= len(block.transactions):
@@ -974,11 +1016,13 @@ class Node:
         for proto in self.peers.ready_peers():
             info = proto.info
             assert info is not None
-            if info.block_relay_only or inv in info.known_txs:
+            if info.block_relay_only:
                 continue
             if info.can("inv"):
-                announce_to.append(proto)  # marked known when its INV leaves (_not_known_to)
-            elif info.can("tx") and not proto.writes_paused:
+                # Queued; whether it knows the id already is asked when its INV leaves
+                # (_not_known_to): by then it may have announced it to us.
+                announce_to.append(proto)
+            elif inv not in info.known_txs and info.can("tx") and not proto.writes_paused:
                 info.known_txs.add(inv)
                 message = message or wire.NewTransaction(tx)
                 proto.send(message)

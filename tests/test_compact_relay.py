@@ -294,3 +294,40 @@ class StoredBytesTests(unittest.TestCase):
         self.assertEqual(sent(transport), [wire.Blocks(1, tuple(blocks), 3, True)])
         feed(peer, wire.GetBlock(2))
         self.assertEqual(sent(transport), [wire.BlockData(2, blocks[1])])
+
+
+class ServingBoundsTests(unittest.TestCase):
+    def test_compact_requests_are_answered_near_the_tip_only(self):
+        from archivas.node import COMPACT_SERVE_DEPTH
+
+        b = builder()
+        blocks = b.extend(b.genesis, COMPACT_SERVE_DEPTH + 3)
+        h = Harness(self, blocks)
+        peer, transport = ready_peer(h, 9)
+        feed(peer, wire.GetCmpct(blocks[0].hash))  # 12 below the tip: not served compactly
+        feed(peer, wire.GetBlockTxn(blocks[0].hash, (0,)))
+        self.assertEqual(sent(transport), [])
+        feed(peer, wire.GetCmpct(blocks[-1].hash))
+        reply = sent(transport)
+        self.assertEqual([m.header.hash for m in reply], [blocks[-1].hash])
+        h.node.chain.storage.block = None  # asked again: served from the recent blocks, not decoded
+        feed(peer, wire.GetCmpct(blocks[-1].hash))
+        self.assertEqual(len(sent(transport)), 1)
+
+    def test_a_junk_compact_header_costs_its_sender_before_any_rebuild(self):
+        import dataclasses
+
+        b = builder()
+        base = b.extend(b.genesis, 2)
+        block = b.make_block(base[-1])
+        h = Harness(self, base)
+        peer, transport = ready_peer(h, 9)
+        forged = dataclasses.replace(block.header, farmer_signature=b"\x01" * 64)
+        calls = []
+        original = compact.rebuild
+        compact.rebuild = lambda *a: calls.append(a) or original(*a)
+        self.addCleanup(setattr, compact, "rebuild", original)
+        feed(peer, wire.CmpctBlock(forged, 1, ()))
+        self.assertEqual(calls, [])
+        self.assertGreater(peer.info.misbehaviour, 0)
+        self.assertEqual(sent(transport), [])

@@ -135,6 +135,12 @@ class Block:
         return doc
 
     def encode(self) -> bytes:
+        """Its canonical JSON (what is stored, sent and size-limited), made once: a Block
+        is immutable, and a node asks for it to check the size, store it and serve it."""
+        return self._encoded
+
+    @functools.cached_property
+    def _encoded(self) -> bytes:
         return canonical_json(self.to_json())
 
     @classmethod

@@ -177,6 +177,8 @@ class Simulation:
         for s in self.sims:
             if s.node is not None:
                 s.node.start()
+        phases: dict[str, float] = {}
+        mark = time.monotonic()
         # Transfers start flowing PREROLL block times before farming, so that the first
         # blocks find mempools as full as later ones (a network in its steady state).
         preroll = min(c.warmup, PREROLL * c.block_time)
@@ -185,6 +187,7 @@ class Simulation:
                                c.transfers_per_block, c.block_time)
         self.traffic.start()
         clock.run_until(clock.seconds() + preroll)
+        phases["warmup"], mark = time.monotonic() - mark, time.monotonic()
 
         # farming
         # Farmers spread evenly over the nodes (so both sides of any partition farm).
@@ -219,9 +222,14 @@ class Simulation:
         while not self._agreed() and clock.seconds() < deadline:
             clock.run_until(clock.seconds() + 1.0)
         sim_end = clock.seconds()
+        phases["farming"], mark = time.monotonic() - mark, time.monotonic()
         sent = {k: v - sent_before[k] for k, v in self._sent().items()}
         newcomer_ms = self._newcomer(rng) if c.newcomer else None
-        return self._figures(sent, newcomer_ms, sim_end)
+        phases["newcomer"] = time.monotonic() - mark
+        result = self._figures(sent, newcomer_ms, sim_end)
+        result.extras["wall_s_by_phase"] = {k: round(v, 1) for k, v in phases.items()}
+        result.extras["deliveries"] = self.net.deliveries
+        return result
 
     def _kinds(self, rng: random.Random) -> list[str]:
         c = self.config
