@@ -27,6 +27,12 @@ MAX_CONNECTIONS = 256  # open RPC connections; past it, one waiting longest for 
 HEADER_TIMEOUT = 10.0  # seconds from connecting (or the previous answer) to a request's last header line
 BODY_TIMEOUT = 30.0  # seconds from the headers to the body's last byte (2 MiB at 70 KB/s)
 ABORT_GRACE = 2.0  # seconds a closed connection may take to flush before it is cut
+# A request's line and headers together, at most (Twisted's own cap is 16 KiB, past which
+# it writes 400 and closes at once: with the rest of the request still arriving, the
+# kernel then resets the connection and the client never reads the answer). Past this,
+# the node answers 400 itself (JSON, as every refusal), half-closes, and reads and drops what still comes for up to
+# ABORT_GRACE seconds, so the answer arrives.
+MAX_HEAD_BYTES = 15 * 1024
 REFUSAL_LOG_SECONDS = 10.0  # at most one log line this often about refused or evicted connections
 
 
@@ -86,6 +92,9 @@ class _GuardedConnection(policies.ProtocolWrapper):
         self.closed = False
         self._deadline: Any = None
         self._abort: Any = None
+        self._head_bytes: Optional[int] = 0  # bytes of the request head so far (None: head done)
+        self._head_tail = b""
+        self._draining = False
 
     def makeConnection(self, transport: Any) -> None:
         super().makeConnection(transport)
@@ -97,7 +106,39 @@ class _GuardedConnection(policies.ProtocolWrapper):
         self._deadline = None if seconds is None or self.closed else \
             self.factory.reactor.callLater(seconds, self.timed_out, what)
 
+    def dataReceived(self, data: bytes) -> None:
+        if self._draining:
+            return  # after a 431: read and dropped until the client closes or the grace ends
+        if self._head_bytes is not None:
+            # Until the blank line that ends the head (looked for in this chunk, with the
+            # last 3 bytes of the one before, where it may have begun).
+            window = self._head_tail + data
+            end = window.find(b"\r\n\r\n")
+            head = len(data) if end < 0 else end + 4 - len(self._head_tail)
+            self._head_bytes += head
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+                return
+            self._head_tail = window[-3:]
+            if end >= 0:
+                self._head_bytes = None  # the rest is body (or a pipelined request: counted at its turn)
+        super().dataReceived(data)
+
+    def _refuse_head(self) -> None:
+        self._draining = True
+        self.waiting_since = None
+        self._arm(None, "")
+        transport: Any = self.transport
+        transport.write(_error_response(400, f"request line and headers over {MAX_HEAD_BYTES} bytes"))
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()
+        else:
+            transport.loseConnection()
+        self._abort = self.factory.reactor.callLater(ABORT_GRACE, transport.abortConnection)
+
     def _wait_for_headers(self) -> None:
+        self._head_bytes, self._head_tail = 0, b""
         self.waiting_since = self.factory.reactor.seconds()
         self._arm(self.factory.header_timeout, f"request headers not received within {self.factory.header_timeout:g} s")
 
@@ -138,7 +179,7 @@ class _GuardedConnection(policies.ProtocolWrapper):
         super().connectionLost(reason)
 
 
-_REASONS = {408: b"Request Timeout", 503: b"Service Unavailable"}
+_REASONS = {400: b"Bad Request", 408: b"Request Timeout", 503: b"Service Unavailable"}
 
 
 def _error_response(status: int, why: str) -> bytes:

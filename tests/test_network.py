@@ -163,9 +163,12 @@ class MoreNodes(unittest.TestCase):
         nodes[1].node.submit_transaction(tx)
         yield defer.ensureDeferred(wait_until(lambda: all(tx.hash in n.node.mempool for n in nodes),
                                               "the transfer in every mempool"))
-        for handle in nodes:
-            for proto in handle.node.peers.ready_peers():
-                self.assertIn(tx.hash, proto.info.known_txs)
+        # Announced by inventory: each link learns it once its INV leaves (2 s or 5 s batches).
+        yield defer.ensureDeferred(wait_until(
+            lambda: all(tx.hash in p.info.known_txs for n in nodes for p in n.node.peers.ready_peers()),
+            "every link knowing the transfer"))
+        requests = sum(p.info.messages_out["REQ"] for n in nodes for p in n.node.peers.ready_peers())
+        self.assertEqual(requests, 2)  # fetched once by each node that lacked it: no echoes
         block = b.make_block(b.genesis, [tx])
         yield nodes[0].node.receive_block(block)
         yield defer.ensureDeferred(wait_until(lambda: all(n.chain.tip.hash == block.hash for n in nodes),

@@ -200,7 +200,7 @@ class VerifyQueueHoles(unittest.TestCase):
             queued.append((what, d))
             return d
 
-        h.node._in_thread = lambda f, *args: held(f)
+        h.node._in_thread = lambda f, *args, **kwargs: held(f)
         h.node.verify = lambda block, parent: held(block)
         proto, _ = h.connect(host="10.0.0.66")
         handshake(proto, node_id=b"\x66" * 16, genesis=h.node.genesis_hash)

@@ -572,6 +572,31 @@ class GuardUnitTests(unittest.TestCase):
         self.clock.advance(ABORT_GRACE)  # it never went away: cut
         self.assertTrue(transport.disconnecting)
 
+    def test_an_oversized_request_head_is_answered_400_and_drained(self):
+        """Past MAX_HEAD_BYTES of request line and headers: a JSON 400 is written and the
+        write side closed, and what still comes is read and dropped (had the node closed at
+        once with unread input, the kernel's reset would lose the answer), cut at the grace."""
+        from archivas.rpc import MAX_HEAD_BYTES
+
+        proto, transport = self.connect()
+        proto.dataReceived(b"GET /metrics?" + b"a=1&" * (MAX_HEAD_BYTES // 4))
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 400 "), transport.value()[:80])
+        self.assertIn(b"request line and headers over", transport.value())
+        proto.dataReceived(b"b=2&" * 1000 + b" HTTP/1.1\r\n\r\n")  # dropped, not parsed
+        self.assertEqual(transport.value().count(b"HTTP/1.1"), 1)
+        self.clock.advance(ABORT_GRACE)
+        self.assertTrue(transport.disconnecting)
+
+    def test_a_big_body_after_a_small_head_is_not_a_big_head(self):
+        from archivas.rpc import MAX_HEAD_BYTES
+
+        proto, transport = self.connect()
+        body = b"x" * (2 * MAX_HEAD_BYTES)
+        proto.dataReceived(b"POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r" % len(body))
+        proto.dataReceived(b"\n" + body)  # the blank line split across two reads
+        self.assertNotIn(b"HTTP/1.1 400", transport.value())
+        self.assertEqual(len(self.resource.held), 1)
+
     def test_a_body_dripped_slowly_is_cut_at_the_body_timeout(self):
         proto, transport = self.connect()
         proto.dataReceived(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")

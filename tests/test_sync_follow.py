@@ -40,12 +40,12 @@ class ChargedThreads:
         self.free_at = [0.0] * THREADS
         self.charged = collections.Counter()
 
-    def __call__(self, f, *args, background=None):
+    def __call__(self, f, *args, background=None, **kwargs):
         cost = HEADER_COST if f.__name__ in ("check_header", "check_standalone") else BODY_COST
         self.charged[f.__name__] += 1
         d: defer.Deferred = defer.Deferred()
         try:
-            outcome = f(*args)
+            outcome = f(*args, **kwargs)
         except Exception:
             outcome = Failure()
         i = min(range(THREADS), key=lambda k: self.free_at[k])
