@@ -63,6 +63,8 @@ MAX_INV_IDS = 65536  # inv ids of transfers seen, and of admitted ones for answe
 HIGH_BANDWIDTH_PEERS = 3  # peers asked to send new blocks as CMPCT_BLOCK unannounced (BIP152's 3)
 MAX_PARTIAL_BLOCKS = 32  # compact blocks waiting for their missing transfers, in all
 MAX_PARTIAL_PER_PEER = 2  # of those, from one peer
+MAX_PARTIAL_SOURCES = 3  # peers one block is rebuilt from at once (Bitcoin Core's 3): a peer
+# that sends a compact block and never the missing transfers delays it only until another's
 PARTIAL_TIMEOUT = 10.0  # seconds for a BLOCK_TXN to come before the block is fetched whole
 COMPACT_ASK_AGAIN = 2.0  # seconds before a block announced by several peers is asked of the next
 COMPACT_SERVE_DEPTH = 10  # GET_CMPCT / GET_BLOCK_TXN are answered for blocks this close to the tip (BIP152's 10)
@@ -179,8 +181,8 @@ class Node:
         # Transfer inventory (protocols/txrelay.py) and compact blocks (protocols/compact.py).
         self.txrelay = txrelay.TxRelay(reactor, lambda proto, message: proto.send(message),
                                        lambda inv: inv in self._seen_inv,
-                                       self._not_known_to, _inv_interval)
-        self._partials: dict[bytes, _Partial] = {}
+                                       self._not_known_to, _inv_interval, _outbound)
+        self._partials: dict[bytes, list[_Partial]] = {}  # block hash -> rebuilds waiting, by source
         self._compact_asked: dict[bytes, float] = {}  # block hash -> when a GET_CMPCT went out
         self.high_bandwidth: list[PeerProtocol] = []  # peers sending us new blocks unannounced
         self.compact_stats: collections.Counter[str] = collections.Counter()
@@ -235,10 +237,8 @@ class Node:
         for loop in getattr(self, "_loops", ()):
             if loop.running:
                 loop.stop()
-        for pending in self._partials.values():
-            if pending.timer.active():
-                pending.timer.cancel()
-        self._partials.clear()
+        for block_hash in list(self._partials):
+            self._drop_partial(block_hash)
         self.sync.stop()
         d = self.peers.stop()
         if self.threaded:
@@ -304,9 +304,9 @@ class Node:
         self.txrelay.peer_lost(proto)
         if proto in self.high_bandwidth:
             self.high_bandwidth.remove(proto)
-        for block_hash, pending in list(self._partials.items()):
-            if pending.source is proto:
-                self._drop_partial(block_hash)
+        for block_hash, waiting in list(self._partials.items()):
+            for pending in [p for p in waiting if p.source is proto]:
+                self._drop_partial(block_hash, pending)
 
     def message_received(self, proto: PeerProtocol, message: wire.Message) -> None:
         handler = self._handlers.get(type(message))
@@ -819,8 +819,10 @@ class Node:
         block_hash = header.hash
         info.known_blocks.add(block_hash)
         info.height = max(info.height, header.height)
-        if (self.chain.has_block(block_hash) or block_hash in self._in_progress or block_hash in self._partials
-                or block_hash in self.orphans or block_hash in self._invalid_blocks):
+        waiting = self._partials.get(block_hash, [])
+        if (self.chain.has_block(block_hash) or block_hash in self._in_progress
+                or block_hash in self.orphans or block_hash in self._invalid_blocks
+                or len(waiting) >= MAX_PARTIAL_SOURCES or any(p.source is proto for p in waiting)):
             return
         parent = self.chain.header(header.parent_hash)
         if parent is None:
@@ -841,14 +843,17 @@ class Node:
             self.compact_stats["rebuilt"] += 1
             self._compact_complete(proto, partial)
             return
-        if (len(self._partials) >= MAX_PARTIAL_BLOCKS
-                or sum(1 for p in self._partials.values() if p.source is proto) >= MAX_PARTIAL_PER_PEER):
+        everything = [p for ps in self._partials.values() for p in ps]
+        if (len(everything) >= MAX_PARTIAL_BLOCKS
+                or sum(1 for p in everything if p.source is proto) >= MAX_PARTIAL_PER_PEER):
             self.compact_stats["too_many_partial"] += 1
-            self._request_block(proto, header.height)
+            if not waiting:
+                self._request_block(proto, header.height)
             return
         self.compact_stats["asked_missing"] += 1
-        timer = self.reactor.callLater(PARTIAL_TIMEOUT, self._partial_timed_out, block_hash)
-        self._partials[block_hash] = _Partial(partial, proto, timer)
+        pending = _Partial(partial, proto, None)
+        pending.timer = self.reactor.callLater(PARTIAL_TIMEOUT, self._partial_timed_out, block_hash, pending)
+        self._partials.setdefault(block_hash, []).append(pending)
         proto.send(wire.GetBlockTxn(block_hash, missing))
 
     def _compact_complete(self, proto: PeerProtocol, partial: compact.PartialBlock) -> None:
@@ -857,16 +862,18 @@ class Node:
             self.compact_stats["root_mismatch"] += 1
             self._request_block(proto, partial.header.height)
             return
+        self._drop_partial(block.hash)  # rebuilds from other peers are not needed now
         self._background(self.receive_block(block, proto), "CMPCT_BLOCK")
 
     def _on_block_txn(self, proto: PeerProtocol, message: wire.BlockTxn) -> None:
-        pending = self._partials.get(message.hash)
-        if pending is None or pending.source is not proto:
+        pending = next((p for p in self._partials.get(message.hash, ()) if p.source is proto), None)
+        if pending is None:
             return  # late (timed out, or the block came another way), or not asked of it
-        self._drop_partial(message.hash)
         if not pending.partial.fill(message.txs):
+            self._drop_partial(message.hash, pending)  # the others go on
             self.peers.misbehaved(proto, "invalid_block", "BLOCK_TXN with the wrong number of transfers")
             return
+        self._drop_partial(message.hash)  # one complete copy: the other rebuilds are not needed
         self._compact_complete(proto, pending.partial)
 
     def _on_get_block_txn(self, proto: PeerProtocol, message: wire.GetBlockTxn) -> None:
@@ -878,16 +885,28 @@ class Node:
             return
         proto.send(wire.BlockTxn(message.hash, tuple(block.transactions[i] for i in message.indexes)))
 
-    def _partial_timed_out(self, block_hash: bytes) -> None:
-        pending = self._partials.pop(block_hash, None)
-        if pending is not None and pending.source.info is not None:
-            self.compact_stats["partial_timeout"] += 1
-            self._request_block(pending.source, pending.partial.header.height)
+    def _partial_timed_out(self, block_hash: bytes, pending: _Partial) -> None:
+        """No BLOCK_TXN in time: that rebuild ends; if it was the last, the block is asked
+        for whole, of another peer that has it if there is one."""
+        self._drop_partial(block_hash, pending)
+        self.compact_stats["partial_timeout"] += 1
+        if block_hash in self._partials or self.chain.has_block(block_hash) or block_hash in self._in_progress:
+            return
+        others = [p for p in self.peers.ready_peers()
+                  if p is not pending.source and p.info is not None and block_hash in p.info.known_blocks]
+        target = others[0] if others else pending.source
+        if target.info is not None and target.info.state is not PeerState.CLOSED:
+            self._request_block(target, pending.partial.header.height)
 
-    def _drop_partial(self, block_hash: bytes) -> None:
-        pending = self._partials.pop(block_hash, None)
-        if pending is not None and pending.timer.active():
-            pending.timer.cancel()
+    def _drop_partial(self, block_hash: bytes, only: Optional[_Partial] = None) -> None:
+        """Forget the rebuilds of a block (or just `only`), cancelling their timers."""
+        waiting = self._partials.get(block_hash, [])
+        for pending in [p for p in waiting if only is None or p is only]:
+            waiting.remove(pending)
+            if pending.timer is not None and pending.timer.active():
+                pending.timer.cancel()
+        if not waiting:
+            self._partials.pop(block_hash, None)
 
     # transfer inventory
 
@@ -1078,6 +1097,10 @@ class Node:
         for callback in list(self.on_vdf):
             callback(parent_hash, index, segment)
         return True
+
+
+def _outbound(proto: PeerProtocol) -> bool:
+    return proto.info is not None and proto.info.direction == "outbound"
 
 
 def _inv_interval(proto: PeerProtocol) -> float:

@@ -17,7 +17,7 @@ def inv(tx):
 REQUESTS = (wire.GetBlockTxn, wire.GetBlocks, wire.GetBlock, wire.GetCmpct)
 
 
-def ready_peer(h, n, direction="inbound", capabilities=wire.CAPABILITIES):
+def ready_peer(h, n, direction="outbound", capabilities=wire.CAPABILITIES):
     proto, transport = h.connect(direction, host=f"10.0.{n}.1")
     handshake(proto, node_id=bytes([n]) * 16, genesis=h.node.genesis_hash, capabilities=capabilities)
     sent(transport)
@@ -101,6 +101,33 @@ class CompactBlockTests(unittest.TestCase):
         partial = compact.rebuild(forged, self.txs)
         self.assertEqual(partial.missing, (0, 1))  # the same id twice: not trusted for either slot
 
+    def test_a_peer_that_never_sends_the_missing_transfers_delays_nothing(self):
+        """A compact block whose sender never answers GET_BLOCK_TXN: another peer's
+        compact block of it is rebuilt in parallel (up to MAX_PARTIAL_SOURCES), and the
+        first complete one is taken."""
+        staller = self.peer
+        honest, honest_transport = ready_peer(self.h, 8)
+        feed(staller, compact.make_compact(self.block, 5))
+        self.assertEqual([type(m) for m in sent(self.transport) if isinstance(m, REQUESTS)], [wire.GetBlockTxn])
+        feed(honest, compact.make_compact(self.block, 6))
+        self.assertEqual([m for m in sent(honest_transport) if isinstance(m, REQUESTS)],
+                         [wire.GetBlockTxn(self.block.hash, (0, 1, 2))])
+        feed(honest, wire.BlockTxn(self.block.hash, tuple(self.txs)))
+        self.assertEqual(self.h.node.chain.tip.hash, self.block.hash)
+        self.assertEqual(self.h.node._partials, {})
+        feed(staller, wire.BlockTxn(self.block.hash, tuple(self.txs)))  # too late: ignored
+        self.assertEqual(staller.info.misbehaviour, 0)
+
+    def test_rebuilds_of_one_block_are_bounded(self):
+        from archivas.node import MAX_PARTIAL_SOURCES
+
+        peers = [ready_peer(self.h, 20 + n) for n in range(MAX_PARTIAL_SOURCES + 1)]
+        for n, (proto, _) in enumerate(peers):
+            feed(proto, compact.make_compact(self.block, n))
+        asked = [sum(1 for m in sent(t) if isinstance(m, wire.GetBlockTxn)) for _, t in peers]
+        self.assertEqual(asked, [1] * MAX_PARTIAL_SOURCES + [0])
+        self.assertEqual(len(self.h.node._partials[self.block.hash]), MAX_PARTIAL_SOURCES)
+
     def test_partial_blocks_are_bounded_and_time_out(self):
         feed(self.peer, compact.make_compact(self.block, 5))
         sent(self.transport)
@@ -178,7 +205,7 @@ class InventoryTests(unittest.TestCase):
         self.tx = b.transfer(ALICE, CAROL.address, 10, 0)
 
     def test_admitted_transfers_are_announced_in_batches_not_pushed(self):
-        inv_peer, inv_transport = ready_peer(self.h, 1)
+        inv_peer, inv_transport = ready_peer(self.h, 1, direction="inbound")
         old, old_transport = ready_peer(self.h, 2, capabilities=tuple(c for c in wire.CAPABILITIES if c != "inv"))
         second = builder().transfer(ALICE, CAROL.address, 11, 1)
         self.h.node.submit_transaction(self.tx)
@@ -211,6 +238,23 @@ class InventoryTests(unittest.TestCase):
         self.assertEqual(sent(honest_transport), [wire.Req((inv(self.tx),))])
         feed(honest, wire.Res((self.tx,)))
         self.assertIn(self.tx.hash, self.h.node.mempool)
+
+    def test_an_inbound_announcer_is_asked_only_after_outbound_ones_had_their_chance(self):
+        inbound, inbound_transport = ready_peer(self.h, 1, direction="inbound")
+        outbound, outbound_transport = ready_peer(self.h, 2)
+        feed(inbound, wire.Inv((inv(self.tx),)))
+        self.assertEqual(sent(inbound_transport), [])  # not yet: an outbound peer may announce it
+        self.h.clock.advance(1)
+        feed(outbound, wire.Inv((inv(self.tx),)))
+        self.assertEqual(sent(outbound_transport), [wire.Req((inv(self.tx),))])
+        feed(outbound, wire.Res((self.tx,)))
+        self.assertIn(self.tx.hash, self.h.node.mempool)
+        self.h.clock.advance(txrelay.NONPREFERRED_DELAY)
+        self.assertEqual(sent(inbound_transport), [])  # asked of the outbound one already
+        other = builder().transfer(ALICE, CAROL.address, 11, 1)
+        feed(inbound, wire.Inv((inv(other),)))  # only inbound peers have this one
+        self.h.clock.advance(txrelay.NONPREFERRED_DELAY + 1)
+        self.assertEqual(sent(inbound_transport), [wire.Req((inv(other),))])
 
     def test_an_answer_without_the_transfer_goes_to_the_next_announcer_at_once(self):
         liar, liar_transport = ready_peer(self.h, 1)

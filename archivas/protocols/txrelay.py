@@ -33,6 +33,11 @@ OUTBOUND_INTERVAL = 2.0  # seconds between INVs to a peer we dialed (Bitcoin: 2 
 INBOUND_INTERVAL = 5.0  # ... to a peer that dialed us (Bitcoin: 5 s)
 TICK = 1.0  # how often queues are looked at
 REQUEST_TIMEOUT = 5.0  # seconds for an asked transfer to arrive before the next announcer is asked
+# An id announced only by peers that dialed us is asked for this much later (Bitcoin's
+# TxRequestTracker waits 2 s for non-preferred peers): a peer we chose (outbound) that
+# announces it meanwhile is asked first, so inbound liars cost a delay only when no
+# outbound peer has the transfer.
+NONPREFERRED_DELAY = 2.0
 MAX_ANNOUNCERS = 8  # peers remembered per id as having announced it
 MAX_QUEUED_PER_PEER = 5000  # ids waiting for one peer's next INV (oldest dropped past it)
 MAX_IN_FLIGHT_PER_PEER = 2000  # ids asked of one peer and not yet answered
@@ -43,21 +48,24 @@ MAX_TRACKED = 50_000  # ids being fetched or waiting for a second announcer, in 
 class _Wanted:
     """An id we lack: who announced it, whom we asked and until when."""
 
-    announcers: list[Any] = attrs.field(factory=list)
+    announcers: list[Any] = attrs.field(factory=list)  # preferred (outbound) ones first
     asked: Optional[Any] = None
     deadline: float = 0.0
+    not_before: float = 0.0  # when it may be asked of a non-preferred announcer
 
 
 class TxRelay:
     def __init__(self, clock: Any, send: Callable[[Any, wire.Message], None],
                  have: Callable[[bytes], bool],
                  still_unknown: Callable[[Any, list[bytes]], list[bytes]] = lambda peer, ids: ids,
-                 interval: Callable[[Any], float] = lambda peer: OUTBOUND_INTERVAL) -> None:
+                 interval: Callable[[Any], float] = lambda peer: OUTBOUND_INTERVAL,
+                 preferred: Callable[[Any], bool] = lambda peer: True) -> None:
         self.clock = clock
         self.send = send
         self.have = have
         self.still_unknown = still_unknown  # at send time: those of the ids the peer is not known to have
         self.interval = interval
+        self.preferred = preferred  # peers whose announcements are asked at once (outbound)
         self._queues: dict[Any, list[bytes]] = {}
         self._due: dict[Any, float] = {}  # when each peer's next INV may leave
         self._wanted: collections.OrderedDict[bytes, _Wanted] = collections.OrderedDict()
@@ -97,6 +105,7 @@ class TxRelay:
     def inv_received(self, peer: Any, ids: Iterable[bytes]) -> None:
         ask: list[bytes] = []
         now = self.clock.seconds()
+        preferred = self.preferred(peer)
         for tx_id in ids:
             if self.have(tx_id):
                 continue
@@ -105,10 +114,16 @@ class TxRelay:
                 if len(self._wanted) >= MAX_TRACKED:
                     self.dropped += 1
                     continue
-                wanted = self._wanted[tx_id] = _Wanted()
+                wanted = self._wanted[tx_id] = _Wanted(not_before=now + NONPREFERRED_DELAY)
             if peer not in wanted.announcers and len(wanted.announcers) < MAX_ANNOUNCERS:
-                wanted.announcers.append(peer)
-            if wanted.asked is None and self._in_flight[peer] < MAX_IN_FLIGHT_PER_PEER:
+                if preferred:
+                    first_other = next((i for i, p in enumerate(wanted.announcers) if not self.preferred(p)),
+                                       len(wanted.announcers))
+                    wanted.announcers.insert(first_other, peer)
+                else:
+                    wanted.announcers.append(peer)
+            if (wanted.asked is None and (preferred or wanted.not_before <= now)
+                    and self._in_flight[peer] < MAX_IN_FLIGHT_PER_PEER):
                 wanted.asked, wanted.deadline = peer, now + REQUEST_TIMEOUT
                 self._in_flight[peer] += 1
                 ask.append(tx_id)
@@ -158,11 +173,14 @@ class TxRelay:
             del self._in_flight[peer]
 
     def check_timeouts(self) -> None:
-        """Asked ids past their deadline go to the next announcer (call every second or so)."""
+        """Asked ids past their deadline go to the next announcer, and ids that only
+        non-preferred peers announced are asked once their delay is over (call every
+        second or so)."""
         now = self.clock.seconds()
         late = [tx_id for tx_id, w in self._wanted.items() if w.asked is not None and w.deadline <= now]
+        due = [tx_id for tx_id, w in self._wanted.items() if w.asked is None and w.not_before <= now]
         self.timeouts += len(late)
-        self._retry(late)
+        self._retry(late + due)
 
     def _retry(self, ids: list[bytes]) -> None:
         batches: dict[Any, list[bytes]] = {}
