@@ -69,6 +69,7 @@ PARTIAL_TIMEOUT = 10.0  # seconds for a BLOCK_TXN to come before the block is fe
 COMPACT_ASK_AGAIN = 2.0  # seconds before a block announced by several peers is asked of the next
 COMPACT_SERVE_DEPTH = 10  # GET_CMPCT / GET_BLOCK_TXN are answered for blocks this close to the tip (BIP152's 10)
 RECENT_BLOCKS = 16  # decoded recent blocks (and their compact forms) kept to answer those
+MAX_VDF_AHEAD = 64  # VDF segments held that came before the ones they follow
 
 
 @attrs.define(eq=False)
@@ -194,6 +195,8 @@ class Node:
         # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
         self.vdf_parent: bytes = chain.tip.hash
         self.vdf_segments: list[vdf.Segment] = []
+        # Segments that came before the one they follow was taken: index -> (segment, sender)
+        self._vdf_ahead: dict[int, tuple[vdf.Segment, Optional[PeerProtocol]]] = {}
         self.on_tip: list[Callable[[Block], None]] = []
         self.on_vdf: list[Callable[[bytes, int, vdf.Segment], None]] = []
         self.rejected_blocks = 0
@@ -706,6 +709,7 @@ class Node:
                 if tx.hash in self.mempool:
                     self._relay_transaction(tx)
         self.vdf_parent, self.vdf_segments = block.hash, []
+        self._vdf_ahead.clear()
         if at_top:
             self.relay_block(block)  # during a sync, only blocks at the top (history is not pushed)
         for callback in list(self.on_tip):
@@ -1057,7 +1061,14 @@ class Node:
 
     async def _add_vdf(self, parent_hash: bytes, index: int, segment: vdf.Segment,
                        source: Optional[PeerProtocol]) -> bool:
-        if parent_hash != self.vdf_parent or index != len(self.vdf_segments) + 1:
+        if parent_hash != self.vdf_parent:
+            return False
+        if index != len(self.vdf_segments) + 1:
+            # Ahead of what we have (the one before it still under check, or on its way):
+            # held, one per index and at most MAX_VDF_AHEAD ahead, and taken in its turn.
+            if (len(self.vdf_segments) + 1 < index <= len(self.vdf_segments) + MAX_VDF_AHEAD
+                    and index not in self._vdf_ahead):
+                self._vdf_ahead[index] = (segment, source)
             return False
         # One check at a time per segment slot, and a few per peer: a burst of forged
         # segments cannot fill the verify threads before its penalty lands.
@@ -1086,6 +1097,11 @@ class Node:
             return False  # the tip moved or another copy won the race
         self.vdf_segments.append(segment)
         self.metrics.vdf_accepted(local=source is None)
+        following = self._vdf_ahead.pop(index + 1, None)
+        if following is not None:
+            nxt, nxt_source = following
+            if nxt_source is None or nxt_source.info is None or nxt_source.info.state is not PeerState.CLOSED:
+                self._background(self.add_vdf_output(parent_hash, index + 1, nxt, nxt_source), "VDF_OUTPUT held")
         message = wire.VdfOutput(parent_hash, index, segment)
         key = _vdf_id(parent_hash, index)
         for proto in self.peers.ready_peers():

@@ -9,6 +9,7 @@ single storage transaction.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
 import sqlite3
@@ -27,6 +28,10 @@ from archivas.chain.transactions import InvalidTransaction
 
 log = Logger()
 
+# Recent headers kept decoded: at most 4,096 and about 16 MiB (a header holds ~1 KB plus
+# ~250 B a VDF segment in memory: thousands of fastnet headers, 64 of 1,024-segment ones).
+HEADER_CACHE = 4096
+HEADER_CACHE_BYTES = 16 * 1024 * 1024
 ADDED_TIP = "tip"  # the block extended or replaced the main chain
 ADDED_SIDE = "side"  # stored on a branch that is not (yet) the heaviest
 KNOWN = "known"
@@ -49,6 +54,8 @@ class Chain:
         self.storage = storage
         self.params = params
         self.genesis = genesis_block(params)
+        self._headers: collections.OrderedDict[bytes, Header] = collections.OrderedDict()
+        self._header_bytes = 0
         self._open()
 
     @classmethod
@@ -144,8 +151,20 @@ class Chain:
         return self.storage.all_accounts()
 
     def header(self, block_hash: bytes) -> Optional[Header]:
-        block = self.storage.block(block_hash)
-        return None if block is None else block.header
+        """A stored block's header (the recent ones from memory: a header is immutable, and
+        every block checked asks for its parent's)."""
+        header = self._headers.get(block_hash)
+        if header is not None:
+            self._headers.move_to_end(block_hash)
+            return header
+        header = self.storage.header(block_hash)
+        if header is not None:
+            self._headers[block_hash] = header
+            self._header_bytes += _header_bytes(header)
+            while len(self._headers) > HEADER_CACHE or self._header_bytes > HEADER_CACHE_BYTES:
+                _, old = self._headers.popitem(last=False)
+                self._header_bytes -= _header_bytes(old)
+        return header
 
     def ancestors(self, block_hash: bytes, count: int) -> list[BlockMeta]:
         """Up to `count` stored blocks ending at `block_hash`, oldest first (no decoding:
@@ -274,3 +293,7 @@ class _BranchInvalid(Exception):
         super().__init__(str(rejection))
         self.branch = branch
         self.rejection = rejection
+
+
+def _header_bytes(header: Header) -> int:
+    return 1024 + 250 * len(header.vdf)
