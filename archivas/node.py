@@ -46,6 +46,10 @@ ORPHAN_FETCH_GAP = 32  # an orphan further above our tip than this starts a sync
 STALE_CHECK_SECONDS = 30.0  # how often the stale-tip check runs (and its least quiet time)
 STALE_TIP_BLOCKS = 3  # target block times without a new tip before peers are asked again
 RELAY_NEAR_TOP = 3  # during a sync, blocks this close to the best height peers show are relayed
+# ... and blocks made this recently by our clock (3 block times, at least 60 s), whatever
+# peers claim: a peer that lies about its height must not stop us relaying new blocks.
+RELAY_RECENT_BLOCKS = 3
+RELAY_RECENT_MIN_MS = 60_000
 EARLY_RETRIES = 3  # a block refused only for being early is tried again this often, when it is due
 MAX_PENDING_PER_PEER = 8  # blocks or VDF segments from one peer under check at once (more wait their turn)
 MAX_EARLY_PENDING = 64  # early blocks waiting for their time at once (each holds a block and a timer)
@@ -699,7 +703,9 @@ class Node:
         if result.status != ADDED_TIP:
             return
         self._last_tip_at = self.reactor.seconds()
-        at_top = not self.sync.active or block.height + RELAY_NEAR_TOP >= self._best_height()
+        recent = block.header.timestamp >= self.now_ms() - max(RELAY_RECENT_MIN_MS,
+                                                               RELAY_RECENT_BLOCKS * self.params.target_block_time_ms)
+        at_top = not self.sync.active or recent or block.height + RELAY_NEAR_TOP >= self._best_height()
         # During a sync the history's tips are not news (sync logs its progress instead).
         (log.info if at_top else log.debug)("[chain] new tip height={height} hash={hash}", height=block.height,
                                             hash=block.hash.hex()[:16])

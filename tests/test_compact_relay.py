@@ -401,3 +401,25 @@ class VdfOrderTests(unittest.TestCase):
             previous = vdf.GENERATOR if i == 0 else segments[i - 1].output
             self.assertIn((seed, previous, segment, h.node.params.discriminant_bits, h.node.params.vdf_iterations),
                           h.node.verified_segments)
+
+
+class LiarTests(unittest.TestCase):
+    def test_a_peer_claiming_a_far_higher_tip_does_not_stop_relay_of_new_blocks(self):
+        """A liar's STATUS starts a sync round toward it; a new block (made just now) that
+        arrives meanwhile is still relayed: its age, not anyone's claim, says it is news."""
+        b = builder()
+        base = b.extend(b.genesis, 2)
+        h = Harness(self, base)
+        liar, _ = ready_peer(h, 1)
+        honest, _ = ready_peer(h, 2)
+        watcher, watcher_transport = ready_peer(h, 3)
+        feed(liar, wire.Status(base[-1].height + 1000, 1, b"\x05" * 32, weight=10**9,
+                               genesis_hash=h.node.genesis_hash, network="fastnet", version=wire.PROTOCOL_VERSION,
+                               capabilities=wire.CAPABILITIES))
+        self.assertTrue(h.node.sync.active)
+        block = b.make_block(base[-1], timestamp=int(h.clock.seconds() * 1000))
+        sent(watcher_transport)
+        feed(honest, wire.PushBlock(block))
+        self.assertEqual(h.node.chain.tip.hash, block.hash)
+        relayed = [m for m in sent(watcher_transport) if isinstance(m, (wire.NewBlock, wire.CmpctBlock))]
+        self.assertEqual(len(relayed), 1)
