@@ -73,8 +73,10 @@ class ListeningService(service.Service):
 
     def _listening(self, port: Any) -> None:
         self.port = port
-        host = port.getHost()
-        log.info("[{what}] listening on {host}:{port}", what=self.what, host=host.host, port=host.port)
+        address = port.getHost()
+        where = (f"{address.host}:{address.port}" if hasattr(address, "port")
+                 else getattr(address, "name", None) or str(address))  # a UNIX socket's path
+        log.info("[{what}] listening on {where}", what=self.what, where=where)
         if self.on_listening is not None:
             self.on_listening(port)
 

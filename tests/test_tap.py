@@ -129,6 +129,18 @@ class ServiceTreeTests(unittest.TestCase):
         top.node.stop()  # nothing to wait for on a memory reactor
         top.node.chain.close()
 
+    def test_rpc_on_a_unix_socket(self):
+        """An endpoint string other than TCP (here a UNIX socket) is listened on and logged
+        by its path (it used to stop the node with a traceback: no host, no port)."""
+        reactor = MemoryReactorClock()
+        path = os.path.join(self.mktemp() + "-sock", "rpc.sock")
+        os.makedirs(os.path.dirname(path))
+        top = node_service(db=self.mktemp(), network="fastnet", rpc=f"unix:{path}", p2p="9091", reactor=reactor)
+        top.startService()
+        self.assertEqual([server[0] for server in reactor.unixServers], [path])
+        top.node.stop()
+        top.node.chain.close()
+
     def test_peer_layer_options(self):
         db = self.mktemp()
         config = parse(["--db", db, "--network", "fastnet", "--p2p-tls", "--whitelist", "10.0.0.0/8",
