@@ -9,4 +9,5 @@ Modules:
     traffic   signed transfers from funded accounts at a steady rate
     actors    nodes that do not play fair (silent, hostile)
     run       one simulated network from set-up to figures (Simulation, SimConfig)
+    cli       `archivas-sim`: options in, a table or JSON out
 """
