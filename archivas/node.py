@@ -342,15 +342,10 @@ class Node:
             return
         if message.height > self.chain.height + ORPHAN_FETCH_GAP:
             self.sync.peer_updated(proto)
-        elif info.can("cmpct") and self.chain.has_block(self._parent_guess(message)):
-            self._ask_compact(proto, message.hash)
+        elif info.can("cmpct") and message.height == self.chain.height + 1:
+            self._ask_compact(proto, message.hash)  # compact relay is for a child of our tip
         else:
             self._request_block(proto, message.height)
-
-    def _parent_guess(self, message: wire.NewBlock) -> bytes:
-        """The tip's hash when an announced block may be its child (compact relay is for
-        blocks at the top; anything else is fetched whole)."""
-        return self.chain.tip.hash if message.height == self.chain.height + 1 else b""
 
     def _ask_compact(self, proto: PeerProtocol, block_hash: bytes) -> None:
         """GET_CMPCT once per block, asked of the next announcer only if the first has not

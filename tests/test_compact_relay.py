@@ -423,3 +423,41 @@ class LiarTests(unittest.TestCase):
         self.assertEqual(h.node.chain.tip.hash, block.hash)
         relayed = [m for m in sent(watcher_transport) if isinstance(m, (wire.NewBlock, wire.CmpctBlock))]
         self.assertEqual(len(relayed), 1)
+
+    def test_segments_too_far_ahead_are_not_held(self):
+        from archivas.chain import vdf
+        from archivas.node import MAX_VDF_AHEAD
+
+        b = builder()
+        base = b.extend(b.genesis, 2)
+        h = Harness(self, base)
+        peer, _ = ready_peer(h, 9)
+        segment = vdf.Segment(b"\x08" + b"\x00" * 99, b"\x00" * 100)
+        for index in (2, MAX_VDF_AHEAD, MAX_VDF_AHEAD + 1, MAX_VDF_AHEAD + 5):
+            feed(peer, wire.VdfOutput(base[-1].hash, index, segment))
+        self.assertEqual(sorted(h.node._vdf_ahead), [2, MAX_VDF_AHEAD])
+
+
+class HeaderCacheTests(unittest.TestCase):
+    def test_recent_headers_are_kept_within_their_bounds(self):
+        from archivas.chain import blockchain
+
+        b = builder()
+        blocks = b.extend(b.genesis, 6)
+        h = Harness(self, blocks)
+        chain = h.node.chain
+        chain._headers.clear()
+        chain._header_bytes = 0
+        self.addCleanup(setattr, blockchain, "HEADER_CACHE", blockchain.HEADER_CACHE)
+        blockchain.HEADER_CACHE = 3
+        for block in blocks:
+            self.assertEqual(chain.header(block.hash), block.header)
+        self.assertEqual(list(chain._headers), [blk.hash for blk in blocks[-3:]])
+        blockchain.HEADER_CACHE = 100
+        self.addCleanup(setattr, blockchain, "HEADER_CACHE_BYTES", blockchain.HEADER_CACHE_BYTES)
+        blockchain.HEADER_CACHE_BYTES = 2 * blockchain._header_bytes(blocks[0].header)
+        for block in blocks:
+            chain.header(block.hash)
+        self.assertLessEqual(chain._header_bytes, blockchain.HEADER_CACHE_BYTES)
+        self.assertEqual(chain._header_bytes, sum(blockchain._header_bytes(x) for x in chain._headers.values()))
+        self.assertIsNone(chain.header(b"\x00" * 32))

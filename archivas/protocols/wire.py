@@ -717,12 +717,9 @@ def _transfers(payload: dict[str, Any], name: str, most: int) -> tuple[Transacti
 
 
 @dataclasses.dataclass(frozen=True)
-class Inv(Message):
-    """Transfers the sender has in its mempool, by inv id (inv_id: 16 bytes each, packed in
-    base64)."""
+class _InvIds(Message):
+    """INV and REQ: 1..MAX_INV inv ids (inv_id: 16 bytes each), packed in one base64 string."""
 
-    TYPE: ClassVar[int] = 9
-    NAME: ClassVar[str] = "INV"
     CAPABILITY: ClassVar[Optional[str]] = "inv"
     ids: tuple[bytes, ...]
 
@@ -730,7 +727,7 @@ class Inv(Message):
         return {"txs": _pack(self.ids)}
 
     @classmethod
-    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Inv":
+    def parse(cls, payload: dict[str, Any], limits: Limits) -> "_InvIds":
         ids = _packed(payload, "txs", INV_ID_BYTES, MAX_INV)
         if not ids:
             raise DecodeError("no ids")
@@ -738,23 +735,19 @@ class Inv(Message):
 
 
 @dataclasses.dataclass(frozen=True)
-class Req(Message):
+class Inv(_InvIds):
+    """Transfers the sender has in its mempool."""
+
+    TYPE: ClassVar[int] = 9
+    NAME: ClassVar[str] = "INV"
+
+
+@dataclasses.dataclass(frozen=True)
+class Req(_InvIds):
     """The transfers with these ids, which the receiver announced."""
 
     TYPE: ClassVar[int] = 10
     NAME: ClassVar[str] = "REQ"
-    CAPABILITY: ClassVar[Optional[str]] = "inv"
-    ids: tuple[bytes, ...]
-
-    def payload(self, style: str = HEX) -> dict[str, Any]:
-        return {"txs": _pack(self.ids)}
-
-    @classmethod
-    def parse(cls, payload: dict[str, Any], limits: Limits) -> "Req":
-        ids = _packed(payload, "txs", INV_ID_BYTES, MAX_INV)
-        if not ids:
-            raise DecodeError("no ids")
-        return cls(ids)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -205,7 +205,7 @@ class SimChecker:
     def _segments_cost(self, header: Header, parent: Header, node: Any, segments: Optional[VerifiedSegments]) -> float:
         if segments is None:
             return self.costs.vdf_segment * len(header.vdf)
-        seed = _child_seed(parent, node.params)
+        seed = child_seed(parent, node.params)
         start, misses = vdf.GENERATOR, 0
         bits, iterations = node.params.discriminant_bits, node.params.vdf_iterations
         for segment in header.vdf:
@@ -227,7 +227,7 @@ class SimChecker:
                   segments: Optional[VerifiedSegments], transfers: Optional[VerifiedTransfers]) -> None:
         """What the node's own check would have left in its caches (only what verified)."""
         if segments is not None and parent is not None:
-            seed = _child_seed(parent, node.params)
+            seed = child_seed(parent, node.params)
             start = vdf.GENERATOR
             bits, iterations = node.params.discriminant_bits, node.params.vdf_iterations
             for segment in header.vdf:
@@ -241,5 +241,3 @@ class SimChecker:
                     transfers.add(tx)
 
 
-def _child_seed(parent: Header, params: Any) -> bytes:
-    return child_seed(parent, params)
