@@ -18,7 +18,7 @@ import collections
 from typing import Any, Callable, Optional, Sequence
 
 import attrs
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -975,8 +975,14 @@ class Node:
         else:
             checks = [self.verify(b, p, background="blocks") for b, p in zip(blocks, parents)]
         added = 0
+        # One transaction for the run (a crash reopens at a run boundary); each block a
+        # savepoint in it. Between blocks the reactor runs (a PING, a gossiped block, the
+        # next reply of the sync round): what it writes meanwhile joins the run.
+        self.chain.begin_run()
         try:
-            for block, check, sender in zip(blocks, checks, senders):
+            for i, (block, check, sender) in enumerate(zip(blocks, checks, senders)):
+                if i and check.called:  # (awaiting a check still running yields anyway)
+                    await task.deferLater(self.reactor, 0, lambda: None)
                 try:
                     score = await check
                     if self.stopped:
@@ -996,6 +1002,8 @@ class Node:
                 if self.orphans.has_children(block.hash):
                     self._connect_children(block.hash)  # blocks that arrived during the sync
         finally:
+            with self.metrics.storing():
+                self.chain.end_run()  # the commit (the run's one fsync)
             for check in checks:
                 check.addErrback(lambda f: None)
         return added

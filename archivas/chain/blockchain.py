@@ -191,6 +191,14 @@ class Chain:
 
     # writing
 
+    def begin_run(self) -> None:
+        """Start importing a run of blocks in one transaction (Storage.begin_run): each
+        add_block until end_run is exact on its own, and the run commits once."""
+        self.storage.begin_run()
+
+    def end_run(self) -> None:
+        self.storage.end_run()
+
     def check_standalone(self, block: Block) -> int:
         """The thread-safe, costly part of validation (proofs and signatures): its score.
 
