@@ -147,7 +147,11 @@ class HistoryVerifier(service.Service):
         address = proto.info.address if proto.info is not None else "?"
         try:
             if self.check is None:
-                self.check = await self._work(HistoryCheck, self.directory, self.node.params, self.manifest)
+                check = await self._work(HistoryCheck, self.directory, self.node.params, self.manifest)
+                if self.finished:  # stopped meanwhile
+                    await self._work(check.close)
+                    return
+                self.check = check
             check = self.check
             while not check.done and not self.finished:
                 start = check.next_height
@@ -161,6 +165,8 @@ class HistoryVerifier(service.Service):
             if self.finished:
                 return
             state_hash = await self._work(check.finish)
+            if self.finished:
+                return
         except HistoryMismatch as e:
             self._failed(str(e))
             return

@@ -62,15 +62,40 @@ def reseal(path, out, change):
     return manifest["stateHash"]
 
 
+_shared: dict = {}
+
+
+def shared():
+    """Built once per run: a source database at TIP and its snapshot at H, exported while
+    the source is open (in use), with the source's tip and accounts before and after."""
+    if not _shared:
+        import tempfile
+
+        directory = tempfile.mkdtemp(prefix="snapshot-test-")
+        source = Chain.open(os.path.join(directory, "source"), PARAMS)
+        try:
+            for block in fixture_blocks(TIP):
+                source.add_block(block, now_ms())
+            before = (source.tip, source.accounts())
+            path = os.path.join(directory, "out", "snap")
+            os.makedirs(os.path.dirname(path))
+            manifest, digest = snapshot.export_snapshot(source.storage.directory, PARAMS, H, path)
+            _shared.update(directory=directory, source=str(source.storage.directory), file=path, manifest=manifest,
+                           digest=digest, before=before, after=(source.tip, source.accounts()))
+        finally:
+            source.close()
+    return _shared
+
+
 class SnapshotTests(unittest.TestCase):
     def setUp(self):
         self.blocks = fixture_blocks(TIP)
-        self.source = open_chain(self)  # stays open: export reads a database in use
-        for block in self.blocks:
-            self.source.add_block(block, now_ms())
-        self.file = os.path.join(self.mktemp(), "snap")
-        os.makedirs(os.path.dirname(self.file))
-        self.manifest, self.digest = snapshot.export_snapshot(self.source.storage.directory, PARAMS, H, self.file)
+        s = shared()
+        self.file, self.manifest, self.digest = s["file"], s["manifest"], s["digest"]
+        self.source_accounts = s["after"][1]
+        # Files a test makes go next to the snapshot, under its own name.
+        self.work = self.mktemp()
+        os.makedirs(self.work)
 
     def load(self, path=None, assume="default"):
         directory = self.mktemp()
@@ -80,14 +105,14 @@ class SnapshotTests(unittest.TestCase):
         return directory
 
     def test_export_below_the_tip_is_the_state_there_and_the_live_database_is_untouched(self):
-        before = (self.source.tip, self.source.accounts())
         reference = open_chain(self)
         for block in self.blocks[:H]:
             reference.add_block(block, now_ms())
         self.assertEqual(self.manifest.state_hash, snapshot.state_hash_at_tip(reference.storage, PARAMS))
         self.assertEqual((self.manifest.height, self.manifest.block_hash), (H, self.blocks[H - 1].hash))
         self.assertEqual(self.manifest.blocks, snapshot.context_depth(PARAMS))
-        self.assertEqual((self.source.tip, self.source.accounts()), before)
+        self.assertEqual(shared()["before"], shared()["after"])
+        self.assertEqual(shared()["after"][0].height, TIP)
         body = Path(self.file).read_bytes().rsplit(b"\n", 2)[0] + b"\n"
         import hashlib
 
@@ -110,7 +135,7 @@ class SnapshotTests(unittest.TestCase):
             h.clock.advance(0.1)
         self.assertEqual(node.chain.tip.hash, self.blocks[-1].hash)
         self.assertLess(h.clock.seconds() - 1_800_000_000, 3)
-        self.assertEqual(node.chain.accounts(), self.source.accounts())
+        self.assertEqual(node.chain.accounts(), self.source_accounts)
         api = LocalNodeAPI(node)
         self.assertEqual(api.status()["history"], {"snapshotHeight": H, "validated": False})
         self.assertEqual(api.block(H + 1)["header"]["height"], H + 1)
@@ -138,7 +163,7 @@ class SnapshotTests(unittest.TestCase):
         self.assertEqual((requested[0].start, requested[-1].start + requested[-1].count - 1), (1, H))
 
     def test_a_history_that_does_not_reproduce_the_state_gives_the_one_line_error(self):
-        forged = self.file + ".forged"
+        forged = os.path.join(self.work, "forged")
         forged_hash = reseal(self.file, forged, lambda accounts: accounts[0].__setitem__(1, accounts[0][1] + COIN))
         h = _LoadedHarness(self, self.load(forged, assume=forged_hash))  # the operator trusted a bad hash
         scripted = ScriptedPeer(h, "10.0.0.2", self.blocks, b"\x02" * 16)
@@ -165,20 +190,20 @@ class SnapshotTests(unittest.TestCase):
         doc = json.loads(lines[first_account])
         doc[1] += 1
         lines[first_account] = canonical_json(doc)
-        edited = self.file + ".edited"
+        edited = os.path.join(self.work, "edited")
         Path(edited).write_bytes(b"\n".join(lines))
         directory = self.mktemp()
         with self.assertRaises(snapshot.SnapshotError) as caught:
             snapshot.load_snapshot(edited, directory, PARAMS, self.manifest.state_hash.hex())
         self.assertIn("is damaged: its content hashes to", str(caught.exception))
         # A forger who also fixes the manifest and the trailer: the state hash is not the trusted one.
-        resealed = self.file + ".resealed"
+        resealed = os.path.join(self.work, "resealed")
         reseal(self.file, resealed, lambda accounts: accounts[0].__setitem__(1, accounts[0][1] + 1))
         with self.assertRaises(snapshot.SnapshotError) as caught:
             snapshot.load_snapshot(resealed, directory, PARAMS, self.manifest.state_hash.hex())
         self.assertIn("given with --assume-snapshot: refused", str(caught.exception))
         # Only the accounts edited, manifest and trailer left: its accounts do not hash to its manifest.
-        stale = self.file + ".stale"
+        stale = os.path.join(self.work, "stale")
         lines = Path(resealed).read_bytes().split(b"\n")
         original = Path(self.file).read_bytes().split(b"\n")
         body = b"".join(line + b"\n" for line in [original[0], *lines[1:-2]])
@@ -211,7 +236,7 @@ class SnapshotTests(unittest.TestCase):
         refused("is of network fastnet (genesis", params=FASTNET)
         occupied = open_chain(self).storage.directory
         refused("is not empty (it holds a chain at height 0)", directory=str(occupied))
-        truncated = self.file + ".truncated"
+        truncated = os.path.join(self.work, "truncated")
         Path(truncated).write_bytes(Path(self.file).read_bytes()[:-100])
         refused("truncated", path=truncated)
         with mock.patch.object(snapshot, "MAX_ACCOUNTS", 2):
@@ -238,8 +263,8 @@ class SnapshotTests(unittest.TestCase):
         self.assertEqual(chain.add_block(self.blocks[H], now_ms()).status, "tip")
 
     def test_export_refusals_and_an_export_of_a_loaded_database(self):
-        directory = self.source.storage.directory
-        out = self.file + ".2"
+        directory = shared()["source"]
+        out = os.path.join(self.work, "again")
         for height, text in ((TIP + 1, "above the tip"), (0, "at least 1")):
             with self.assertRaises(snapshot.SnapshotError) as caught:
                 snapshot.export_snapshot(directory, PARAMS, height, out)

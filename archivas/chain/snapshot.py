@@ -335,13 +335,14 @@ def _read(f: IO[bytes], p: Path, params: NetworkParams) -> Snapshot:
     reader = _Reader(f, str(p))
     name = reader.name
     try:
-        manifest = Manifest.from_json(_json(reader, reader.line(MAX_MANIFEST_BYTES, "the manifest"), "the manifest"))
+        first_line = reader.line(MAX_MANIFEST_BYTES, "the manifest")
+        manifest = Manifest.from_json(_json(reader, first_line, "the manifest"))
     except DecodeError as e:
         raise SnapshotError(f"snapshot {name}: {e}") from None
     genesis = genesis_block(params).hash
     if manifest.network != params.name or manifest.genesis != genesis:
-        raise SnapshotError(f"snapshot {name} is of network {manifest.network} (genesis {manifest.genesis.hex()[:16]}), "
-                            f"not {params.name} (genesis {genesis.hex()[:16]})")
+        raise SnapshotError(f"snapshot {name} is of network {manifest.network} (genesis "
+                            f"{manifest.genesis.hex()[:16]}), not {params.name} (genesis {genesis.hex()[:16]})")
     if manifest.height < 1:
         raise SnapshotError(f"snapshot {name} is of height 0")
     want_blocks = min(manifest.height, context_depth(params))
@@ -384,7 +385,8 @@ def _read(f: IO[bytes], p: Path, params: NetworkParams) -> Snapshot:
     try:
         stated = strict_hex(strict_loads(trailer)["sha256"])
     except (ValueError, KeyError, TypeError, RecursionError):
-        raise SnapshotError(f"snapshot {name} is truncated or damaged: its last line is not its SHA-256 trailer") from None
+        raise SnapshotError(f"snapshot {name} is truncated or damaged: its last line is not its SHA-256 "
+                            "trailer") from None
     if f.read(1):
         raise SnapshotError(f"snapshot {name} has more lines than its manifest counts")
     if stated != content:
@@ -477,7 +479,8 @@ def _scores(snapshot: Snapshot, params: NetworkParams) -> list[int]:
         try:
             out.append(check_header(block.header, parent, params))
         except BlockRejected as e:
-            raise SnapshotError(f"snapshot {snapshot.path}: the block at height {block.height} is invalid ({e})") from None
+            raise SnapshotError(f"snapshot {snapshot.path}: the block at height {block.height} is invalid "
+                                f"({e})") from None
     return out
 
 

@@ -17,6 +17,12 @@ def main(argv: Optional[list[str]] = None) -> None:
 
         status.main(args)
     # -- end of status / peers --
+    # -- `archivas-node snapshot ...` / `archivas-node verify-history`: archivas/scripts/snapshot.py --
+    if args and args[0] in ("snapshot", "verify-history"):
+        from archivas.scripts import snapshot
+
+        snapshot.main(args)
+    # -- end of snapshot / verify-history --
     parse("archivas-node", Options(), args)  # a bad flag: one line, exit 2, before twistd
     from twisted.scripts.twistd import run
 
