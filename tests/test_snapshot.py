@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from unittest import mock
 
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.trial import unittest
 
 from archivas.chain import snapshot
@@ -31,7 +31,7 @@ TIP, H = 60, 40
 class _LoadedHarness(Harness):
     """Harness's node, on a database made elsewhere (a loaded snapshot)."""
 
-    def __init__(self, case, directory):  # noqa: super().__init__ would open a chain of its own
+    def __init__(self, case, directory):  # not super().__init__: it would open a chain of its own
         self.clock = task.Clock()
         self.clock.advance(1_800_000_000)
         chain = Chain.open(directory, PARAMS)
@@ -60,6 +60,12 @@ def reseal(path, out, change):
 
     Path(out).write_bytes(body + canonical_json({"sha256": hashlib.sha256(body).hexdigest()}) + b"\n")
     return manifest["stateHash"]
+
+
+def snapshot_accounts(path):
+    lines = Path(path).read_bytes().split(b"\n")[:-1]
+    count = json.loads(lines[0])["blocks"]
+    return {a: (b, n) for a, b, n in (json.loads(line) for line in lines[1 + count:-1])}
 
 
 _shared: dict = {}
@@ -292,7 +298,90 @@ class SnapshotTests(unittest.TestCase):
         self.assertRaises(ValueError, ordered.add, first, 1, 0)
 
 
-def snapshot_accounts(path):
-    lines = Path(path).read_bytes().split(b"\n")[:-1]
-    count = json.loads(lines[0])["blocks"]
-    return {a: (b, n) for a, b, n in (json.loads(line) for line in lines[1 + count:-1])}
+    def test_the_commands_refuse_in_one_line(self):
+        import io
+
+        from archivas.scripts import snapshot as cli
+
+        def command(*argv):
+            err = io.StringIO()
+            with mock.patch.object(cli, "_params", lambda name: PARAMS), mock.patch("sys.stderr", err), \
+                    mock.patch("sys.stdout", io.StringIO()), self.assertRaises(SystemExit) as caught:
+                cli.main(list(argv))
+            return caught.exception.code, err.getvalue()
+
+        directory = os.path.join(self.work, "db")
+        code, err = command("snapshot", "load", "--db", directory, "--network", "fastnet", self.file)
+        self.assertEqual((code, err.count("\n")), (1, 1))
+        self.assertIn("archivas-node: error: no snapshot is pinned for network fastnet", err)
+        self.assertFalse(os.path.exists(directory))
+        self.assertEqual(command("snapshot", "export", "--db", directory, self.file)[0], 2)  # no --height
+        self.assertEqual(command("snapshot", "frobnicate")[0], 2)
+        self.assertEqual(command("verify-history", "--db", directory)[0], 2)  # no --peers
+        code, err = command("snapshot", "load", "--db", directory, "--network", "fastnet", "--assume-snapshot",
+                            self.manifest.state_hash.hex(), self.file)
+        self.assertEqual((code, err), (0, ""))
+        code, err = command("snapshot", "export", "--db", directory, "--network", "fastnet", "--height", "99",
+                            os.path.join(self.work, "out"))
+        self.assertEqual((code, err.count("\n")), (1, 1))
+        self.assertIn("height 99 is above the tip (40)", err)
+
+
+class OperatorWalkThrough(unittest.TestCase):
+    """The one real-process test: a farming fastnet node A; `snapshot export` from A while
+    it runs; `snapshot load` into B, which follows A's tip at once (within 15 s, in
+    practice 3 to 4) and validates its history in the background; the same snapshot into
+    C, checked with the one-shot `verify-history`."""
+
+    timeout = 120
+
+    @defer.inlineCallbacks
+    def test_export_load_follow_and_verify_history(self):
+        from archivas.testing.chainbuilder import farmer_key, shared_plots
+        from tests.processes import NodeProcess, run, wait_for
+
+        directory = self.mktemp()
+        os.makedirs(os.path.join(directory, "plots"))
+        key_file = os.path.join(directory, "farmer.key")
+        farmer_key(1).save(key_file)
+        plot = shared_plots(2)[1][1]
+        os.symlink(plot.path, os.path.join(directory, "plots", plot.path.name))
+        a = NodeProcess(self, "a", directory,
+                        extra=["--timelord", "--farm", os.path.join(directory, "plots"), "--farmer-key", key_file])
+        a.start()
+
+        async def height(node, at_least):
+            tip = await node.tip()
+            return tip is not None and tip["height"] >= at_least
+
+        yield defer.ensureDeferred(wait_for(lambda: height(a, 11), "node A at height 11"))
+        path = os.path.join(directory, "snap")
+        out, err, code = yield defer.ensureDeferred(run(
+            "archivas-node", "snapshot", "export", "--height", "8", "--db", a.db, "--network", "fastnet", path))
+        self.assertEqual(code, 0, err)
+        state_hash = out.split("state hash: ")[1].split()[0]
+        b = NodeProcess(self, "b", directory, peers=[a])
+        c = NodeProcess(self, "c", directory)
+        out, err, code = yield defer.ensureDeferred(run(
+            "archivas-node", "snapshot", "load", "--db", b.db, "--network", "fastnet",
+            "--assume-snapshot", state_hash, path))
+        self.assertEqual(code, 0, err)
+        b.start()
+        snapshot.load_snapshot(path, c.db, FASTNET, state_hash)  # C: the same, for the one-shot below
+
+        async def follows():
+            ours, theirs = await b.tip(), await a.tip()
+            return ours is not None and theirs is not None and ours["height"] >= theirs["height"] - 1 > 8
+
+        yield defer.ensureDeferred(wait_for(follows, "node B following A's tip", deadline=15))
+
+        async def validated():
+            status = await b.get("/status")
+            return status["history"] == {"snapshotHeight": 8, "validated": True}
+
+        yield defer.ensureDeferred(wait_for(validated, "node B's history validated", deadline=20))
+        out, err, code = yield defer.ensureDeferred(run(
+            "archivas-node", "verify-history", "--db", c.db, "--network", "fastnet", "--peers",
+            f"127.0.0.1:{a.p2p}", "--timeout", "30"))
+        self.assertEqual(code, 0, err)
+        self.assertIn("history validated: blocks 0..8 reproduce the snapshot's state", out)
