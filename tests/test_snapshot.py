@@ -169,6 +169,33 @@ class SnapshotTests(unittest.TestCase):
         requested = [m for m in peer.requests if isinstance(m, wire.GetBlocks)]
         self.assertEqual((requested[0].start, requested[-1].start + requested[-1].count - 1), (1, H))
 
+    def test_a_loaded_node_syncs_from_a_peer_without_headers_and_skips_a_peer_serving_a_bad_history(self):
+        import dataclasses
+
+        from tests.test_sync import LEGACY
+
+        h = _LoadedHarness(self, self.load())
+        legacy = ScriptedPeer(h, "10.0.0.1", self.blocks, b"\x01" * 16, capabilities=LEGACY)
+        for _ in range(20):
+            if h.node.chain.height == TIP or not legacy.answer():
+                break
+        self.assertEqual(h.node.chain.tip.hash, self.blocks[-1].hash)  # fork point found by hash windows above H
+        forged = list(self.blocks)
+        forged[4] = dataclasses.replace(forged[4], header=dataclasses.replace(forged[4].header, timestamp=1))
+        liar = ScriptedPeer(h, "10.0.0.2", forged, b"\x02" * 16, weight=1)
+        verifier = HistoryVerifier(h.node)
+        self.addCleanup(verifier.stopService)
+        with mock.patch.object(h.node.peers, "ready_peers", lambda: [liar.proto, legacy.proto]):
+            verifier.startService()
+            outcome = verifier.wait()
+            for _ in range(20):
+                if not (liar.answer() + legacy.answer()):
+                    h.clock.advance(5)  # the verifier looks for another peer every 5 s
+                if outcome.called:
+                    break
+        self.assertEqual(self.successResultOf(outcome), self.manifest.state_hash)
+        self.assertEqual(verifier.refused, {liar.proto.info.address})  # the liar first, then not again
+
     def test_a_history_that_does_not_reproduce_the_state_gives_the_one_line_error(self):
         forged = os.path.join(self.work, "forged")
         forged_hash = reseal(self.file, forged, lambda accounts: accounts[0].__setitem__(1, accounts[0][1] + COIN))
