@@ -35,6 +35,7 @@ log = Logger()
 SCRATCH_DIR = "history-check"
 BATCH = 32  # blocks asked at once
 RETRY_SECONDS = 5.0  # how often a verifier without a peer looks again
+PROGRESS_SECONDS = 10.0  # between progress lines
 
 
 class HistoryVerifier(service.Service):
@@ -57,6 +58,7 @@ class HistoryVerifier(service.Service):
         self._loop: Optional[LoopingCall] = None
         self._job: Optional[defer.Deferred] = None
         self._in_thread: Optional[defer.Deferred] = None
+        self._last_progress = 0.0
 
     def wait(self) -> defer.Deferred:
         """Fires with the state hash once the history is validated, or fails with the
@@ -162,6 +164,11 @@ class HistoryVerifier(service.Service):
                 if self.finished:
                     return
                 await self._work(check.add, blocks, self.node.now_ms())
+                now = self.node.reactor.seconds()
+                if now - self._last_progress >= PROGRESS_SECONDS:
+                    self._last_progress = now
+                    log.info("[history] validated to height {h} of {goal} (from {peer})", h=check.next_height - 1,
+                             goal=self.manifest.height, peer=address)
             if self.finished:
                 return
             state_hash = await self._work(check.finish)

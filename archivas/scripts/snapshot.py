@@ -162,7 +162,7 @@ def verify_history(argv: list[str]) -> None:
                 outcome["error"] = f"database {chain.storage.directory} was not loaded from a snapshot: nothing to do"
             chain.close()
             return
-        log_to_stdout("warn")
+        log_to_stdout("info")
         top.startService()
         d = verifier.wait()
         timeout = reactor.callLater(options["timeout"], d.cancel)
@@ -181,6 +181,8 @@ def verify_history(argv: list[str]) -> None:
             await top.stopService()
 
     _react(run)
+    if not outcome:
+        die(PROGRAM, "interrupted: the history is not validated yet (run verify-history again to go on)")
     if "error" in outcome:
         die(PROGRAM, outcome["error"])
     sys.stdout.write(outcome["ok"] + "\n")
