@@ -151,9 +151,11 @@ class SnapshotTests(unittest.TestCase):
         self.assertRaises(ApiError, api.block, 3)  # absent below the snapshot: 404, not a crash
         feed(peer.proto, wire.GetBlock(3))
         feed(peer.proto, wire.GetBlocks(3, 5))
+        feed(peer.proto, wire.GetHeaders((node.genesis_hash,), 10))  # a node syncing from genesis
         replies = sent(peer.transport)
         self.assertFalse([m for m in replies if isinstance(m, wire.BlockData)])
         self.assertEqual([m.blocks for m in replies if isinstance(m, wire.Blocks)], [()])
+        self.assertEqual([m.headers for m in replies if isinstance(m, wire.Headers)], [()])
 
         verifier = HistoryVerifier(node)
         verifier.startService()
@@ -324,6 +326,33 @@ class SnapshotTests(unittest.TestCase):
         ordered.add(second, 1, 0)
         self.assertRaises(ValueError, ordered.add, first, 1, 0)
 
+
+    def test_a_load_that_stops_half_way_leaves_no_chain_and_is_run_again(self):
+        directory = os.path.join(self.work, "db")
+        with mock.patch.object(snapshot, "ACCOUNT_BATCH", 1), \
+                mock.patch("archivas.chain.storage.Storage.set_accounts", side_effect=[None, OSError("disk")]):
+            self.assertRaises(OSError, snapshot.load_snapshot, self.file, directory, PARAMS,
+                              self.manifest.state_hash.hex())
+        self.assertEqual(snapshot.load_snapshot(self.file, directory, PARAMS, self.manifest.state_hash.hex()),
+                         self.manifest)
+        chain = Chain.open(directory, PARAMS)
+        self.addCleanup(chain.close)
+        self.assertEqual((chain.height, chain.snapshot_base, chain.accounts()), (H, H, snapshot_accounts(self.file)))
+
+    def test_the_pin_in_the_network_parameters_and_the_status_line(self):
+        from archivas.chain import params as network_params
+        from archivas.scripts.status import format_status
+
+        doc = json.loads(Path(network_params.__file__).with_name("networks").joinpath("fastnet.json").read_text())
+        pinned = network_params.from_json({**doc, "assumeSnapshot": {"height": 7, "hash": "ab" * 32}})
+        self.assertEqual(pinned.assume_snapshot, (7, b"\xab" * 32))
+        self.assertIsNone(network_params.from_json(doc).assume_snapshot)
+        for bad in ({"height": 0, "hash": "ab" * 32}, {"height": 7, "hash": "AB" * 32}, [7, "ab" * 32]):
+            self.assertRaises(ValueError, network_params.from_json, {**doc, "assumeSnapshot": bad})
+        status = {"height": H, "history": {"snapshotHeight": H, "validated": False}}
+        self.assertIn("History:     from a snapshot at height 40, history not yet validated",
+                      format_status(status, "http://x"))
+        self.assertNotIn("History:", format_status({"height": H, "history": None}, "http://x"))
 
     def test_the_commands_refuse_in_one_line(self):
         import io
