@@ -3,6 +3,7 @@ database, load only a trusted and intact file, follow the chain from H at once, 
 verify-history in the background: validated, or the one-line error when the history does
 not reproduce the state. On a task.Clock with scripted peers (tests/test_sync.py)."""
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -57,7 +58,6 @@ def reseal(path, out, change):
     manifest["stateHash"], manifest["accounts"] = hasher.digest().hex(), len(accounts)
     body = b"".join(line + b"\n" for line in [canonical_json(manifest), *blocks,
                                               *(f"{a} {b} {n}".encode() for a, b, n in accounts)])
-    import hashlib
 
     Path(out).write_bytes(body + canonical_json({"sha256": hashlib.sha256(body).hexdigest()}) + b"\n")
     return manifest["stateHash"]
@@ -121,8 +121,6 @@ class SnapshotTests(unittest.TestCase):
         self.assertEqual(shared()["before"], shared()["after"])
         self.assertEqual(shared()["after"][0].height, TIP)
         body = Path(self.file).read_bytes().rsplit(b"\n", 2)[0] + b"\n"
-        import hashlib
-
         self.assertEqual(hashlib.sha256(body).digest(), self.digest)
         self.assertEqual(json.loads(Path(self.file).read_bytes().splitlines()[-1]), {"sha256": self.digest.hex()})
         self.assertEqual([p for p in os.listdir(os.path.dirname(self.file))], ["snap"])  # no temporary left
@@ -242,8 +240,6 @@ class SnapshotTests(unittest.TestCase):
         lines = Path(resealed).read_bytes().split(b"\n")
         original = Path(self.file).read_bytes().split(b"\n")
         body = b"".join(line + b"\n" for line in [original[0], *lines[1:-2]])
-        import hashlib
-
         Path(stale).write_bytes(body + canonical_json({"sha256": hashlib.sha256(body).hexdigest()}) + b"\n")
         with self.assertRaises(snapshot.SnapshotError) as caught:
             snapshot.load_snapshot(stale, directory, PARAMS, self.manifest.state_hash.hex())
@@ -317,8 +313,6 @@ class SnapshotTests(unittest.TestCase):
     def test_the_state_hash_is_over_sorted_accounts_and_the_block(self):
         one = snapshot.StateHasher("fastnet", b"\x00" * 32, 5, b"\x01" * 32, 9)
         one.add(ALICE.address, 1, 0)
-        import hashlib
-
         text = f"archivas-state-v1\nfastnet {'00' * 32} 5 {'01' * 32} 9\n{ALICE.address} 1 0\n"
         self.assertEqual(one.digest(), hashlib.sha256(text.encode()).digest())
         first, second = sorted([ALICE.address, BOB.address])
