@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 COIN = 100_000_000  # 1 RCHV in base units (8 decimals)
 
@@ -37,6 +37,9 @@ class NetworkParams:
     min_chain_weight: int = 0
     # host:port names dialed while the address book is nearly empty (resolved at each try)
     bootstrap_peers: tuple[str, ...] = ()
+    # (height, state hash) of the one snapshot `snapshot load` takes without
+    # --assume-snapshot (docs/snapshots.md); None: none is pinned
+    assume_snapshot: Optional[tuple[int, bytes]] = None
 
     def with_allocation(self, allocation: Mapping[str, int]) -> "NetworkParams":
         """The same network with another genesis allocation (and so another genesis)."""
@@ -89,10 +92,23 @@ def from_json(data: Mapping[str, Any]) -> NetworkParams:
     if isinstance(min_weight, bool) or not isinstance(min_weight, int) or min_weight < 0:
         raise ValueError("minChainWeight must be a non-negative integer")
     values["min_chain_weight"] = min_weight
+    values["assume_snapshot"] = _assume_snapshot(data.get("assumeSnapshot"))
     params = NetworkParams(**values)
     if params.initial_difficulty < 1 or params.difficulty_window < 2:
         raise ValueError("initialDifficulty must be >= 1 and difficultyWindow >= 2")
     return params
+
+
+def _assume_snapshot(pin: Any) -> Optional[tuple[int, bytes]]:
+    """`assumeSnapshot: {"height": H, "hash": "<state hash, 64 hex>"}`, or absent."""
+    if pin is None:
+        return None
+    height = pin.get("height") if isinstance(pin, dict) else None
+    digest = pin.get("hash") if isinstance(pin, dict) else None
+    if (isinstance(height, bool) or not isinstance(height, int) or height < 1 or not isinstance(digest, str)
+            or len(digest) != 64 or digest.strip("0123456789abcdef")):
+        raise ValueError('assumeSnapshot must be {"height": H >= 1, "hash": "<64 lowercase hex digits>"}')
+    return height, bytes.fromhex(digest)
 
 
 def load(name: str) -> NetworkParams:
