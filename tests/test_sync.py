@@ -273,3 +273,25 @@ class StaleTipTests(unittest.TestCase):
         self.assertNotIn(wire.GetStatus(), sent(quiet.transport))
         h.clock.advance(2)
         self.assertIn(wire.GetStatus(), sent(quiet.transport))
+
+
+class BodyBatchTests(unittest.TestCase):
+    """A GET_BODIES asks for about BODY_BATCH_BYTES of bodies (docs/protocol.md)."""
+
+    def test_big_bodies_are_asked_for_fewer_at_a_time_with_more_requests_out(self):
+        from types import SimpleNamespace
+
+        from archivas.protocols import headersfirst as hf
+
+        def per_request(body_bytes):
+            return hf.HeadersFirstRound.bodies_per_request(SimpleNamespace(body_bytes=body_bytes))
+
+        self.assertEqual(per_request(300), hf.BODIES_PER_REQUEST)  # empty blocks: 32
+        fifty = 256 + 512 * 50  # a body of 50 transfers, as estimated
+        self.assertEqual(per_request(fifty), hf.BODY_BATCH_BYTES // fifty)
+        self.assertLessEqual(per_request(fifty) * fifty, hf.BODY_BATCH_BYTES)
+        self.assertEqual(per_request(10**7), hf.MIN_BODIES_PER_REQUEST)
+        in_flight = hf.HeadersFirstRound.bodies_in_flight
+        self.assertEqual(in_flight(None, 32), hf.BODIES_IN_FLIGHT)
+        self.assertEqual(in_flight(None, 16), 3 * 32 // 16)
+        self.assertEqual(in_flight(None, 4), hf.MAX_BODIES_IN_FLIGHT)

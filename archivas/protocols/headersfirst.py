@@ -38,8 +38,14 @@ if TYPE_CHECKING:
 log = Logger()
 
 HEADERS_PER_REQUEST = 512  # asked for at once (the sender may send fewer: 1 MiB at most)
-BODIES_PER_REQUEST = 32
-BODIES_IN_FLIGHT = 3  # body requests outstanding per peer
+BODIES_PER_REQUEST = 32  # at most; fewer for big bodies (BODY_BATCH_BYTES)
+BODIES_IN_FLIGHT = 3  # body requests outstanding per peer (more for small batches, MAX_BODIES_IN_FLIGHT)
+MAX_BODIES_IN_FLIGHT = 8
+# The bodies a request asks for are expected to take about this much (from the bodies seen
+# so far this round): a reply is decoded and its transaction roots checked on the reactor,
+# and 32 bodies of 50 transfers held it for 30-60 ms.
+BODY_BATCH_BYTES = 256 * 1024
+MIN_BODIES_PER_REQUEST = 4
 DOWNLOAD_WINDOW = 1024  # heights past the stored chain whose bodies may be fetched
 MAX_HELD_BYTES = 64 * 1024 * 1024  # bodies received and not yet stored
 BODY_ESTIMATE = 16 * 1024  # bytes a body is assumed to take, for a request's timeout
@@ -63,6 +69,7 @@ class HeadersFirstRound:
         self.next = 0  # the lowest height not yet stored
         self.received: dict[int, tuple[Block, PeerProtocol]] = {}
         self.held_bytes = 0
+        self.body_bytes = 1024.0  # a moving average of the bodies received (_body_bytes)
         self.requested: set[int] = set()
         self.in_flight: dict[int, int] = {}
         self.dropped: set[int] = set()
@@ -271,10 +278,11 @@ class HeadersFirstRound:
                 height += 1
                 continue
             proto = min(sources, key=lambda p: self.in_flight.get(id(p), 0))
-            if self.in_flight.get(id(proto), 0) >= BODIES_IN_FLIGHT:
+            per_request = self.bodies_per_request()
+            if self.in_flight.get(id(proto), 0) >= self.bodies_in_flight(per_request):
                 return
             batch: list[int] = []
-            while (height <= limit and len(batch) < BODIES_PER_REQUEST
+            while (height <= limit and len(batch) < per_request
                    and height not in self.received and height not in self.requested):
                 batch.append(height)
                 height += 1
@@ -292,8 +300,8 @@ class HeadersFirstRound:
             if heights[0] <= front <= heights[-1]:
                 if now - asked_at < STALL_SECONDS:
                     return
-                others = [p for p in sources if p is not proto
-                          and self.in_flight.get(id(p), 0) < BODIES_IN_FLIGHT]
+                in_flight = self.bodies_in_flight(self.bodies_per_request())
+                others = [p for p in sources if p is not proto and self.in_flight.get(id(p), 0) < in_flight]
                 if not others:
                     return
                 self._rescued.add(front)
@@ -304,6 +312,14 @@ class HeadersFirstRound:
                 rest = [h for h in heights if h >= front and h not in self.received]
                 self._ask(min(others, key=lambda p: self.in_flight.get(id(p), 0)), rest)
                 return
+
+    def bodies_per_request(self) -> int:
+        """BODY_BATCH_BYTES worth of the bodies seen so far, 4 to 32."""
+        return max(MIN_BODIES_PER_REQUEST, min(BODIES_PER_REQUEST, int(BODY_BATCH_BYTES // self.body_bytes)))
+
+    def bodies_in_flight(self, per_request: int) -> int:
+        """Requests out per peer: the heights in flight of 3 full requests, 3 to 8 requests."""
+        return max(BODIES_IN_FLIGHT, min(MAX_BODIES_IN_FLIGHT, BODIES_IN_FLIGHT * BODIES_PER_REQUEST // per_request))
 
     def _ask(self, proto: PeerProtocol, heights: list[int]) -> None:
         run = self.run
@@ -337,7 +353,9 @@ class HeadersFirstRound:
                 break
             block = Block(entry.header, txs)
             self.received[height] = (block, proto)
-            self.held_bytes += _body_bytes(txs)
+            size = _body_bytes(txs)
+            self.held_bytes += size
+            self.body_bytes = 0.8 * self.body_bytes + 0.2 * size
             served += 1
         for height in heights:
             self.requested.discard(height)
