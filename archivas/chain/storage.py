@@ -508,17 +508,16 @@ class Storage:
             self._dirty.update(accounts)
             self._write_back()
             return
-        journal = len(self._undo_log) > 1
-        for address, account in accounts.items():
-            if journal:
-                self._journal(functools.partial(self._restore_account, address, self._accounts.get(address, _MISSING),
-                                                self._dirty.get(address, _MISSING)))
-            self._accounts[address] = account
-            self._dirty[address] = account
+        if len(self._undo_log) > 1:  # in a savepoint: how to put these back if it rolls back
+            self._journal(functools.partial(self._restore_accounts, [
+                (a, self._accounts.get(a, _MISSING), self._dirty.get(a, _MISSING)) for a in accounts]))
+        self._accounts.update(accounts)
+        self._dirty.update(accounts)
 
-    def _restore_account(self, address: str, cached: Any, dirty: Any) -> None:
-        _restore(self._accounts, address, cached)
-        _restore(self._dirty, address, dirty)
+    def _restore_accounts(self, old: list[tuple[str, Any, Any]]) -> None:
+        for address, cached, dirty in old:
+            _restore(self._accounts, address, cached)
+            _restore(self._dirty, address, dirty)
 
     def _write_back(self) -> None:
         if not self._dirty:
