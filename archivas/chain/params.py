@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from importlib import resources
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 COIN = 100_000_000  # 1 RCHV in base units (8 decimals)
 
@@ -37,6 +37,9 @@ class NetworkParams:
     min_chain_weight: int = 0
     # host:port names dialed while the address book is nearly empty (resolved at each try)
     bootstrap_peers: tuple[str, ...] = ()
+    # Assume-valid (chain/assumed.py): a block hash whose ancestors headers-first sync takes
+    # without checking their proofs and signatures; None: every block fully verified.
+    assume_valid: Optional[bytes] = None
 
     def with_allocation(self, allocation: Mapping[str, int]) -> "NetworkParams":
         """The same network with another genesis allocation (and so another genesis)."""
@@ -89,6 +92,14 @@ def from_json(data: Mapping[str, Any]) -> NetworkParams:
     if isinstance(min_weight, bool) or not isinstance(min_weight, int) or min_weight < 0:
         raise ValueError("minChainWeight must be a non-negative integer")
     values["min_chain_weight"] = min_weight
+    assume_valid = data.get("assumeValid") or None  # "" or null: none
+    if assume_valid is not None:
+        if not isinstance(assume_valid, str) or len(assume_valid) != 64:
+            raise ValueError("assumeValid must be a block hash of 64 hex characters, or empty")
+        try:
+            values["assume_valid"] = bytes.fromhex(assume_valid)
+        except ValueError:
+            raise ValueError("assumeValid must be a block hash of 64 hex characters, or empty") from None
     params = NetworkParams(**values)
     if params.initial_difficulty < 1 or params.difficulty_window < 2:
         raise ValueError("initialDifficulty must be >= 1 and difficultyWindow >= 2")
