@@ -628,7 +628,9 @@ class Node:
         checked without the transfers' signatures. Returns assumed.ASSUMED_SCORE. Not
         remembered as verified: the same block by any other way is fully verified."""
         score = assumed.check_header(header, self.params)
-        self._assumed[header.hash + header.farmer_signature] = None
+        key = header.hash + header.farmer_signature
+        self._assumed[key] = None
+        self._assumed.move_to_end(key)
         while len(self._assumed) > MAX_VERIFIED_HEADERS:
             self._assumed.popitem(last=False)
         return score

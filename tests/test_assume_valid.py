@@ -11,6 +11,7 @@ is fully verified; the walk's commitments hold the round proper to the same head
 """
 
 import dataclasses
+import functools
 
 from twisted.internet import task
 from twisted.python import usage
@@ -20,11 +21,11 @@ from archivas.chain import assumed
 from archivas.chain import params as network_params
 from archivas.chain.block import Block, sign_header, tx_root
 from archivas.chain.blockchain import Chain
-from archivas.chain.headerchain import HeaderMismatch
+from archivas.chain.headerchain import HeaderMismatch, HeaderRun
 from archivas.chain.transactions import sign_transfer
 from archivas.chain.vdf import Segment
 from archivas.node import Node
-from archivas.protocols import assumevalid, wire
+from archivas.protocols import assumevalid, headersfirst, wire
 from archivas.tap import Options
 from archivas.testing.chainbuilder import farmer_key
 from tests.common import ALICE, BOB, PARAMS, fixture_blocks
@@ -204,6 +205,23 @@ class AssumeValidTests(unittest.TestCase):
         params = dataclasses.replace(PARAMS, min_chain_weight=weight_of(chain) + 1)
         s = Setup(self, chain, chain[ASSUMED_AT - 1].hash.hex(), params=params).sync()
         self.assertEqual(s.node.chain.tip.height, 0)  # nothing stored
+
+    def test_headers_let_go_in_presync_and_fetched_again_are_still_assumed(self):
+        """A window of 16 headers and a weight proven only at height 50: headers 17..50 are
+        kept as presync records, fetched again, and still taken as assumed (block 30's
+        transfer signature is bad, block 20's VDF too)."""
+        self.patch(headersfirst, "HeaderRun", functools.partial(HeaderRun, window_headers=16))
+        chain = tampered(tampered(self.honest, 20, bad_vdf), 30, change_txs=bad_transfer_signature)
+        params = dataclasses.replace(PARAMS, min_chain_weight=weight_of(chain[:50]))
+        s = Setup(self, chain, chain[ASSUMED_AT - 1].hash.hex(), params=params)
+        taken = []
+        assume = s.node.assume_header
+        s.node.assume_header = lambda header: taken.append(header.height) or assume(header)
+        s.sync()
+        self.assert_synced(s)
+        # Each header up to 40 taken as assumed when checked; those let go (17..40) again
+        # when fetched again, so that their bodies are (however many headers came between).
+        self.assertEqual(sorted(taken), sorted(list(range(1, ASSUMED_AT + 1)) + list(range(17, ASSUMED_AT + 1))))
 
     def test_blocks_by_gossip_or_block_by_block_sync_are_fully_verified(self):
         chain = tampered(self.honest, 20, bad_vdf)

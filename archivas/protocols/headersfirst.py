@@ -188,6 +188,8 @@ class HeadersFirstRound:
             try:
                 if not fresh and run.is_known(header):
                     run.add_known(header)
+                    if self.assumed is not None and self.assumed.covers(header):
+                        self.sink.assume_header(header)  # (checked before: its body is to be taken as assumed)
                     continue
             except HeaderMismatch as e:
                 raise Failed(str(e)) from None
