@@ -218,6 +218,9 @@ class Node:
         self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
 
     def start(self) -> None:
+        if self.assume_valid is not None:
+            log.info("[sync] assume-valid: headers-first sync takes the ancestors of block {h} without checking "
+                     "their proofs and signatures (--assume-valid 0 checks everything)", h=self.assume_valid.hex())
         if self.threaded:
             self.threadpool.start()
         self.peers.start()

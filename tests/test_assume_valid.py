@@ -312,6 +312,22 @@ class OptionTests(unittest.TestCase):
             network_params.from_json({**doc, "assumeValid": "xyz"})
 
 
+    def test_the_config_file_and_the_service_take_it(self):
+        from twisted.internet.testing import MemoryReactorClock
+
+        from archivas.service import node_service
+
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write('assume-valid = "0"\n')
+        self.assertEqual(self.options("--config", path)["assume-valid"], "0")
+        self.assertEqual(self.options("--config", path, "--assume-valid", "cd" * 32)["assume-valid"], "cd" * 32)
+        for option, want in (("cd" * 32, bytes.fromhex("cd" * 32)), ("0", None), (None, None)):
+            top = node_service(db=self.mktemp(), network="fastnet", reactor=MemoryReactorClock(), assume_valid=option)
+            top.node.chain.close()
+            self.assertEqual(top.node.assume_valid, want)
+
+
 def _json(params):
     import json
     from importlib import resources
