@@ -18,7 +18,7 @@ import collections
 from typing import Any, Callable, Optional, Sequence
 
 import attrs
-from twisted.internet import defer, threads
+from twisted.internet import defer, task, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
@@ -27,7 +27,7 @@ from archivas.chain import assumed, keys, vdf
 from archivas.chain.block import Block, Header
 from archivas.chain.blockchain import ADDED_TIP, KNOWN, ORPHAN, AddResult, Chain
 from archivas.chain.consensus import BlockRejected, check_body, check_header, check_standalone
-from archivas.chain.encoding import canonical_json, sha256
+from archivas.chain.encoding import sha256
 from archivas.chain.mempool import Mempool
 from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.chain.verifycache import VerifiedSegments, VerifiedTransfers
@@ -409,32 +409,33 @@ class Node:
             if meta is not None and storage.main_hash(meta.height) == block_hash:
                 start = meta.height + 1
                 break
-        headers: list[Header] = []
+        headers: list[bytes] = []  # cut from the stored bytes: nothing decoded or encoded again
         if start is not None:
             size = 0
             for height in range(start, min(start + message.count, tip.height + 1)):
-                block = self.chain.block_at(height)
-                if block is None:
+                raw = self.chain.block_bytes_at(height)
+                if raw is None:
                     break
-                size += len(canonical_json(block.header.to_json()))
+                header = wire.split_stored_block(raw)[0]
+                size += len(header)
                 if headers and size > MAX_HEADERS_REPLY_BYTES:
                     break
-                headers.append(block.header)
-        proto.send(wire.Headers(tuple(headers), tip.height, tip.weight))
+                headers.append(header)
+        proto.send(wire.headers_line(headers, tip.height, tip.weight))
 
     def _on_get_bodies(self, proto: PeerProtocol, message: wire.GetBodies) -> None:
         """Bodies in the order asked, up to the first we lack or MAX_BLOCKS_REPLY_BYTES."""
-        bodies: list[tuple[bytes, tuple[Transaction, ...]]] = []
+        bodies: list[tuple[bytes, bytes]] = []  # (hash, transfers' JSON) cut from the stored bytes
         size = 0
         for block_hash in message.hashes:
-            block = self.chain.block(block_hash)
-            if block is None:
+            raw = self.chain.storage.block_bytes(block_hash)
+            if raw is None:
                 break
-            size += len(block.encode())
+            size += len(raw)
             if bodies and size > MAX_BLOCKS_REPLY_BYTES:
                 break
-            bodies.append((block_hash, block.transactions))
-        proto.send(wire.Bodies(tuple(bodies)))
+            bodies.append((block_hash, b"[]" if block_hash == self.genesis_hash else wire.split_stored_block(raw)[1]))
+        proto.send(wire.bodies_line(bodies))
 
     def _on_headers(self, proto: PeerProtocol, message: wire.Headers) -> None:
         self.sync.headers(proto, message)
@@ -1007,8 +1008,14 @@ class Node:
         else:
             checks = [self.verify(b, p, background="blocks") for b, p in zip(blocks, parents)]
         added = 0
+        # One transaction for the run (a crash reopens at a run boundary); each block a
+        # savepoint in it. Between blocks the reactor runs (a PING, a gossiped block, the
+        # next reply of the sync round): what it writes meanwhile joins the run.
+        self.chain.begin_run()
         try:
-            for block, check, sender in zip(blocks, checks, senders):
+            for i, (block, check, sender) in enumerate(zip(blocks, checks, senders)):
+                if i and check.called:  # (awaiting a check still running yields anyway)
+                    await task.deferLater(self.reactor, 0, lambda: None)
                 try:
                     score = await check
                     if self.stopped:
@@ -1028,6 +1035,8 @@ class Node:
                 if self.orphans.has_children(block.hash):
                     self._connect_children(block.hash)  # blocks that arrived during the sync
         finally:
+            with self.metrics.storing():
+                self.chain.end_run()  # the commit (the run's one fsync)
             for check in checks:
                 check.addErrback(lambda f: None)
         return added

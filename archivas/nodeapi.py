@@ -18,6 +18,7 @@ from archivas.chain.block import Block, Header, ProofOfSpace, tx_root
 from archivas.chain.blockchain import ADDED_SIDE, ADDED_TIP, KNOWN
 from archivas.chain.consensus import BlockRejected
 from archivas.chain.encoding import DecodeError, canonical_json, hex_field
+from archivas.chain.snapshot import history_validated
 from archivas.chain.storage import IndexedTransfer
 from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.node import Node
@@ -94,7 +95,16 @@ class LocalNodeAPI:
             "version": __version__,
             "mempool": len(self.node.mempool),
             "sync": self.sync_status(),
+            "history": self.history_status(),
         }
+
+    def history_status(self) -> Optional[dict[str, Any]]:
+        """For a database loaded from a snapshot (docs/snapshots.md): its height and
+        whether verify-history validated the history below it; None otherwise."""
+        base = self.chain.snapshot_base
+        if not base:
+            return None
+        return {"snapshotHeight": base, "validated": history_validated(self.chain.storage) is not None}
 
     # sync progress
 

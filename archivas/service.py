@@ -21,8 +21,10 @@ from archivas.admin import write_cookie
 from archivas.chain import params as network_params
 from archivas.chain.blockchain import Chain
 from archivas.chain.keys import PrivateKey
+from archivas.chain.snapshot import history_validated
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
+from archivas.history import HistoryVerifier
 from archivas.logs import LogSetup
 from archivas.node import Node
 from archivas.nodeapi import LocalNodeAPI
@@ -158,6 +160,8 @@ def node_service(
         top = (OperatorNodeService if operator else NodeMultiService)(node)
         top.setName("archivas-node")
         NodeService(node).setServiceParent(top)
+        if chain.snapshot_base and history_validated(chain.storage) is None:
+            HistoryVerifier(node).setServiceParent(top)  # docs/snapshots.md
 
         def p2p_listening(port: Any) -> None:
             node.peers.listen_port = port.getHost().port

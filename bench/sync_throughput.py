@@ -41,6 +41,7 @@ from archivas.node import Node
 from archivas.protocols.peer import PeerProtocol
 
 SYNC_DEADLINE = 900.0  # seconds before a sync counts as stuck
+LAG_TICK = 0.005  # reactor lag: a call every 5 ms, each one's lateness recorded
 
 
 @dataclasses.dataclass
@@ -50,7 +51,8 @@ class SyncRun:
     received: list[int]  # blocks fetched from each source, in dial order
     cpu_process: float  # CPU seconds of the whole process (every node, every thread)
     cpu_reactor: float  # CPU seconds of the reactor thread alone
-    add_block: float  # wall seconds the syncing node spent in Chain.add_block (reactor thread)
+    add_block: float  # wall seconds the syncing node spent in Chain.add_block and its run commits
+    lag: list[float]  # how late each 5 ms reactor tick ran during the sync, seconds
 
 
 @dataclasses.dataclass
@@ -132,6 +134,25 @@ async def sync_once(reactor: Any, w: vt.Workload, sources: Sequence[Source],
                 in_add_block[0] += time.perf_counter() - t
 
         chain.add_block = timed_add_block  # type: ignore[method-assign]
+        end_run = chain.end_run
+
+        def timed_end_run() -> None:
+            t = time.perf_counter()
+            try:
+                end_run()
+            finally:
+                in_add_block[0] += time.perf_counter() - t
+
+        chain.end_run = timed_end_run  # type: ignore[method-assign]
+        lag: list[float] = []
+        ticking = [True]
+
+        def tick(due: float) -> None:
+            now = time.perf_counter()
+            lag.append(max(0.0, now - due))
+            if ticking[0]:
+                reactor.callLater(LAG_TICK, tick, now + LAG_TICK)
+
         done: defer.Deferred = defer.Deferred()
         times: dict[str, float] = {}
 
@@ -154,12 +175,14 @@ async def sync_once(reactor: Any, w: vt.Workload, sources: Sequence[Source],
             profile.enable()
         cpu, cpu_thread = time.process_time(), time.thread_time()
         start = time.perf_counter()
+        reactor.callLater(LAG_TICK, tick, start + LAG_TICK)
         try:
             for source in sources:
                 node.peers.dial(source.address)
             await done
             cpu, cpu_thread = time.process_time() - cpu, time.thread_time() - cpu_thread
         finally:
+            ticking[0] = False
             if profile is not None:
                 profile.disable()
             if deadline.active():
@@ -167,7 +190,7 @@ async def sync_once(reactor: Any, w: vt.Workload, sources: Sequence[Source],
             await node.stop()
             chain.close()
     return SyncRun(times["last"] - start, times["first"] - start, [received[s.node.node_id] for s in sources],
-                   cpu, cpu_thread, in_add_block[0])
+                   cpu, cpu_thread, in_add_block[0], lag)
 
 
 # The run
@@ -222,9 +245,17 @@ def print_results(rows: Sequence[Row], repeats: int) -> None:
         detail.append([str(r.tx_per_block), r.peers, f"{s.first_block * 1000:.0f}",
                        "/".join(str(x) for x in s.received), f"{s.cpu_process:.1f}",
                        f"{s.cpu_process / s.seconds:.2f}", f"{s.cpu_reactor / s.seconds:.2f}",
-                       f"{s.add_block / r.blocks * 1000:.2f}", f"{s.add_block / s.seconds:.2f}"])
+                       f"{s.add_block / r.blocks * 1000:.2f}", f"{s.add_block / s.seconds:.2f}",
+                       f"{_percentile(s.lag, 50) * 1000:.1f}", f"{_percentile(s.lag, 99) * 1000:.1f}",
+                       f"{max(s.lag, default=0) * 1000:.1f}"])
     print(vt.table(["tx/block", "peers", "dial to 1st block ms", "blocks fetched per source", "CPU s",
-                    "CPUs busy", "reactor CPU busy", "add_block ms/block", "add_block share"], detail))
+                    "CPUs busy", "reactor CPU busy", "storage ms/block", "storage share",
+                    "lag p50 ms", "lag p99 ms", "lag max ms"], detail))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q / 100))] if ordered else 0.0
 
 
 def print_notes() -> None:
@@ -239,9 +270,12 @@ def print_notes() -> None:
         "A sync is timed from the dial to the last block as tip: it includes the handshake, the "
         "fork-point search (GET_HASHES) and the first batch's round trip.",
         "CPUs busy = process CPU seconds / wall seconds (2 = both cores); reactor CPU busy = the "
-        "reactor thread's CPU seconds / wall seconds. add_block = wall time of the syncing node's "
-        "Chain.add_block calls (context checks, state, the SQLite commit with its fsync: wall time "
-        "that is not CPU time), per block and as a share of the sync's wall time.",
+        "reactor thread's CPU seconds / wall seconds. storage = wall time of the syncing node's "
+        "Chain.add_block calls (context checks, state, savepoints) and of its run commits "
+        "(Chain.end_run: the account write-back, COMMIT and its fsync), per block and as a share "
+        "of the sync's wall time.",
+        "lag = how late a call the reactor was asked to make every 5 ms ran, over the whole "
+        "sync (the sources' serving shares the reactor: their lag is in it too).",
         "The discriminant cache (process-wide) is cleared before every run: filling the sources "
         "computed every block's discriminant in this process.",
         "The chains are bench/validation_throughput.py's fastnet chains (its funded genesis, so "

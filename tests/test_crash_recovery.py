@@ -135,11 +135,12 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def start_child(db: Path, blocks_file: Path, network_file: Path, stderr_path: Path) -> subprocess.Popen:
+def start_child(db: Path, blocks_file: Path, network_file: Path, stderr_path: Path, run: int = 0) -> subprocess.Popen:
+    """The child; `run` > 0 imports in runs of that many blocks, one transaction each."""
     with open(stderr_path, "wb") as stderr:
         return subprocess.Popen(
             [sys.executable, "-m", "archivas.testing.crashchild",
-             str(db), str(blocks_file), str(network_file)],
+             str(db), str(blocks_file), str(network_file)] + ([str(run)] if run else []),
             stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL, env=child_env(), bufsize=0,
         )
 
@@ -259,6 +260,8 @@ def scenario() -> _Scenario:
 
 
 class CrashRecoveryTests(unittest.TestCase):
+    run_size = 0  # > 0: the child imports in runs of this many blocks (test_crash_runs.py)
+
     def setUp(self) -> None:
         self.scenario = scenario()
         self.work = Path(tempfile.mkdtemp(prefix="archivas-crash-"))
@@ -275,7 +278,7 @@ class CrashRecoveryTests(unittest.TestCase):
         everything it printed: a line written before the kill is an acknowledgment too."""
         s = self.scenario
         stderr_path = self.work / "child-stderr.txt"
-        proc = start_child(db, s.blocks_file, s.network_file, stderr_path)
+        proc = start_child(db, s.blocks_file, s.network_file, stderr_path, self.run_size)
         run = _Run()
         lines = _Lines(proc)
         try:
@@ -366,9 +369,13 @@ class CrashRecoveryTests(unittest.TestCase):
             self.assertGreaterEqual(length, max(acked, length_before),
                                     f"{where}: acknowledged blocks lost: {length} stored, {acked} "
                                     f"acknowledged by this run, {length_before} stored before it")
-            self.assertLessEqual(length, max(acked + 1, length_before),
-                                 f"{where}: {length} blocks stored, more than the one in flight after "
+            in_flight = max(1, self.run_size)  # the block, or the run, being committed
+            self.assertLessEqual(length, max(acked + in_flight, length_before),
+                                 f"{where}: {length} blocks stored, more than the {in_flight} in flight after "
                                  f"{acked} acknowledgments ({length_before} stored before)")
+            if self.run_size:
+                self.assertTrue(length % self.run_size == 0 or length == len(s.blocks),
+                                f"{where}: {length} blocks stored: not a run boundary (runs of {self.run_size})")
 
             # the tip: the one an uninterrupted run has after exactly these blocks
             expected = s.tip_after[length - 1] if length else s.genesis.hash

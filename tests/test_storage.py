@@ -6,6 +6,7 @@ import sqlite3
 from twisted.trial import unittest
 
 from archivas.chain import params as network_params
+from archivas.chain import storage
 from archivas.chain.blockchain import Chain
 from archivas.chain.storage import DB_FILE, Storage, StorageError
 from tests.common import PARAMS, builder, now_ms, open_chain
@@ -84,3 +85,31 @@ class OpenTests(unittest.TestCase):
                 chain.storage.set_accounts({"arcv1x": (5, 0)})
                 raise RuntimeError("boom")
         self.assertEqual(chain.accounts(), before)
+
+
+class CacheBoundTests(unittest.TestCase):
+    """The caches' bounds (docs/storage.md, Caches), with small bounds patched in."""
+
+    def test_the_account_cache_drops_clean_entries_past_its_bound(self):
+        chain = open_chain(self)
+        s = chain.storage
+        self.patch(storage, "ACCOUNT_CACHE", 50)
+        for i in range(500):
+            s.get_account(f"arcv1nobody{i}")
+            self.assertLessEqual(len(s._accounts), 50)
+        with s.transaction():  # written accounts stay until their commit, then may go
+            s.set_accounts({f"arcv1new{i}": (i + 1, 0) for i in range(80)})
+            self.assertEqual(s.get_account("arcv1new79"), (80, 0))
+            self.assertGreaterEqual(len(s._accounts), 80)
+        self.assertLessEqual(len(s._accounts), 50)
+        self.assertEqual(s.get_account("arcv1new79"), (80, 0))  # from the table now
+        self.assertEqual(len([a for a in chain.accounts() if a.startswith("arcv1new")]), 80)
+
+    def test_the_meta_cache_keeps_at_most_its_bound(self):
+        chain = open_chain(self)
+        self.patch(storage, "META_CACHE", 8)
+        for block in builder().extend(builder().genesis, 20):
+            chain.add_block(block, now_ms())
+            self.assertLessEqual(len(chain.storage._metas), 8)
+        self.assertEqual(chain.height, 20)
+        self.assertEqual(len(chain.ancestors(chain.tip.hash, 21)), 21)

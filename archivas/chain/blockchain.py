@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import sqlite3
 import time
@@ -177,6 +178,15 @@ class Chain:
         out.reverse()
         return out
 
+    @functools.cached_property
+    def snapshot_base(self) -> int:
+        """The height of the snapshot this database was loaded from (0: synced from
+        genesis). The main chain at and below it is fixed: its blocks below the last few
+        are absent, and there are no undo records to roll back past it
+        (docs/snapshots.md)."""
+        stored = self.storage.get_meta("snapshot_height")
+        return int(stored) if stored and stored.isdigit() else 0
+
     def _context_depth(self) -> int:
         return max(self.params.difficulty_window + 1, self.params.median_time_blocks) + 1
 
@@ -190,6 +200,14 @@ class Chain:
         return child_seed(header, self.params)
 
     # writing
+
+    def begin_run(self) -> None:
+        """Start importing a run of blocks in one transaction (Storage.begin_run): each
+        add_block until end_run is exact on its own, and the run commits once."""
+        self.storage.begin_run()
+
+    def end_run(self) -> None:
+        self.storage.end_run()
 
     def check_standalone(self, block: Block) -> int:
         """The thread-safe, costly part of validation (proofs and signatures): its score.
@@ -205,6 +223,9 @@ class Chain:
         s = self.storage
         if s.has_block(block.hash):
             return AddResult(KNOWN)
+        if block.height <= self.snapshot_base:  # not ours: at and below it the main chain is fixed
+            raise BlockRejected("invalid_ancestor", f"height {block.height} is at or below the snapshot this "
+                                f"node was loaded from ({self.snapshot_base})", permanent=False)
         parent = s.block_meta(block.header.parent_hash)
         if parent is None:
             return AddResult(ORPHAN)

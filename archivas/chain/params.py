@@ -40,6 +40,9 @@ class NetworkParams:
     # Assume-valid (chain/assumed.py): a block hash whose ancestors headers-first sync takes
     # without checking their proofs and signatures; None: every block fully verified.
     assume_valid: Optional[bytes] = None
+    # (height, state hash) of the one snapshot `snapshot load` takes without
+    # --assume-snapshot (docs/snapshots.md); None: none is pinned
+    assume_snapshot: Optional[tuple[int, bytes]] = None
 
     def with_allocation(self, allocation: Mapping[str, int]) -> "NetworkParams":
         """The same network with another genesis allocation (and so another genesis)."""
@@ -100,10 +103,23 @@ def from_json(data: Mapping[str, Any]) -> NetworkParams:
             values["assume_valid"] = bytes.fromhex(assume_valid)
         except ValueError:
             raise ValueError("assumeValid must be a block hash of 64 hex characters, or empty") from None
+    values["assume_snapshot"] = _assume_snapshot(data.get("assumeSnapshot"))
     params = NetworkParams(**values)
     if params.initial_difficulty < 1 or params.difficulty_window < 2:
         raise ValueError("initialDifficulty must be >= 1 and difficultyWindow >= 2")
     return params
+
+
+def _assume_snapshot(pin: Any) -> Optional[tuple[int, bytes]]:
+    """`assumeSnapshot: {"height": H, "hash": "<state hash, 64 hex>"}`, or absent."""
+    if pin is None:
+        return None
+    height = pin.get("height") if isinstance(pin, dict) else None
+    digest = pin.get("hash") if isinstance(pin, dict) else None
+    if (isinstance(height, bool) or not isinstance(height, int) or height < 1 or not isinstance(digest, str)
+            or len(digest) != 64 or digest.strip("0123456789abcdef")):
+        raise ValueError('assumeSnapshot must be {"height": H >= 1, "hash": "<64 lowercase hex digits>"}')
+    return height, bytes.fromhex(digest)
 
 
 def load(name: str) -> NetworkParams:

@@ -3,9 +3,17 @@ and the indexes of main-chain transfers (by hash and by address).
 
 WAL mode with synchronous=FULL, and every block commit (with its state changes, undo
 record, index rows and the new tip) inside one SQLite transaction: a process killed at any
-instant reopens at the last committed tip, and a commit that returned is on disk. One
-process at a time: a lock file refuses a second opener. A database that SQLite cannot read
-whole (a zeroed page, a truncated file, a missing table) is refused at open with one line.
+instant reopens at the last committed tip, and a commit that returned is on disk. Sync
+imports a run of blocks in one transaction (`begin_run`/`end_run`): one fsync a run, and a
+crash reopens at a run boundary. A transaction opened inside another is a SAVEPOINT, so a
+block refused inside a run leaves nothing of itself and keeps the run's earlier blocks.
+
+Accounts, block metadata and meta values are cached in memory. Account writes are kept
+there and written back at the commit (a run writes each account it touched once); every
+cache change made inside a savepoint is journaled and undone if the savepoint rolls back,
+and a rolled-back transaction empties the caches. One process at a time: a lock file
+refuses a second opener. A database that SQLite cannot read whole (a zeroed page, a
+truncated file, a missing table) is refused at open with one line.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import os
 import sqlite3
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from archivas.chain.block import Block, Header
 from archivas.chain.encoding import DecodeError
@@ -29,6 +38,12 @@ DB_FILE = "chain.sqlite3"
 LOCK_FILE = "LOCK"
 CHAIN_TABLES = frozenset({"meta", "blocks", "main_chain", "accounts", "undo"})
 INDEX_TABLES = frozenset({"tx_index", "address_index"})
+# Memory the caches may hold between commits: accounts (about 200 B each) beyond this are
+# dropped at a commit (a run can exceed it by the accounts it touches: 64 blocks of at
+# most 2,000 transfers, 256,000 accounts); block metas (about 300 B) are dropped oldest first.
+ACCOUNT_CACHE = 200_000
+META_CACHE = 16_384
+_MISSING: Any = object()
 WHAT_TO_DO = "restore it from a backup, or move it away and let the node sync again into an empty --db directory"
 
 SCHEMA = """
@@ -144,6 +159,16 @@ class Storage:
         self.directory = Path(directory)
         self._lock: Optional[int] = None
         self.db: sqlite3.Connection = None  # type: ignore[assignment]
+        self._depth = 0  # 0: no transaction; 1: in one; n > 1: in n - 1 savepoints
+        self._runs = 0  # begin_run calls not yet ended (they share one transaction)
+        # One list a level (the transaction, then each savepoint): how to undo the cache
+        # changes made at that level. The transaction's own level needs none (a rollback
+        # there empties the caches).
+        self._undo_log: list[list[Callable[[], None]]] = []
+        self._accounts: dict[str, Optional[Account]] = {}  # None: no such account
+        self._dirty: dict[str, Optional[Account]] = {}  # written since the commit; None deletes
+        self._metas: dict[bytes, BlockMeta] = {}
+        self._kv: dict[str, Optional[str]] = {}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -172,7 +197,6 @@ class Storage:
             raise StorageError(f"database {path} is not an Archivas database (tables missing: "
                                f"{', '.join(sorted(CHAIN_TABLES - tables))})")
         self.tables = tables
-        self._depth = 0
         try:  # the operator's peer bans (banlist.py): not chain data, made on demand
             self.db.execute("CREATE TABLE IF NOT EXISTS peer_bans "
                             "(subnet TEXT PRIMARY KEY, until REAL NOT NULL, reason TEXT NOT NULL)")
@@ -218,6 +242,9 @@ class Storage:
 
     def close(self) -> None:
         if self.db is not None:
+            if self._runs:  # a run still open at shutdown: its blocks are all valid
+                self._runs = 0
+                self._commit()
             self.db.close()
             self.db = None  # type: ignore[assignment]
         if self._lock is not None:
@@ -226,25 +253,95 @@ class Storage:
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
-        """One atomic unit; nested uses join the outer one."""
+        """One atomic unit. Inside another it is a savepoint: rolled back alone (with its
+        cache changes) if it raises, part of the outer transaction otherwise."""
         if self._depth:
+            name = f"sp{self._depth}"
+            self.db.execute(f"SAVEPOINT {name}")
             self._depth += 1
+            self._undo_log.append([])
             try:
                 yield
+            except BaseException:
+                self.db.execute(f"ROLLBACK TO {name}")
+                self.db.execute(f"RELEASE {name}")
+                for undo in reversed(self._undo_log.pop()):
+                    undo()
+                raise
+            else:
+                self.db.execute(f"RELEASE {name}")
+                done = self._undo_log.pop()
+                if len(self._undo_log) > 1:
+                    self._undo_log[-1].extend(done)
             finally:
                 self._depth -= 1
             return
-        self.db.execute("BEGIN IMMEDIATE")
-        self._depth = 1
+        self._begin()
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         else:
+            self._commit()
+
+    def begin_run(self) -> None:
+        """Open (or join) the transaction of a run of imported blocks: every add_block
+        until end_run is a savepoint in it, and the reactor may run in between (whatever
+        writes meanwhile joins the run). Runs nest by count; the last end_run commits."""
+        if not self._runs:
+            if self._depth:
+                raise RuntimeError("a run cannot start inside a transaction")
+            self._begin()
+        self._runs += 1
+
+    def end_run(self) -> None:
+        """End a begin_run; the last one commits what the runs added (one fsync)."""
+        if self._runs == 0 or self.db is None:  # (closed meanwhile: close committed it)
+            return
+        self._runs -= 1
+        if not self._runs:
+            self._commit()
+
+    @property
+    def in_run(self) -> bool:
+        return self._runs > 0
+
+    def _begin(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self._depth = 1
+        self._undo_log = [[]]
+
+    def _commit(self) -> None:
+        try:
+            self._write_back()
             self.db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+        self._depth = 0
+        self._undo_log = []
+        if len(self._accounts) > ACCOUNT_CACHE:
+            self._accounts.clear()
+
+    def _rollback(self) -> None:
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.OperationalError:  # SQLite already rolled it back (disk full, I/O error)
+            pass
         finally:
             self._depth = 0
+            self._runs = 0
+            self._undo_log = []
+            self._accounts.clear()
+            self._dirty.clear()
+            self._metas.clear()
+            self._kv.clear()
+
+    def _journal(self, undo: Callable[[], None]) -> None:
+        """Remember how to undo a cache change if the savepoint it was made in rolls back."""
+        if len(self._undo_log) > 1:
+            self._undo_log[-1].append(undo)
 
     def create_schema(self) -> None:
         """The tables, inside the caller's transaction (no executescript: it commits)."""
@@ -295,11 +392,22 @@ class Storage:
     # meta
 
     def get_meta(self, key: str) -> Optional[str]:
-        row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
-        return row[0] if row else None
+        value = self._kv.get(key, _MISSING)
+        if value is _MISSING:
+            row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+            value = row[0] if row else None
+            self._cache(self._kv, key, value)
+        return value
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+        self._cache(self._kv, key, value)
+
+    def _cache(self, cache: dict, key: Any, value: Any) -> None:
+        """cache[key] = value, journaled (a savepoint that rolls back restores it)."""
+        old = cache.get(key, _MISSING)
+        cache[key] = value
+        self._journal(functools.partial(_restore, cache, key, old))
 
     # blocks
 
@@ -312,11 +420,22 @@ class Storage:
         )
 
     def has_block(self, block_hash: bytes) -> bool:
+        if block_hash in self._metas:
+            return True
         return self.db.execute("SELECT 1 FROM blocks WHERE hash=?", (block_hash,)).fetchone() is not None
 
     def block_meta(self, block_hash: bytes) -> Optional[BlockMeta]:
+        meta = self._metas.get(block_hash)
+        if meta is not None:
+            return meta
         row = self.db.execute(f"SELECT {_META_COLUMNS} FROM blocks WHERE hash=?", (block_hash,)).fetchone()
-        return _meta(row) if row else None
+        if row is None:
+            return None
+        meta = _meta(row)
+        if len(self._metas) >= META_CACHE:
+            del self._metas[next(iter(self._metas))]
+        self._cache(self._metas, block_hash, meta)
+        return meta
 
     def block_bytes(self, block_hash: bytes) -> Optional[bytes]:
         """A block as stored: its canonical JSON (Block.encode), to serve without decoding."""
@@ -345,6 +464,9 @@ class Storage:
 
     def mark_invalid(self, block_hash: bytes) -> None:
         self.db.execute("UPDATE blocks SET invalid=1 WHERE hash=?", (block_hash,))
+        meta = self._metas.get(block_hash)
+        if meta is not None:
+            self._cache(self._metas, block_hash, dataclasses.replace(meta, invalid=True))
 
     def block_count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM blocks").fetchone()[0]
@@ -368,22 +490,52 @@ class Storage:
     # accounts and undo records
 
     def get_account(self, address: str) -> Optional[Account]:
-        row = self.db.execute("SELECT balance, nonce FROM accounts WHERE address=?", (address,)).fetchone()
-        return (row[0], row[1]) if row else None
+        account = self._accounts.get(address, _MISSING)
+        if account is _MISSING:
+            # (The table changes only at a commit, so what it says holds in any savepoint.)
+            row = self.db.execute("SELECT balance, nonce FROM accounts WHERE address=?", (address,)).fetchone()
+            account = (row[0], row[1]) if row else None
+            if len(self._accounts) >= ACCOUNT_CACHE and not self._dirty:
+                self._accounts.clear()
+            self._accounts[address] = account
+        return account
 
     def set_accounts(self, accounts: dict[str, Optional[Account]]) -> None:
-        """Write each account; None deletes it (an address a rolled-back block created)."""
+        """Write each account; None deletes it (an address a rolled-back block created).
+        Inside a transaction they are written back at its commit."""
+        if not self._depth:
+            self._accounts.update(accounts)
+            self._dirty.update(accounts)
+            self._write_back()
+            return
+        journal = len(self._undo_log) > 1
         for address, account in accounts.items():
-            if account is None:
-                self.db.execute("DELETE FROM accounts WHERE address=?", (address,))
-            else:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO accounts(address, balance, nonce) VALUES (?,?,?)",
-                    (address, account[0], account[1]),
-                )
+            if journal:
+                self._journal(functools.partial(self._restore_account, address, self._accounts.get(address, _MISSING),
+                                                self._dirty.get(address, _MISSING)))
+            self._accounts[address] = account
+            self._dirty[address] = account
+
+    def _restore_account(self, address: str, cached: Any, dirty: Any) -> None:
+        _restore(self._accounts, address, cached)
+        _restore(self._dirty, address, dirty)
+
+    def _write_back(self) -> None:
+        if not self._dirty:
+            return
+        dirty, self._dirty = self._dirty, {}
+        self.db.executemany("INSERT OR REPLACE INTO accounts(address, balance, nonce) VALUES (?,?,?)",
+                            [(a, v[0], v[1]) for a, v in dirty.items() if v is not None])
+        self.db.executemany("DELETE FROM accounts WHERE address=?", [(a,) for a, v in dirty.items() if v is None])
 
     def all_accounts(self) -> dict[str, Account]:
-        return {a: (b, n) for a, b, n in self.db.execute("SELECT address, balance, nonce FROM accounts")}
+        out = {a: (b, n) for a, b, n in self.db.execute("SELECT address, balance, nonce FROM accounts")}
+        for address, account in self._dirty.items():
+            if account is None:
+                out.pop(address, None)
+            else:
+                out[address] = account
+        return out
 
     def put_undo(self, block_hash: bytes, before: dict[str, Optional[Account]]) -> None:
         doc = {a: (list(v) if v is not None else None) for a, v in before.items()}
@@ -451,3 +603,11 @@ class Storage:
         if row is None:
             raise StorageError(f"undo record of main-chain block {block_hash.hex()} is missing")
         return {a: (tuple(v) if v is not None else None) for a, v in json.loads(row[0]).items()}  # type: ignore[misc]
+
+
+def _restore(cache: dict, key: Any, old: Any) -> None:
+    """Put back what cache[key] was (_MISSING: absent)."""
+    if old is _MISSING:
+        cache.pop(key, None)
+    else:
+        cache[key] = old

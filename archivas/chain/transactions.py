@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+import re
+from typing import Any, Optional
 
 from archivas.chain import keys
-from archivas.chain.encoding import DecodeError, canonical_json, field, hex_field, sha256, str_field
+from archivas.chain.encoding import MAX_INT, DecodeError, canonical_json, field, hex_field, sha256, str_field
 from archivas.chain.params import COIN, NetworkParams
 
 TX_DOMAIN = b"archivas-tx-v1\x00"
@@ -78,7 +79,10 @@ class Transaction:
     @classmethod
     def from_json(cls, obj: Any) -> "Transaction":
         """Parse a transaction; InvalidTransaction('malformed') for a wrong shape."""
-        try:
+        fast = _well_formed(obj)
+        if fast is not None:
+            return fast
+        try:  # (something is wrong: this path says what)
             if not isinstance(obj, dict) or len(obj) != 8:
                 raise DecodeError("a transaction is an object of exactly 8 fields")
             return cls(
@@ -93,6 +97,32 @@ class Transaction:
             )
         except DecodeError as e:
             raise InvalidTransaction("malformed", str(e)) from None
+
+
+_HEX = re.compile("[0-9a-f]*")
+
+
+def _well_formed(obj: Any) -> Optional[Transaction]:
+    """Transaction.from_json's rules in one pass for the common case, a well-formed
+    transfer (a sync decodes thousands a second on the reactor); None for anything else,
+    which the field-by-field path then refuses with its reason."""
+    if type(obj) is not dict or len(obj) != 8:
+        return None
+    try:
+        chain_id, sender, recipient = obj["chainId"], obj["from"], obj["to"]
+        amount, fee, nonce, public_key, signature = (obj["amount"], obj["fee"], obj["nonce"], obj["publicKey"],
+                                                     obj["signature"])
+    except KeyError:
+        return None
+    for n in (chain_id, amount, fee, nonce):
+        if type(n) is not int or not 0 <= n <= MAX_INT:
+            return None
+    if (type(sender) is not str or type(recipient) is not str or len(sender) > 100 or len(recipient) > 100
+            or type(public_key) is not str or len(public_key) != 64 or not _HEX.fullmatch(public_key)
+            or type(signature) is not str or len(signature) != 128 or not _HEX.fullmatch(signature)):
+        return None
+    return Transaction(chain_id, sender, recipient, amount, fee, nonce, bytes.fromhex(public_key),
+                       bytes.fromhex(signature))
 
 
 def sign_transfer(

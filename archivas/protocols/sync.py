@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from twisted.internet import defer
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from archivas.chain.block import Block
 from archivas.protocols import wire
@@ -89,7 +88,9 @@ class SyncAgent:
     def __init__(self, proto: PeerProtocol, reactor: Any) -> None:
         self.proto = proto
         self.reactor = reactor
-        self.waiting: dict[tuple[str, Any], tuple[defer.Deferred, Any]] = {}
+        # (kind, start) -> the Deferreds waiting for that reply (a repeated request shares
+        # the one sent: each gets the reply itself) and its timeout call
+        self.waiting: dict[tuple[str, Any], tuple[list[defer.Deferred], Any]] = {}
         self.timeouts = 0  # in a row; each doubles the next request's timeout
         self.failed_rounds = 0  # rounds it led that ended early
         self.avoid_until = 0.0  # not picked as a round's target before this
@@ -116,24 +117,19 @@ class SyncAgent:
         key = (kind, start)
         d: defer.Deferred = defer.Deferred()
         if key in self.waiting:  # the same request is out already: share its answer
-            def share(result: object) -> object:
-                if isinstance(result, Failure):
-                    d.errback(result)
-                else:
-                    d.callback(result)
-                return result
-
-            self.waiting[key][0].addBoth(share)
+            self.waiting[key][0].append(d)
             return d
         info = self.proto.info
 
         def expire() -> None:
-            if self.waiting.pop(key, None) is not None:
+            entry = self.waiting.pop(key, None)
+            if entry is not None:
                 self.timeouts += 1
-                d.errback(defer.TimeoutError(f"{kind} {start} from {info.address if info else '?'}"))
+                for waiter in entry[0]:
+                    waiter.errback(defer.TimeoutError(f"{kind} {start} from {info.address if info else '?'}"))
 
         call = self.reactor.callLater(timeout, expire)
-        self.waiting[key] = (d, call)
+        self.waiting[key] = ([d], call)
         self.proto.send(message)
         return d
 
@@ -147,18 +143,21 @@ class SyncAgent:
         if entry is None:
             return False
         self.timeouts = 0
-        d, call = entry
+        waiters, call = entry
         if call.active():
             call.cancel()
-        d.callback(message)
+        for d in waiters:
+            d.callback(message)
         return True
 
     def cancel_all(self, reason: str) -> None:
-        for d, call in list(self.waiting.values()):
+        entries = list(self.waiting.values())
+        self.waiting.clear()
+        for waiters, call in entries:
             if call.active():
                 call.cancel()
-            d.errback(SyncFailed(reason))
-        self.waiting.clear()
+            for d in waiters:
+                d.errback(SyncFailed(reason))
 
 
 class Syncer:

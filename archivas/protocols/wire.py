@@ -959,6 +959,33 @@ def blocks_line(start: int, raw_blocks: list[bytes], tip_height: int, eof: bool)
                                           b"true" if eof else b"false", start, tip_height))
 
 
+_HEADER_KEY = b'{"header":'
+_TXS_KEY = b',"transactions":'
+
+
+def split_stored_block(raw_block: bytes) -> tuple[bytes, bytes]:
+    """A stored block's canonical JSON (`{"header":{..},"transactions":[..]}`, keys sorted;
+    genesis, with its allocation first, is never served) cut into its header's JSON and its
+    transfers' JSON list. The key is found from the end: transfers come last, and no
+    transfer holds the key."""
+    if not raw_block.startswith(_HEADER_KEY) or not raw_block.endswith(b"]}"):
+        raise ValueError("not a stored block's canonical JSON")
+    cut = raw_block.rindex(_TXS_KEY)
+    return raw_block[len(_HEADER_KEY):cut], raw_block[cut + len(_TXS_KEY):-1]
+
+
+def headers_line(raw_headers: list[bytes], tip_height: int, tip_weight: int) -> Encoded:
+    """HEADERS from headers cut out of stored blocks (split_stored_block)."""
+    return Encoded(Headers.NAME, b'{"type":%d,"payload":{"headers":[%s],"tipHeight":%d,"tipWeight":%d}}'
+                   % (Headers.TYPE, b",".join(raw_headers), tip_height, tip_weight))
+
+
+def bodies_line(bodies: list[tuple[bytes, bytes]]) -> Encoded:
+    """BODIES from (block hash, transfers' JSON cut out of the stored block) pairs."""
+    return Encoded(Bodies.NAME, b'{"type":%d,"payload":{"bodies":[%s]}}' % (Bodies.TYPE, b",".join(
+        b'{"hash":"%s","transactions":%s}' % (h.hex().encode(), txs) for h, txs in bodies)))
+
+
 def push_block_line(raw_block: bytes) -> Encoded:
     return Encoded(PushBlock.NAME, b'{"type":%d,"payload":{"blockData":%s}}' % (PushBlock.TYPE, raw_block))
 

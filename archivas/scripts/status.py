@@ -233,6 +233,10 @@ def format_status(s: dict[str, Any], base: str) -> str:
         f"{s.get('peersOut', '?')} outbound connections)",
         f"Mempool:     {s.get('mempool', '?')} transfers",
     ]
+    history = s.get("history")
+    if isinstance(history, dict):  # loaded from a snapshot (docs/snapshots.md)
+        lines.append(f"History:     from a snapshot at height {history.get('snapshotHeight')}, "
+                     + ("history validated" if history.get("validated") else "history not yet validated"))
     blocks = s.get("recentBlocks") or []
     if blocks:
         now = time.time()

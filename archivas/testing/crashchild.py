@@ -1,20 +1,23 @@
 """The child of the crash-recovery test: commits blocks in a tight loop until it is killed.
 
-    python -m archivas.testing.crashchild DBDIR BLOCKSFILE NETWORKJSON
+    python -m archivas.testing.crashchild DBDIR BLOCKSFILE NETWORKJSON [RUN]
 
 NETWORKJSON holds {"network": name, "allocation": {address: amount}}; BLOCKSFILE one block
 (`Block.to_json`) a line, parents before children. The child opens the chain in DBDIR and
-offers every block, in file order, to `Chain.add_block`. It prints, flushing each line:
+offers every block, in file order, to `Chain.add_block`; with RUN, in runs of RUN blocks,
+each run in one transaction as sync imports them (`Chain.begin_run`/`end_run`). It
+prints, flushing each line:
 
     sql <VERB>                  before each writing SQLite statement (BEGIN, CREATE,
-                                INSERT, ..., COMMIT), so a test can kill it at a chosen
-                                point inside a commit
+                                INSERT, ..., COMMIT; executemany too), so a test can
+                                kill it at a chosen point inside a commit
     opened <tip>                once the chain is open
     committed <index> <height> <hash> <status> <tip>
                                 after add_block has returned: status `tip`, `side`, or
                                 `known` for a block an earlier, killed run had stored.
                                 This line is the acknowledgment: the block must survive
-                                any later kill.
+                                any later kill. (With RUN, a run's lines come once its
+                                commit has returned, each with the tip after its block.)
     done                        at the end, after closing the chain
 
 Anything unexpected exits non-zero with the reason on stderr.
@@ -52,6 +55,10 @@ class _TracedConnection:
             _say(f"sql {verb}")
         return self._connection.execute(sql, *args)
 
+    def executemany(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        _say(f"sql {sql.split(None, 1)[0].upper()}")
+        return self._connection.executemany(sql, *args)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._connection, name)
 
@@ -61,10 +68,11 @@ def _traced_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 3:
-        sys.stderr.write("usage: python -m archivas.testing.crashchild DBDIR BLOCKSFILE NETWORKJSON\n")
+    if len(argv) not in (3, 4):
+        sys.stderr.write("usage: python -m archivas.testing.crashchild DBDIR BLOCKSFILE NETWORKJSON [RUN]\n")
         return 2
-    db_dir, blocks_file, network_file = argv
+    db_dir, blocks_file, network_file = argv[:3]
+    run = int(argv[3]) if len(argv) == 4 else 0
     with open(network_file) as f:
         network = json.load(f)
     params = network_params.load(network["network"]).with_allocation(network["allocation"])
@@ -73,13 +81,23 @@ def main(argv: list[str]) -> int:
 
     chain = Chain.open(db_dir, params, connect=_traced_connect)
     _say(f"opened {chain.tip.hash.hex()}")
-    for index, block in enumerate(blocks):
-        now_ms = max(int(time.time() * 1000), block.header.timestamp)
-        result = chain.add_block(block, now_ms)
-        if result.status not in (ADDED_TIP, ADDED_SIDE, KNOWN):
-            sys.stderr.write(f"block {index} at height {block.height}: unexpected status {result.status}\n")
-            return 1
-        _say(f"committed {index} {block.height} {block.hash.hex()} {result.status} {chain.tip.hash.hex()}")
+    step = run or 1
+    for first in range(0, len(blocks), step):
+        if run:
+            chain.begin_run()
+        lines = []
+        for index in range(first, min(first + step, len(blocks))):
+            block = blocks[index]
+            now_ms = max(int(time.time() * 1000), block.header.timestamp)
+            result = chain.add_block(block, now_ms)
+            if result.status not in (ADDED_TIP, ADDED_SIDE, KNOWN):
+                sys.stderr.write(f"block {index} at height {block.height}: unexpected status {result.status}\n")
+                return 1
+            lines.append(f"committed {index} {block.height} {block.hash.hex()} {result.status} {chain.tip.hash.hex()}")
+        if run:
+            chain.end_run()
+        for line in lines:
+            _say(line)
     chain.close()
     _say("done")
     return 0
