@@ -124,6 +124,7 @@ def sync_seconds(params: NetworkParams, blocks: Sequence[Block], option: str) ->
         def __init__(self, harness: Any, blocks: list[Block], weight: int) -> None:
             self.blocks = blocks
             self.proto, self.transport = harness.connect(host="10.0.0.1")
+            self.clock = harness.clock
             self.genesis = harness.node.genesis_hash
             self.weight = weight
             self.requests: list[Any] = []
