@@ -48,6 +48,7 @@ COMPONENTS = {
     "check_standalone": "block",  # a whole block: header proofs (signature, space, VDF) and body
     "check_header": "header",  # a header alone (headers-first sync): signature, space, VDF
     "_body_then": "body",  # the body of a block whose header was proved: root, transfers
+    "assumed_body": "body",  # the same below the assumed block (chain/assumed.py): no signatures
     "verify_segment": "vdf_segment",  # one VDF segment from a timelord or a peer
 }
 # Checks that split their own time (consensus `timings`) into these components too.

@@ -23,7 +23,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
-from archivas.chain import keys, vdf
+from archivas.chain import assumed, keys, vdf
 from archivas.chain.block import Block, Header
 from archivas.chain.blockchain import ADDED_TIP, KNOWN, ORPHAN, AddResult, Chain
 from archivas.chain.consensus import BlockRejected, check_body, check_header, check_standalone
@@ -105,10 +105,20 @@ class Node:
         threaded: bool = True,
         headers_first: bool = True,
         checker: Optional[Callable[..., defer.Deferred]] = None,
+        assume_valid: Optional[str] = None,
         **manager_options: Any,
     ) -> None:
         self.chain = chain
         self.params = chain.params
+        # Assume-valid (chain/assumed.py): `assume_valid` is the --assume-valid option (a
+        # block hash, or "0" for none), None for the network's. Headers-first sync takes the
+        # ancestors of that block on the header chain it syncs without their proofs
+        # (protocols/assumevalid.py decides which); nothing else changes.
+        self.assume_valid: Optional[bytes] = assumed.resolve(assume_valid, self.params)
+        # (hash, farmer signature) of headers sync took as assumed: their bodies are
+        # imported without the transfers' signatures. Never consulted outside import_batch's
+        # headers-first path: the same block by gossip is fully verified.
+        self._assumed: collections.OrderedDict[bytes, None] = collections.OrderedDict()
         self.reactor = reactor
         self.genesis_hash = chain.genesis.hash
         self.identity = node_identity or NodeIdentity.ephemeral()
@@ -208,6 +218,9 @@ class Node:
         self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
 
     def start(self) -> None:
+        if self.assume_valid is not None:
+            log.info("[sync] assume-valid: headers-first sync takes the ancestors of block {h} without checking "
+                     "their proofs and signatures (--assume-valid 0 checks everything)", h=self.assume_valid.hex())
         if self.threaded:
             self.threadpool.start()
         self.peers.start()
@@ -613,6 +626,27 @@ class Node:
         d.addCallback(self._remember_verified, header)
         return d
 
+    def assume_header(self, header: Header) -> int:
+        """A header headers-first sync found below the assumed block on the chain it syncs
+        (protocols/assumevalid.py): its shape checked, its proofs not; its body will be
+        checked without the transfers' signatures. Returns assumed.ASSUMED_SCORE. Not
+        remembered as verified: the same block by any other way is fully verified."""
+        score = assumed.check_header(header, self.params)
+        key = header.hash + header.farmer_signature
+        self._assumed[key] = None
+        self._assumed.move_to_end(key)
+        while len(self._assumed) > MAX_VERIFIED_HEADERS:
+            self._assumed.popitem(last=False)
+        return score
+
+    def _body_check(self, block: Block, score: int) -> defer.Deferred:
+        """The body of a block whose header headers-first sync took (proved, or assumed)."""
+        key = block.header.hash + block.header.farmer_signature
+        if key in self._assumed:
+            return self._in_thread(assumed.assumed_body, block, self.params, score, background="blocks")
+        return self._in_thread(_body_then, block, self.params, score, background="blocks",
+                               transfers=self.verified_transfers)
+
     def verified_score(self, header: Header) -> Optional[int]:
         return self._verified.get(header.hash + header.farmer_signature)
 
@@ -970,9 +1004,7 @@ class Node:
             return 0
         parents = [first_parent] + [b.header for b in blocks[:-1]]
         if scores is not None:  # headers proved by headers-first sync: their bodies only
-            checks = [self._in_thread(_body_then, b, self.params, score, background="blocks",
-                                      transfers=self.verified_transfers)
-                      for b, score in zip(blocks, scores)]
+            checks = [self._body_check(b, score) for b, score in zip(blocks, scores)]
         else:
             checks = [self.verify(b, p, background="blocks") for b, p in zip(blocks, parents)]
         added = 0

@@ -134,10 +134,13 @@ def node_service(
     operator: bool = False,
     whitelist: Sequence[str] = (),
     p2p_tls: bool = False,
+    assume_valid: Optional[str] = None,
 ) -> NodeMultiService:
     """Build an Archivas node as a MultiService. Opens (or creates) the database now, so
     a locked, corrupt or foreign database raises StorageError here. `operator=True` (twistd,
-    the console script) turns a listening failure at start into one line and exit 1."""
+    the console script) turns a listening failure at start into one line and exit 1.
+    `assume_valid`: a block hash (hex) whose ancestors headers-first sync takes without
+    their proofs, "0" for none, None for the network's (chain/assumed.py)."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
@@ -150,7 +153,8 @@ def node_service(
             p.startswith(tls.TLS_PREFIX) for p in peers) else None
         node = Node(chain, reactor, NodeIdentity.load_or_create(directory),
                     whitelist=whitelist, bans=BanList(reactor.seconds, chain.storage),
-                    book_path=str(directory / "peers.json"), tls_certificate=certificate)
+                    book_path=str(directory / "peers.json"), tls_certificate=certificate,
+                    assume_valid=assume_valid)
         node.peers.bootstrap = list(params.bootstrap_peers)
         admin_token = write_cookie(directory)
         top = (OperatorNodeService if operator else NodeMultiService)(node)

@@ -18,6 +18,7 @@ from twisted.internet import endpoints
 from twisted.python import usage
 
 from archivas import logs
+from archivas.chain import assumed
 from archivas.chain.keys import KeyFileError, PrivateKey
 from archivas.chain.params import NETWORKS
 from archivas.chain.storage import StorageError
@@ -38,6 +39,7 @@ DEFAULTS: dict[str, Any] = {
     "farmer-key": None,
     "whitelist": [],
     "p2p-tls": False,
+    "assume-valid": None,
     "log-level": logs.DEFAULT_LEVEL,
     "log-format": logs.DEFAULT_FORMAT,
     "log-file": None,
@@ -96,6 +98,9 @@ class Options(VersionedOptions):
         ["config", None, None, "TOML configuration file (see conf/node.toml)"],
         ["farm", None, None, "farm the plots in this directory"],
         ["farmer-key", None, None, "key file of the farmer (with --farm)"],
+        ["assume-valid", None, None, "a block hash: headers-first sync takes its ancestors without checking "
+                                     "their proofs and signatures (docs/consensus.md, Assume-valid); 0 "
+                                     "verifies everything [default: the network's, none on devnet and fastnet]"],
         ["log-level", None, None, "debug, info, warn, error or critical [default: info]; Twisted's "
                                   "factory, port, retry and HTTP access lines count as debug"],
         ["log-format", None, None, "text, or json (one object a line: time, level, namespace, text) "
@@ -138,7 +143,8 @@ class Options(VersionedOptions):
 
     def postOptions(self) -> None:
         file_settings = self._read_config(self["config"]) if self["config"] else {}
-        flags = {k: self[k] for k in ("rpc-port", "p2p-port", "db", "network", "farm", "farmer-key", *LOG_SETTINGS)}
+        flags = {k: self[k] for k in ("rpc-port", "p2p-port", "db", "network", "farm", "farmer-key", "assume-valid",
+                                      *LOG_SETTINGS)}
         flags["peers"] = self._peer_flags or None
         flags["whitelist"] = self._whitelist_flags or None
         flags["timelord"] = True if self["timelord"] else None
@@ -192,6 +198,14 @@ class Options(VersionedOptions):
                 PrivateKey.load(self["farmer-key"])
             except KeyFileError as e:
                 raise usage.UsageError(f"--farmer-key: {e}") from None
+        if self["assume-valid"] is not None:
+            value = str(self["assume-valid"]).strip()
+            if value != assumed.DISABLED:
+                try:
+                    assumed.parse_hash(value)
+                except ValueError as e:
+                    raise usage.UsageError(f"--assume-valid: {e}") from None
+            self["assume-valid"] = value
         self._validate_logging()
 
     def _validate_logging(self) -> None:
@@ -234,7 +248,7 @@ def makeService(config: Options, reactor: Any = None) -> NodeMultiService:
             db=config["db"], network=config["network"], rpc=config["rpc-port"], p2p=config["p2p-port"],
             peers=config["peers"], timelord=config["timelord"], farm=config["farm"],
             farmer_key=config["farmer-key"], reactor=reactor, operator=True, whitelist=config["whitelist"],
-            p2p_tls=config["p2p-tls"],
+            p2p_tls=config["p2p-tls"], assume_valid=config["assume-valid"],
         )
     except (StorageError, KeyFileError) as e:
         fail(str(e))

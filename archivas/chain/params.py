@@ -37,6 +37,9 @@ class NetworkParams:
     min_chain_weight: int = 0
     # host:port names dialed while the address book is nearly empty (resolved at each try)
     bootstrap_peers: tuple[str, ...] = ()
+    # Assume-valid (chain/assumed.py): a block hash whose ancestors headers-first sync takes
+    # without checking their proofs and signatures; None: every block fully verified.
+    assume_valid: Optional[bytes] = None
     # (height, state hash) of the one snapshot `snapshot load` takes without
     # --assume-snapshot (docs/snapshots.md); None: none is pinned
     assume_snapshot: Optional[tuple[int, bytes]] = None
@@ -92,6 +95,14 @@ def from_json(data: Mapping[str, Any]) -> NetworkParams:
     if isinstance(min_weight, bool) or not isinstance(min_weight, int) or min_weight < 0:
         raise ValueError("minChainWeight must be a non-negative integer")
     values["min_chain_weight"] = min_weight
+    assume_valid = data.get("assumeValid") or None  # "" or null: none
+    if assume_valid is not None:
+        if not isinstance(assume_valid, str) or len(assume_valid) != 64:
+            raise ValueError("assumeValid must be a block hash of 64 hex characters, or empty")
+        try:
+            values["assume_valid"] = bytes.fromhex(assume_valid)
+        except ValueError:
+            raise ValueError("assumeValid must be a block hash of 64 hex characters, or empty") from None
     values["assume_snapshot"] = _assume_snapshot(data.get("assumeSnapshot"))
     params = NetworkParams(**values)
     if params.initial_difficulty < 1 or params.difficulty_window < 2:

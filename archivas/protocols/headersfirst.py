@@ -29,7 +29,7 @@ from twisted.logger import Logger
 from archivas.chain.block import Block, Header, tx_root
 from archivas.chain.consensus import BlockRejected
 from archivas.chain.headerchain import HeaderMismatch, HeaderRun, Point, header_size
-from archivas.protocols import wire
+from archivas.protocols import assumevalid, wire
 from archivas.protocols.peer import PeerProtocol
 
 if TYPE_CHECKING:
@@ -86,6 +86,7 @@ class HeadersFirstRound:
         self._batches: dict[int, tuple[PeerProtocol, float, list[int]]] = {}
         self._batch_ids = itertools.count()
         self._rescued: set[int] = set()
+        self.assumed: Optional[assumevalid.AssumedChain] = None  # the walk to the assumed block
 
     # the round
 
@@ -117,6 +118,9 @@ class HeadersFirstRound:
                  goal=first.tip_height)
         log.info("[sync] headers first from {peer}: fork at height {fork}", peer=self._name(self.target),
                  fork=fork.height)
+        assumed = self.sink.assume_valid
+        if assumed is not None and not self.view.has_block(assumed):  # first find it (assumevalid.py)
+            self.assumed = await assumevalid.scout(self, first, assumed, fork.hash, fork.height)
         loop = defer.ensureDeferred(self._headers(first))
         loop.addErrback(self._fail)
         ticker = LoopingCall(self.pump)  # the stall check runs even when nothing arrives
@@ -191,6 +195,8 @@ class HeadersFirstRound:
             try:
                 if not fresh and run.is_known(header):
                     run.add_known(header)
+                    if self.assumed is not None and self.assumed.covers(header):
+                        self.sink.assume_header(header)  # (checked before: its body is to be taken as assumed)
                     continue
             except HeaderMismatch as e:
                 raise Failed(str(e)) from None
@@ -208,7 +214,7 @@ class HeadersFirstRound:
         checks = []
         parent = run.last.header
         for header in fresh[:usable]:
-            checks.append(self.sink.verify_header(header, parent))
+            checks.append(self._check_proofs(header, parent))
             parent = header
         results = await defer.DeferredList(checks, consumeErrors=True)
         for header, (ok, result) in zip(fresh, results):
@@ -227,6 +233,16 @@ class HeadersFirstRound:
             except BlockRejected as e:
                 return self._refused(fresh[usable], e)
         return True
+
+    def _check_proofs(self, header: Header, parent: Header) -> defer.Deferred:
+        """A header's proofs in the thread pool, or, below the assumed block on the chain
+        the walk saw (assumevalid.py), its shape only."""
+        try:
+            if self.assumed is not None and self.assumed.covers(header):
+                return defer.maybeDeferred(self.sink.assume_header, header)
+        except HeaderMismatch as e:
+            return defer.fail(Failed(str(e)))
+        return self.sink.verify_header(header, parent)
 
     def _refused(self, header: Header, error: BlockRejected) -> bool:
         if error.reason == "timestamp_in_future":  # only early: what came before is good

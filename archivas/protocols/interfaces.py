@@ -55,6 +55,12 @@ class BlockSink(Protocol):
                            scores: Optional[Sequence[int]] = None) -> int: ...
     def verify_header(self, header: Header, parent: Header) -> Deferred[Any]:
         """A header's proofs (in threads); fires with its score or fails with BlockRejected."""
+    @property
+    def assume_valid(self) -> Optional[bytes]:
+        """The assumed block hash in effect (chain/assumed.py), None when there is none."""
+    def assume_header(self, header: Header) -> int:
+        """A header found below the assumed block (protocols/assumevalid.py): its shape
+        only, its proofs taken as valid and its body's signatures too; its score."""
     def relay_block(self, block: Block) -> None: ...
 
 
