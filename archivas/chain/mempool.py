@@ -133,21 +133,26 @@ class Mempool:
         # Never the incoming sender's own earlier transfers: that would leave a gap. They
         # are set aside while looking (at most max_per_sender of them) and pushed back.
         heap = self._heap
+        live = self._seq
+        sender = incoming.sender
         skipped: list[_HeapEntry] = []
         victim: Optional[Transaction] = None
         while heap:
             entry = heap[0]
             tx = entry[3]
-            if self._seq.get(tx.hash) != entry[2]:
+            if live.get(tx.hash) != entry[2]:
                 heapq.heappop(heap)  # stale: dropped since it was pushed
-            elif tx.sender == incoming.sender:
+            elif tx.sender == sender:
                 skipped.append(heapq.heappop(heap))
             else:
                 victim = tx
                 break
+        evict = victim is not None and victim.fee < incoming.fee
+        if evict:
+            heapq.heappop(heap)  # the victim's own entry, about to go stale (before the skipped return)
         for entry in skipped:
             heapq.heappush(heap, entry)
-        if victim is None or victim.fee >= incoming.fee:
+        if victim is None or not evict:
             raise InvalidTransaction("mempool_full", f"full, and every pending fee is >= {incoming.fee}")
         self._drop_from(victim.sender, victim.nonce)
 
