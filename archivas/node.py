@@ -757,7 +757,7 @@ class Node:
         older Archivas peers, announced to seed peers. A peer that is not reading what we
         write gets the small announcement only."""
         announce = wire.NewBlock(block.height, block.hash)
-        push: Optional[wire.PushBlock] = None
+        push: Optional[wire.Encoded] = None
         cmpct: Optional[wire.CmpctBlock] = None
         for proto in self.peers.ready_peers():
             info = proto.info
@@ -774,7 +774,9 @@ class Node:
                 else:
                     proto.send(announce)
             elif info.can("push"):
-                push = push or wire.PushBlock(block)
+                # From the block's canonical JSON, made once already to store it: encoding
+                # a PushBlock would build and serialise the whole block again.
+                push = push or wire.push_block_line(block.encode())
                 proto.send(push)
             else:
                 proto.send(announce)

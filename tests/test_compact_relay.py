@@ -169,6 +169,8 @@ class HighBandwidthTests(unittest.TestCase):
         self.h.node.receive_block(block)
         self.assertEqual([type(m) for m in sent(fast_transport) if not isinstance(m, wire.Inv)], [wire.CmpctBlock])
         self.assertEqual(sent(slow_transport), [wire.NewBlock(block.height, block.hash)])
+        # PUSH_BLOCK is written from the block's stored bytes: the very line encode makes.
+        self.assertEqual(old_transport.value(), wire.encode(wire.PushBlock(block)) + b"\n")
         self.assertEqual([type(m) for m in sent(old_transport)], [wire.PushBlock])
         feed(slow, wire.GetCmpct(block.hash))
         reply = sent(slow_transport)

@@ -96,6 +96,9 @@ class ConnectionTests(unittest.TestCase):
         yield defer.ensureDeferred(wait_until(lambda: connected(b, a) and connected(b, a6), "both dialed peers ready"))
         hosts = {p.info.host for p in b.node.peers.ready_peers()}
         self.assertEqual(hosts, {"127.0.0.1", "::1"})
+        # Real sockets, IPv4 and IPv6, both ends: Nagle is off (docs/protocol.md).
+        for proto in b.node.peers.ready_peers() + a.node.peers.ready_peers() + a6.node.peers.ready_peers():
+            self.assertTrue(proto.transport.getTcpNoDelay(), proto.info.host)
 
     @defer.inlineCallbacks
     def test_a_hundred_seed_only_peers_at_once(self):

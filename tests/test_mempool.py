@@ -116,3 +116,149 @@ class MempoolTests(unittest.TestCase):
         self.state.accounts[ALICE.address] = (100 * COIN, 0)
         self.pool.update_for_blocks([], [Block(a0)], self.lookup)
         self.assertEqual(self.pool.transactions(), [a0])
+
+
+# --- Eviction by heap against the scan it replaced -------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from archivas.chain import mempool as mempool_module  # noqa: E402
+from archivas.chain.keys import PrivateKey  # noqa: E402
+
+SENDERS = [PrivateKey.from_secret(b"heap-%d" % i) for i in range(5)]
+
+
+class ScanMempool(Mempool):
+    """The pool as it was: making room scans every entry with min() (dict order breaks
+    ties). Everything else is shared, so any difference is the victim choice."""
+
+    def _make_room(self, incoming):
+        others = [t for t in self._by_hash.values() if t.sender != incoming.sender]
+        victim = min(others, key=lambda t: (t.fee, -t.nonce), default=None)
+        if victim is None or victim.fee >= incoming.fee:
+            raise InvalidTransaction("mempool_full", f"full, and every pending fee is >= {incoming.fee}")
+        self._drop_from(victim.sender, victim.nonce)
+
+
+# One step: a kind (0-74 a transfer, then a block of the pool's best, a block with a
+# transfer never pooled, the last block rolled back, the last block replaced by another)
+# and its numbers: sender, how far back from the sender's next free nonce (-1 a gap, 0 the
+# next, 1 and 2 replacements), fee level (few, so ties happen), amount, recipient.
+op = st.tuples(st.integers(0, 99), st.integers(0, 4), st.integers(-1, 2), st.integers(1, 6),
+               st.integers(1, 12), st.integers(0, 4))
+KINDS = [(75, "add"), (85, "block"), (90, "conflict"), (95, "undo"), (100, "reorg")]
+
+
+class HeapEvictionProperties(unittest.TestCase):
+    @settings(max_examples=75, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(st.lists(op, min_size=10, max_size=60))
+    def test_heap_and_scan_choose_the_same_victims(self, ops):
+        self.state = MemoryState({k.address: (40 * COIN, 0) for k in SENDERS})
+        old = ScanMempool(PARAMS, max_transactions=6, max_per_sender=3)
+        new = Mempool(PARAMS, max_transactions=6, max_per_sender=3)
+        blocks: list = []  # (block, undo record) of what is connected, oldest first
+
+        def lookup(address):
+            return self.state.get_account(address) or (0, 0)
+
+        def connect(txs):
+            delta = StateDelta(self.state)
+            for tx in txs:
+                delta.apply_transaction(tx)
+            self.state.commit(delta)
+            block = Block(*txs)
+            blocks.append((block, delta.before))
+            return block
+
+        def disconnect():
+            block, before = blocks.pop()
+            for address, account in before.items():
+                if account is None:
+                    self.state.accounts.pop(address, None)
+                else:
+                    self.state.accounts[address] = account
+            return block
+
+        for step in ops:
+            kind = next(name for limit, name in KINDS if step[0] < limit)
+            _, s, back, fee, amount, to = step
+            if kind == "add":
+                key = SENDERS[s]
+                nonce = lookup(key.address)[1] + max(0, new.pending_count(key.address) - back)
+                tx = sign_transfer(key, PARAMS, SENDERS[to].address, amount * COIN,
+                                   fee * PARAMS.min_fee, nonce)
+                outcomes = []
+                for pool in (old, new):
+                    try:
+                        pool.add(tx, lookup)
+                        outcomes.append(None)
+                    except InvalidTransaction as e:
+                        outcomes.append(e.reason)
+                self.assertEqual(outcomes[0], outcomes[1])
+            elif kind == "block":
+                txs = old.select(amount % 5)
+                self.assertEqual(txs, new.select(amount % 5))
+                block = connect(txs)
+                for pool in (old, new):
+                    pool.update_for_blocks([block], [], lookup)
+            elif kind == "conflict":
+                key = SENDERS[s]
+                tx = sign_transfer(key, PARAMS, SENDERS[to].address, amount * COIN,
+                                   PARAMS.min_fee, lookup(key.address)[1])
+                try:
+                    block = connect([tx])
+                except InvalidTransaction:
+                    continue
+                for pool in (old, new):
+                    pool.update_for_blocks([block], [], lookup)
+            elif blocks:
+                gone = disconnect()
+                came = []
+                if kind == "reorg":
+                    txs = [t for t in old.select(amount % 5) if t not in gone.transactions]
+                    try:
+                        came = [connect(txs)]
+                    except InvalidTransaction:
+                        came = []  # the pool's pick no longer applies to the rolled-back state
+                for pool in (old, new):
+                    pool.update_for_blocks(came, [gone], lookup)
+            # Same contents, in the same order.
+            self.assertEqual(old.transactions(), new.transactions())
+            self.assertEqual(new._by_sender.keys(), old._by_sender.keys())
+            live = len(new)
+            self.assertLessEqual(new.heap_size(), 3 * live + mempool_module.COMPACT_SLACK + 1)
+            self.assertEqual(set(new._seq), {t.hash for t in new.transactions()})
+
+
+class HeapBoundTests(unittest.TestCase):
+    def test_stale_entries_stay_bounded(self):
+        """Replacements, evictions and blocks leave stale heap entries: however many, the
+        heap stays within three times the pool plus the slack."""
+        keys = [PrivateKey.from_secret(b"bound-%d" % i) for i in range(40)]
+        state = MemoryState({k.address: (10_000 * COIN, 0) for k in keys})
+        pool = Mempool(PARAMS, max_transactions=50, max_per_sender=4)
+        lookup = lambda a: state.get_account(a) or (0, 0)  # noqa: E731
+        bound = 3 * 50 + mempool_module.COMPACT_SLACK
+        largest = 0
+        fee = PARAMS.min_fee
+        for round_ in range(30):
+            for k in keys:
+                fee += 1  # every transfer beats the last: a full pool evicts on each
+                nonce = state.accounts[k.address][1] + round_ % 2
+                try:
+                    pool.add(sign_transfer(k, PARAMS, keys[0].address, COIN, fee, nonce), lookup)
+                except InvalidTransaction:
+                    pass
+                largest = max(largest, pool.heap_size())
+            # A block takes half the pool.
+            txs = pool.select(25)
+            delta = StateDelta(state)
+            for tx in txs:
+                delta.apply_transaction(tx)
+            state.commit(delta)
+            pool.update_for_blocks([Block(*txs)], [], lookup)
+            largest = max(largest, pool.heap_size())
+        self.assertGreater(fee - PARAMS.min_fee, 1000)  # many more pushes than the bound
+        self.assertLessEqual(largest, bound + 1)
+        self.assertLessEqual(pool.heap_size(), 3 * len(pool) + mempool_module.COMPACT_SLACK)

@@ -396,3 +396,47 @@ class FullInboundEvictionTests(unittest.TestCase):
         flood_evicted = sum(1 for _, t in flood if not t.connected)
         self.assertGreaterEqual(honest_left, 28)  # at most the first newcomer or two cost an honest slot
         self.assertGreaterEqual(flood_evicted, 497)
+
+
+class TcpTransport(StringTransportWithDisconnection):
+    """A StringTransport with ITCPTransport's TCP_NODELAY switch (off, as a socket starts)."""
+
+    def __init__(self, *args, fails=False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.nodelay = False
+        self.fails = fails
+
+    def setTcpNoDelay(self, enabled):
+        if self.fails:
+            raise OSError(95, "Operation not supported")  # a UNIX socket under tcp.Server's methods
+        self.nodelay = enabled
+
+    def getTcpNoDelay(self):
+        return self.nodelay
+
+
+class NoDelayTests(unittest.TestCase):
+    """Every peer connection, inbound and outbound, turns Nagle off as it is made; a
+    transport without the switch (or whose socket refuses it) connects just the same."""
+
+    def connect(self, h, factory, transport):
+        proto = factory.buildProtocol(None)
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        return proto
+
+    def test_inbound_and_outbound_set_tcp_nodelay(self):
+        h = Harness(self)
+        for factory in (h.node.peers.inbound_factory, h.node.peers.outbound_factory):
+            transport = TcpTransport(peerAddress=IPv4Address("TCP", "10.1.2.3", 40000))
+            self.connect(h, factory, transport)
+            self.assertTrue(transport.nodelay, factory.direction)
+
+    def test_a_transport_without_it_or_refusing_it_still_connects(self):
+        h = Harness(self)
+        plain = StringTransportWithDisconnection(peerAddress=IPv4Address("TCP", "10.1.2.4", 40000))
+        refusing = TcpTransport(peerAddress=IPv4Address("TCP", "10.1.2.5", 40000), fails=True)
+        for transport in (plain, refusing):
+            proto = self.connect(h, h.node.peers.inbound_factory, transport)
+            self.assertIn(proto, h.node.peers.peers)
+            self.assertFalse(transport.disconnecting)

@@ -77,6 +77,11 @@ class TLSTests(unittest.TestCase):
         self.assertTrue(tls.is_tls(proto.transport))
         self.assertIsNotNone(proto.info.hello.tls_fingerprint)
         self.assertEqual(proto.info.hello.tls_fingerprint, tls.peer_fingerprint(proto.transport))
+        # Under TLS too, both ends: the TLS wrapper passes the switch to its TCP socket.
+        (inbound,) = a.node.peers.ready_peers()
+        for p in (proto, inbound):
+            self.assertTrue(tls.is_tls(p.transport))
+            self.assertTrue(p.transport.getHandle() is not None and p.transport.getTcpNoDelay())
 
     @defer.inlineCallbacks
     def test_a_relay_terminating_tls_is_refused(self):

@@ -6,6 +6,13 @@ sender. When full, the lowest-fee transfer (with the later ones of its sender, w
 could not run) makes room for a better one. After blocks connect or disconnect, the pool
 drops what they made invalid and takes back what a reorganisation returned.
 
+Making room is logarithmic: a heap keyed (fee, -nonce, admission order) finds the victim
+the old full scan found (lowest fee, then highest nonce, then the earliest admitted),
+skipping the incoming sender's own transfers (at most `max_per_sender`, pushed back).
+Removal from the heap is lazy; it is rebuilt from the live entries once the stale ones
+outnumber the live ones twice over (`COMPACT_SLACK` more for a nearly empty pool), so it
+holds at most 3x the pool plus that slack.
+
 With a `transfers` cache (verifycache.VerifiedTransfers) a signature is verified through
 it, so a transfer admitted here is remembered as verified and the block that later carries
 it does not verify it again.
@@ -30,6 +37,9 @@ class HasTransactions(Protocol):
 
 MAX_TRANSACTIONS = 5000
 MAX_PER_SENDER = 64
+COMPACT_SLACK = 64  # stale heap entries always tolerated, so a tiny pool does not rebuild on every drop
+
+_HeapEntry = tuple[int, int, int, Transaction]  # (fee, -nonce, admission sequence, transfer)
 
 MEMPOOL_REASONS = (
     "duplicate",  # already pending
@@ -52,6 +62,12 @@ class Mempool:
         self.max_per_sender = max_per_sender
         self._by_hash: dict[bytes, Transaction] = {}
         self._by_sender: dict[str, dict[int, Transaction]] = {}
+        # Eviction order. An entry is live while _seq holds its sequence for its hash; a
+        # transfer dropped (and perhaps admitted again later, with a new sequence) leaves
+        # a stale entry behind, discarded when it reaches the top or at compaction.
+        self._heap: list[_HeapEntry] = []
+        self._seq: dict[bytes, int] = {}
+        self._next_seq = 0
 
     def __len__(self) -> int:
         return len(self._by_hash)
@@ -102,25 +118,65 @@ class Mempool:
         if replaced is None and len(self._by_hash) >= self.max_transactions:
             self._make_room(tx)
         if replaced is not None:
-            del self._by_hash[replaced.hash]
+            self._forget(replaced)
         self._by_sender.setdefault(tx.sender, {})[tx.nonce] = tx
         self._by_hash[tx.hash] = tx
+        seq = self._next_seq
+        self._next_seq += 1
+        self._seq[tx.hash] = seq
+        heapq.heappush(self._heap, (tx.fee, -tx.nonce, seq, tx))
         if replaced is not None:
             self._revalidate_sender(tx.sender, lookup)
+        self._maybe_compact()
 
     def _make_room(self, incoming: Transaction) -> None:
-        # Never the incoming sender's own earlier transfers: that would leave a gap.
-        others = [t for t in self._by_hash.values() if t.sender != incoming.sender]
-        victim = min(others, key=lambda t: (t.fee, -t.nonce), default=None)
-        if victim is None or victim.fee >= incoming.fee:
+        # Never the incoming sender's own earlier transfers: that would leave a gap. They
+        # are set aside while looking (at most max_per_sender of them) and pushed back.
+        heap = self._heap
+        live = self._seq
+        sender = incoming.sender
+        skipped: list[_HeapEntry] = []
+        victim: Optional[Transaction] = None
+        while heap:
+            entry = heap[0]
+            tx = entry[3]
+            if live.get(tx.hash) != entry[2]:
+                heapq.heappop(heap)  # stale: dropped since it was pushed
+            elif tx.sender == sender:
+                skipped.append(heapq.heappop(heap))
+            else:
+                victim = tx
+                break
+        evict = victim is not None and victim.fee < incoming.fee
+        if evict:
+            heapq.heappop(heap)  # the victim's own entry, about to go stale (before the skipped return)
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        if victim is None or not evict:
             raise InvalidTransaction("mempool_full", f"full, and every pending fee is >= {incoming.fee}")
         self._drop_from(victim.sender, victim.nonce)
+
+    def _forget(self, tx: Transaction) -> None:
+        """Out of the hash index; its heap entry goes stale."""
+        del self._by_hash[tx.hash]
+        del self._seq[tx.hash]
+
+    def _maybe_compact(self) -> None:
+        """Rebuild the heap from the live entries once stale ones exceed twice the live."""
+        live = len(self._by_hash)
+        if len(self._heap) - live > 2 * live + COMPACT_SLACK:
+            self._heap = [(t.fee, -t.nonce, self._seq[h], t) for h, t in self._by_hash.items()]
+            heapq.heapify(self._heap)
+
+    def heap_size(self) -> int:
+        """Entries in the eviction heap, stale ones included (for tests of its bound)."""
+        return len(self._heap)
 
     def _drop_from(self, sender: str, first_nonce: int) -> None:
         """Remove the sender's transfers from `first_nonce` on (they could no longer run)."""
         pending = self._by_sender.get(sender, {})
         for n in [n for n in pending if n >= first_nonce]:
-            del self._by_hash[pending.pop(n).hash]
+            self._forget(pending.pop(n))
         if not pending:
             self._by_sender.pop(sender, None)
 
@@ -131,7 +187,7 @@ class Mempool:
             return
         balance, nonce = lookup(sender)
         for n in [n for n in pending if n < nonce]:
-            del self._by_hash[pending.pop(n).hash]
+            self._forget(pending.pop(n))
         spent = 0
         expected = nonce
         for n in sorted(pending):
@@ -188,10 +244,11 @@ class Mempool:
                 self.add(tx, lookup, transfers)
             except InvalidTransaction:
                 continue
+        self._maybe_compact()
 
     def _drop_one(self, tx: Transaction) -> None:
         pending = self._by_sender[tx.sender]
         del pending[tx.nonce]
-        del self._by_hash[tx.hash]
+        self._forget(tx)
         if not pending:
             del self._by_sender[tx.sender]
