@@ -23,6 +23,7 @@ import argparse
 import cProfile
 import dataclasses
 import io
+import os
 import pstats
 import shutil
 import tempfile
@@ -286,9 +287,11 @@ def print_notes() -> None:
 
 def print_profile(profile: cProfile.Profile, tx_per_block: int) -> None:
     out = io.StringIO()
-    pstats.Stats(profile, stream=out).sort_stats("cumulative").print_stats(15)
+    pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(25)
+    if os.environ.get("ARCHIVAS_BENCH_CALLERS"):
+        pstats.Stats(profile, stream=out).print_callers(os.environ["ARCHIVAS_BENCH_CALLERS"])
     print(f"Profile of an extra 1-peer sync ({tx_per_block} tx/block), reactor thread only "
-          "(cProfile does not follow the verification threads), top 15 by cumulative time")
+          "(cProfile does not follow the verification threads), top 25 by own time")
     print(out.getvalue().strip("\n"))
 
 

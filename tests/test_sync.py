@@ -110,6 +110,19 @@ class SyncTests(unittest.TestCase):
         self.assertEqual(h.node.chain.tip.hash, self.blocks[-1].hash)
         self.assertTrue([m for m in late.requests if isinstance(m, wire.GetBodies)], "the late peer was asked")
 
+    def test_each_body_is_fetched_once_while_runs_import(self):
+        # The import yields between blocks: heights handed to it are neither received nor
+        # stored meanwhile, and must not look missing to the fetching.
+        h = Harness(self)
+        peer = ScriptedPeer(h, "10.0.0.1", self.blocks, b"\x01" * 16)
+        for _ in range(40):
+            peer.answer()
+            if h.node.chain.height == 150 and not h.node.sync.active:
+                break
+        self.assertEqual(h.node.chain.height, 150)
+        asked = [x for m in peer.requests if isinstance(m, wire.GetBodies) for x in m.hashes]
+        self.assertEqual(len(asked), len(set(asked)), f"{len(asked) - len(set(asked))} bodies fetched twice")
+
     def test_fork_point_found_by_hash_windows(self):
         b = builder()
         ours = self.blocks[:100]

@@ -67,6 +67,7 @@ class HeadersFirstRound:
         self.target = target
         self.run: Optional[HeaderRun] = None
         self.next = 0  # the lowest height not yet stored
+        self.importing_to = 0  # while importing: the height after the run handed to the node
         self.received: dict[int, tuple[Block, PeerProtocol]] = {}
         self.held_bytes = 0
         self.body_bytes = 1024.0  # a moving average of the bodies received (_body_bytes)
@@ -287,7 +288,7 @@ class HeadersFirstRound:
                 self._fail_now("no peer left to fetch bodies from")
             return
         self._unstall(sources)
-        height = self.next
+        height = self._first_unheld()
         limit = min(run.end.height, self.next + DOWNLOAD_WINDOW - 1)
         while height <= limit and self.held_bytes < MAX_HELD_BYTES:
             if height in self.received or height in self.requested:
@@ -308,7 +309,7 @@ class HeadersFirstRound:
         """The request that holds the window's front, out for STALL_SECONDS: asked of another
         peer (the first answer is taken), and its peer leaves the round, as Bitcoin Core
         treats a staller."""
-        front = self.next
+        front = self._first_unheld()
         if front in self.received or front in self._rescued:
             return
         now = self.reactor.seconds()
@@ -328,6 +329,11 @@ class HeadersFirstRound:
                 rest = [h for h in heights if h >= front and h not in self.received]
                 self._ask(min(others, key=lambda p: self.in_flight.get(id(p), 0)), rest)
                 return
+
+    def _first_unheld(self) -> int:
+        """The lowest height neither stored nor being imported (the import yields to the
+        reactor between blocks: its heights are in neither `received` nor the chain)."""
+        return max(self.next, self.importing_to) if self.importing else self.next
 
     def bodies_per_request(self) -> int:
         """BODY_BATCH_BYTES worth of the bodies seen so far, 4 to 32."""
@@ -360,9 +366,9 @@ class HeadersFirstRound:
         served = 0
         for height, (block_hash, txs) in zip(heights, reply.bodies):
             entry = run.entry(height)
-            if entry is None or height < self.next or height in self.received:
+            if entry is None or height < self._first_unheld() or height in self.received:
                 served += 1
-                continue  # stored or received meanwhile (from another peer)
+                continue  # stored, being stored, or received meanwhile (from another peer)
             if block_hash != entry.header.hash or tx_root(txs) != entry.header.tx_root:
                 self.syncer.peers.misbehaved(proto, "invalid_block", f"body for height {height} is not its header's")
                 self._drop(proto)
@@ -375,7 +381,7 @@ class HeadersFirstRound:
             served += 1
         for height in heights:
             self.requested.discard(height)
-        if served == 0 and heights[0] >= self.next:
+        if served == 0 and heights[0] >= self._first_unheld():
             self._drop(proto)  # it does not have them
         self.drain()
         self.pump()
@@ -420,6 +426,7 @@ class HeadersFirstRound:
             self._done_if_finished()
             return
         self.importing = True
+        self.importing_to = height
         d = defer.ensureDeferred(self.sink.import_batch(blocks, senders, scores))
         d.addCallbacks(self._imported, self._fail, callbackArgs=(blocks, senders))
 
