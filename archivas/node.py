@@ -198,6 +198,7 @@ class Node:
         self.peers.on_ready.append(self._peer_ready)
         # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
         self.vdf_parent: bytes = chain.tip.hash
+        self.vdf_iterations: int = chain.next_iterations(self.vdf_parent)  # T of each such segment
         self.vdf_segments: list[vdf.Segment] = []
         # Segments that came before the one they follow was taken: index -> (segment, sender)
         self._vdf_ahead: dict[int, tuple[vdf.Segment, Optional[PeerProtocol]]] = {}
@@ -710,6 +711,7 @@ class Node:
                 if tx.hash in self.mempool:
                     self._relay_transaction(tx)
         self.vdf_parent, self.vdf_segments = block.hash, []
+        self.vdf_iterations = self.chain.next_iterations(block.hash)
         self._vdf_ahead.clear()
         if at_top:
             self.relay_block(block)  # during a sync, only blocks at the top (history is not pushed)
@@ -1083,7 +1085,7 @@ class Node:
             seed = self.chain.seed_for_child(parent_hash)
             start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
             ok = await self._in_thread(verify_segment, seed, start, segment, self.params.discriminant_bits,
-                                       self.params.vdf_iterations, cache=self.verified_segments)
+                                       self.vdf_iterations, cache=self.verified_segments)
         finally:
             self._vdf_checking.discard(slot)
             if source is not None:
@@ -1097,7 +1099,7 @@ class Node:
         if parent_hash != self.vdf_parent or index != len(self.vdf_segments) + 1:
             return False  # the tip moved or another copy won the race
         self.vdf_segments.append(segment)
-        self.metrics.vdf_accepted(local=source is None)
+        self.metrics.vdf_accepted(local=source is None, iterations=self.vdf_iterations)
         following = self._vdf_ahead.pop(index + 1, None)
         if following is not None:
             nxt, nxt_source = following
