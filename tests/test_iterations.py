@@ -14,6 +14,7 @@ targetBlockTimeMs: the speed at which its initial iterations are already right.
 from __future__ import annotations
 
 import dataclasses
+import math
 import random
 import statistics
 
@@ -83,9 +84,9 @@ class ConvergenceTests(unittest.TestCase):
                 for seed in range(3):
                     with self.subTest(network=name, speed=f"{factor}x", seed=seed):
                         chain = simulate(params, plots, speed, 200, seed, latency)
-                        # The last 100 of 200 blocks: at 20x the iterations climb 20x first
+                        # The last 150 of 200 blocks: at 20x the iterations climb 20x first
                         # (at most 1/8 a block: ~26 blocks), the difficulty following them.
-                        settled = chain[100:]
+                        settled = chain[50:]
                         mean = statistics.mean(b.segments for b in settled)
                         self.assertLess(abs(mean - target) / target, 0.15,
                                         f"{mean:.2f} segments per block vs {target}")
@@ -108,7 +109,7 @@ class ConvergenceTests(unittest.TestCase):
         # A timelord at a quarter of the assumed speed: the iterations fall (above the floor).
         params = network_params.load("devnet")
         chain = simulate(params, 20, assumed_speed(params) / 4, 200, 0, 500)
-        mean = statistics.mean(b.segments for b in chain[100:])
+        mean = statistics.mean(b.segments for b in chain[50:])
         self.assertLess(abs(mean - params.target_vdf_segments) / params.target_vdf_segments, 0.15)
         self.assertLess(chain[-1].vdf_iterations, params.vdf_iterations // 3)
 
@@ -186,40 +187,70 @@ class WeightTests(unittest.TestCase):
 
     def test_a_private_fork_that_lowers_its_iterations_gains_no_weight(self):
         """From one fork point, for the same real time: the honest chain's timestamps tell the
-        truth; the attacker, with the same space and the same timelord, dates its blocks one
-        target block time apart whatever they took (as if the fork point were far enough in
-        the past to leave room). Its iterations fall to the floor and it makes many times
-        the blocks, but not more weight; with the weight of version 1 (the sum of
-        difficulties) the same fork would have won by far."""
+        truth; the attacker, with the same space and the same timelord, dates each block as
+        if it had taken 4x as long (a fork from far enough back has the room). Its
+        iterations settle at a quarter, its blocks come 4x as often, each a quarter as
+        heavy: no weight gained. With version 1's weight (the sum of difficulties) the
+        same fork would have won by far."""
         params = network_params.load("devnet")
-        plots, speed = 20, assumed_speed(params)
-        honest = simulate(params, plots, speed, 300, 1, 500)
-        fork = honest[:100]  # both go on from block 100
-        duration = 200 * params.target_block_time_ms
+        honest, forked, counts, difficulties = [], [], [], []
         for seed in range(3):
-            mine = self._extend(params, plots, speed, fork, duration, seed, lie=False)
-            theirs = self._extend(params, plots, speed, fork, duration, seed + 100, lie=True)
-            weight = [sum(block_weight(b.difficulty, b.vdf_iterations) for b in c) for c in (mine, theirs)]
-            difficulties = [sum(b.difficulty for b in c) for c in (mine, theirs)]
-            with self.subTest(seed=seed):
-                self.assertEqual(theirs[-1].vdf_iterations, bounds(params.vdf_iterations)[0])  # at the floor
-                self.assertGreater(len(theirs), 10 * len(mine))  # many more blocks
-                self.assertLess(weight[1], weight[0])  # but less weight
-                self.assertGreater(difficulties[1], 5 * difficulties[0])  # which version 1 counted
+            mine = self._extend(params, seed, stretch=1, cycle=False)
+            theirs = self._extend(params, seed + 100, stretch=4, cycle=False)
+            honest.append(sum(block_weight(b.difficulty, b.vdf_iterations) for b in mine))
+            forked.append(sum(block_weight(b.difficulty, b.vdf_iterations) for b in theirs))
+            counts.append(len(theirs) / len(mine))
+            difficulties.append(sum(b.difficulty for b in theirs) / sum(b.difficulty for b in mine))
+            self.assertLess(theirs[-1].vdf_iterations, mine[-1].vdf_iterations / 3)
+        self.assertLess(sum(forked) / sum(honest), 1.05)
+        self.assertGreater(min(counts), 3)
+        self.assertGreater(min(difficulties), 3)
 
-    def _extend(self, params, plots, speed, fork, duration, seed, lie):
-        """Blocks on `fork` until `duration` ms of real time have passed."""
+    def test_what_the_bound_leaves_colliding_winners(self):
+        """Several plots winning at one signage point make one block, so the honest chain
+        gains about (1/N) / -ln(1 - 1/N) of space x speed (0.87 at N = 4, a little less with
+        propagation). A fork that keeps its iterations below the equilibrium (dating blocks
+        64x late until they hit the floor, then truthfully while they climb back, again and
+        again) has more signage points a block and fewer collisions: it comes near space x
+        speed, the bound, and no further (docs/consensus.md)."""
+        params = network_params.load("devnet")
+        plots, speed, real = 20, assumed_speed(params), 600 * params.target_block_time_ms
+        n = params.target_vdf_segments
+        efficiency = (1 / n) / -math.log(1 - 1 / n)
+        honest = [sum(block_weight(b.difficulty, b.vdf_iterations)
+                      for b in self._extend(params, seed, stretch=1, cycle=False)) / (plots * speed * real)
+                  for seed in range(3)]
+        cycled = [sum(block_weight(b.difficulty, b.vdf_iterations)
+                      for b in self._extend(params, seed + 100, stretch=64, cycle=True)) / (plots * speed * real)
+                  for seed in range(3)]
+        self.assertLess(abs(statistics.mean(honest) - efficiency), 0.05)
+        self.assertLess(statistics.mean(cycled), 1.05)  # the bound, within the noise
+
+    def _extend(self, params, seed, stretch, cycle, plots=20, blocks=600):
+        """Blocks after block 100 of an honest chain until `blocks` target block times of
+        real time have passed, each dated `stretch` times as late as it took (with `cycle`:
+        until the iterations reach their floor, then truthfully until they are back at 90%
+        of the initial value, and so on)."""
+        speed = assumed_speed(params)
+        floor = bounds(params.vdf_iterations)[0]
         rng = random.Random(seed)
-        chain, real, out = list(fork), fork[-1].timestamp, []
+        fork = simulate(params, plots, speed, 100, 1, 500)
+        chain, real, out, lying = list(fork), fork[-1].timestamp, [], True
+        end = real + blocks * params.target_block_time_ms
         while True:
             ancestors = chain[-depth(params):]
             difficulty = expected_difficulty(ancestors, params)
             iterations = expected_iterations(ancestors, params)
             segments = draw_segments(rng, win_probability(difficulty, plots), params)
-            real += max(1, round(segments * iterations / speed))
-            if real > fork[-1].timestamp + duration:
+            took = max(1, round(segments * iterations / speed))
+            real += took
+            if real > end:
                 return out
-            stamp = chain[-1].timestamp + params.target_block_time_ms if lie else real
-            block = Sim(chain[-1].height + 1, stamp, difficulty, segments, iterations)
+            if cycle and lying and iterations <= floor * 1.1:
+                lying = False
+            elif cycle and not lying and iterations >= 0.9 * params.vdf_iterations:
+                lying = True
+            block = Sim(chain[-1].height + 1, chain[-1].timestamp + took * (stretch if lying else 1), difficulty,
+                        segments, iterations)
             chain.append(block)
             out.append(block)
