@@ -198,7 +198,7 @@ class Node:
         self.peers.on_ready.append(self._peer_ready)
         # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
         self.vdf_parent: bytes = chain.tip.hash
-        self.vdf_iterations: int = chain.next_iterations(self.vdf_parent)  # T of each such segment
+        self._vdf_iterations: tuple[bytes, int] = (b"", 0)  # (parent, T) last asked (vdf_iterations)
         self.vdf_segments: list[vdf.Segment] = []
         # Segments that came before the one they follow was taken: index -> (segment, sender)
         self._vdf_ahead: dict[int, tuple[vdf.Segment, Optional[PeerProtocol]]] = {}
@@ -711,7 +711,6 @@ class Node:
                 if tx.hash in self.mempool:
                     self._relay_transaction(tx)
         self.vdf_parent, self.vdf_segments = block.hash, []
-        self.vdf_iterations = self.chain.next_iterations(block.hash)
         self._vdf_ahead.clear()
         if at_top:
             self.relay_block(block)  # during a sync, only blocks at the top (history is not pushed)
@@ -1055,6 +1054,16 @@ class Node:
         self.txrelay.announce(inv, announce_to)
 
     # timelord output
+
+    @property
+    def vdf_iterations(self) -> int:
+        """The iterations per segment of the VDF on the tip (what its child must use):
+        computed on first use per tip, not at every new tip (a sync connects thousands)."""
+        parent, iterations = self._vdf_iterations
+        if parent != self.vdf_parent:
+            iterations = self.chain.next_iterations(self.vdf_parent)
+            self._vdf_iterations = (self.vdf_parent, iterations)
+        return iterations
 
     def add_vdf_output(
         self, parent_hash: bytes, index: int, segment: vdf.Segment, source: Optional[PeerProtocol] = None
