@@ -140,7 +140,9 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
 
     Cheapest first: shape, then the farmer's signature (tens of microseconds), then the
     proof of space against the challenge of the header's last VDF output (a plot look-up
-    check), and only then the VDF segments (milliseconds each). Thread-safe; chiavdf and
+    check), and only then the VDF segments (milliseconds each), each of the header's own
+    `vdf_iterations` (within the network's bounds; whether they are the retarget's value is
+    check_context's to say, so this stays context-free). Thread-safe; chiavdf and
     pynacl release the GIL. A failure is permanent (the id commits to it) except the
     farmer's signature, which the id leaves out. `timings`, when given, gets the seconds
     spent on "farmer_signature", "proof_of_space" and "vdf" (for /metrics), and the count
