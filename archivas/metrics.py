@@ -113,7 +113,7 @@ class NodeMetrics:
         self.local_segments = 0
         self.closed_traffic: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self._sync_added: collections.deque[tuple[float, int]] = collections.deque()
-        self._local_segments: collections.deque[float] = collections.deque()
+        self._local_segments: collections.deque[tuple[float, int]] = collections.deque()  # (when, iterations)
         self._tx_sizes: dict[bytes, int] = {}
         self.registry.register(NodeCollector(self))
 
@@ -165,12 +165,12 @@ class NodeMetrics:
             self._sync_added.append((now, 1))
         self._prune(now)
 
-    def vdf_accepted(self, local: bool) -> None:
+    def vdf_accepted(self, local: bool, iterations: int) -> None:
         self.vdf_segments.labels("local" if local else "peer").inc()
         if local:
             self.local_segments += 1
             now = self.node.reactor.seconds()
-            self._local_segments.append(now)
+            self._local_segments.append((now, iterations))
             self._prune(now)
 
     def peer_closed(self, proto: Any) -> None:
@@ -203,7 +203,7 @@ class NodeMetrics:
     def _prune(self, now: float) -> None:
         while self._sync_added and self._sync_added[0][0] <= now - SYNC_RATE_WINDOW:
             self._sync_added.popleft()
-        while self._local_segments and self._local_segments[0] <= now - VDF_RATE_WINDOW:
+        while self._local_segments and self._local_segments[0][0] <= now - VDF_RATE_WINDOW:
             self._local_segments.popleft()
 
     def sync_rate(self) -> float:
@@ -219,7 +219,7 @@ class NodeMetrics:
             return (float(getattr(self.timelord, "iterations_per_second", 0) or 0),
                     int(getattr(self.timelord, "segments_made", 0) or 0))
         self._prune(self.node.reactor.seconds())
-        rate = len(self._local_segments) * self.node.params.vdf_iterations / VDF_RATE_WINDOW
+        rate = sum(iterations for _, iterations in self._local_segments) / VDF_RATE_WINDOW
         return rate, self.local_segments
 
     def mempool_bytes(self) -> int:

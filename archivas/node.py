@@ -208,6 +208,7 @@ class Node:
         self.peers.on_ready.append(self._peer_ready)
         # Timelord output for children of the tip: segments 1..n of the VDF on the tip.
         self.vdf_parent: bytes = chain.tip.hash
+        self._vdf_iterations: tuple[bytes, int] = (b"", 0)  # (parent, T) last asked (vdf_iterations)
         self.vdf_segments: list[vdf.Segment] = []
         # Segments that came before the one they follow was taken: index -> (segment, sender)
         self._vdf_ahead: dict[int, tuple[vdf.Segment, Optional[PeerProtocol]]] = {}
@@ -1097,6 +1098,16 @@ class Node:
 
     # timelord output
 
+    @property
+    def vdf_iterations(self) -> int:
+        """The iterations per segment of the VDF on the tip (what its child must use):
+        computed on first use per tip, not at every new tip (a sync connects thousands)."""
+        parent, iterations = self._vdf_iterations
+        if parent != self.vdf_parent:
+            iterations = self.chain.next_iterations(self.vdf_parent)
+            self._vdf_iterations = (self.vdf_parent, iterations)
+        return iterations
+
     def add_vdf_output(
         self, parent_hash: bytes, index: int, segment: vdf.Segment, source: Optional[PeerProtocol] = None
     ) -> defer.Deferred:
@@ -1126,7 +1137,7 @@ class Node:
             seed = self.chain.seed_for_child(parent_hash)
             start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
             ok = await self._in_thread(verify_segment, seed, start, segment, self.params.discriminant_bits,
-                                       self.params.vdf_iterations, cache=self.verified_segments)
+                                       self.vdf_iterations, cache=self.verified_segments)
         finally:
             self._vdf_checking.discard(slot)
             if source is not None:
@@ -1140,7 +1151,7 @@ class Node:
         if parent_hash != self.vdf_parent or index != len(self.vdf_segments) + 1:
             return False  # the tip moved or another copy won the race
         self.vdf_segments.append(segment)
-        self.metrics.vdf_accepted(local=source is None)
+        self.metrics.vdf_accepted(local=source is None, iterations=self.vdf_iterations)
         following = self._vdf_ahead.pop(index + 1, None)
         if following is not None:
             nxt, nxt_source = following

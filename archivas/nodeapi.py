@@ -375,6 +375,7 @@ class LocalNodeAPI:
             parent_hash=parent,
             timestamp=timestamp,
             difficulty=self.chain.next_difficulty(parent),
+            vdf_iterations=node.vdf_iterations,
             vdf=tuple(node.vdf_segments[:index]),
             proof_of_space=proof,
             reward_address=reward_address,
@@ -413,7 +414,7 @@ class LocalNodeAPI:
             "parentHash": node.vdf_parent.hex(),
             "seed": self.chain.seed_for_child(node.vdf_parent).hex(),
             "discriminantBits": node.params.discriminant_bits,
-            "iterations": node.params.vdf_iterations,
+            "iterations": node.vdf_iterations,
             "segments": len(node.vdf_segments),
             "lastOutput": (last.output if last else vdf.GENERATOR).hex(),
         }

@@ -9,7 +9,8 @@ the simulator's copy). Components, each measured on real objects:
   `pos.verify`, the winning rule) for a k=18 proof from the shared test plots, averaged
   over several blocks' proofs.
 - vdf_segment_fastnet / vdf_segment_devnet: `vdf.verify_segment` of one segment (256 bits,
-  5,000 iterations / 1024 bits, 200,000 iterations) with its discriminant already made:
+  the fastnet blocks' own iterations, from 5,000 down / 1024 bits, devnet's initial 800,000
+  iterations; the cost hardly depends on the iterations) with its discriminant already made:
   the cost of every segment after a seed's first. A seed's first segment also pays
   `create_discriminant` once, shown in the table as "discriminant" (not in the JSON).
 - tx_signature: `transactions.verify_signature` of a transfer whose signing bytes are made
@@ -26,7 +27,7 @@ The per-byte and per-transfer figures are measured on a block of BLOCK_TRANSFERS
 from distinct senders (a typical loaded block; an empty block's per-byte figures are in the
 table). Each figure is the median of repeated runs, a run timing enough calls to last at
 least RUN_SECONDS. Plots are made once (archivas.testing.chainbuilder.shared_plots, ~3 s)
-and a devnet segment is proved once per run (~2.5 s here).
+and a devnet segment is proved once per run (~5-10 s here).
 
     .venv/bin/python bench/validation_costs.py                 # ~20 s
     .venv/bin/python bench/validation_costs.py --quick         # ~10 s, fewer and shorter runs
@@ -53,6 +54,7 @@ from archivas.chain import keys, pos, vdf
 from archivas.chain import params as network_params
 from archivas.chain.block import Block, Header, child_seed, genesis_seed, tx_root
 from archivas.chain.encoding import strict_loads
+from archivas.chain.iterations import bounds
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import COIN, NetworkParams
 from archivas.chain.transactions import Transaction, check_stateless, sign_transfer, verify_signature
@@ -151,6 +153,23 @@ def proof_of_space_check(params: NetworkParams) -> Callable[[tuple[Header, Heade
     return check
 
 
+def devnet_block_vdf(devnet: NetworkParams, mode: Mode) -> Figure:
+    """A devnet block's whole VDF check at equilibrium: its discriminant (not yet made) and
+    targetVdfSegments chained segments. They are proved at the iterations' floor to keep
+    the run short: a Wesolowski check costs about the same at any iteration count."""
+    bits, count = devnet.discriminant_bits, devnet.target_vdf_segments
+    iterations = bounds(devnet.vdf_iterations)[0]
+    seed = b"cost-devnet-block"
+    segments, start = [], vdf.GENERATOR
+    for _ in range(count):
+        segments.append(vdf.prove_segment(seed, start, bits, iterations))
+        start = segments[-1].output
+    check = lambda: vdf.verify_chain(seed, segments, bits, iterations)  # noqa: E731
+    assert check() == -1
+    return Figure("devnet_block_vdf", f"devnet block VDF at equilibrium (discriminant + {count} segments)",
+                  "block", measure(check, 1, mode, setup=vdf.discriminant.cache_clear, loops=1), in_json=False)
+
+
 def run(mode: Mode) -> list[Figure]:
     fastnet = network_params.load("fastnet")
     devnet = network_params.load("devnet")
@@ -176,14 +195,15 @@ def run(mode: Mode) -> list[Figure]:
     figures.append(Figure("proof_of_space", f"proof of space (k={proofs[0].k})", "header",
                           measure(cycling(pairs, proof_of_space_check(fastnet)), len(pairs), mode)))
 
-    # VDF: fastnet segments of real blocks; one devnet segment proved here.
+    # VDF: fastnet segments of real blocks (each at its block's iterations, which retarget
+    # along the chain; the cost hardly depends on them); one devnet segment proved here.
     bits, iterations = fastnet.discriminant_bits, fastnet.vdf_iterations
-    segments = [(child_seed(p, fastnet), h.vdf[0]) for h, p in pairs]
-    for seed, segment in segments:
-        assert vdf.verify_segment(seed, vdf.GENERATOR, segment, bits, iterations)  # discriminant made
-    figures.append(Figure("vdf_segment_fastnet", f"VDF segment, fastnet ({bits} bits, T={iterations:,})",
+    segments = [(child_seed(p, fastnet), h.vdf[0], h.vdf_iterations) for h, p in pairs]
+    for seed, segment, t in segments:
+        assert vdf.verify_segment(seed, vdf.GENERATOR, segment, bits, t)  # discriminant made
+    figures.append(Figure("vdf_segment_fastnet", f"VDF segment, fastnet ({bits} bits, T={iterations:,} retargeting)",
                           "segment", measure(cycling(segments, lambda s: vdf.verify_segment(
-                              s[0], vdf.GENERATOR, s[1], bits, iterations)), len(segments), mode)))
+                              s[0], vdf.GENERATOR, s[1], bits, s[2])), len(segments), mode)))
     log(f"proving a devnet segment ({devnet.discriminant_bits} bits, T={devnet.vdf_iterations:,})...")
     dseed = genesis_seed(devnet)
     dbits, diterations = devnet.discriminant_bits, devnet.vdf_iterations
@@ -199,6 +219,7 @@ def run(mode: Mode) -> list[Figure]:
 
         figures.append(Figure(f"discriminant_{name}", f"  discriminant, {name} (a seed's first segment)",
                               "seed", measure(cycling(seeds, make), len(seeds), mode), in_json=False))
+    figures.append(devnet_block_vdf(devnet, mode))
 
     # Transfers. `fresh` copies have no cached signing bytes or id, as just decoded.
     held: dict[str, list[Transaction]] = {"txs": txs}

@@ -9,6 +9,7 @@ from twisted.trial import unittest
 
 from archivas.chain import params as network_params
 from archivas.chain.blockchain import Chain
+from archivas.chain.forkchoice import block_weight
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import COIN
 from archivas.testing.chainbuilder import ChainBuilder
@@ -51,6 +52,11 @@ def fixture_blocks(count: Optional[int] = None) -> list:
                 raise RuntimeError(f"{path} was made for another genesis: run tests/fixtures/make_chain.py")
             _fixture.extend(Block.from_json(json.loads(line)) for line in f if line.strip())
     return _fixture[:count] if count is not None else list(_fixture)
+
+
+def weight_of(headers) -> int:
+    """The weight `headers` (or blocks) add to a chain: forkchoice.block_weight of each."""
+    return sum(block_weight(h.difficulty, h.vdf_iterations) for h in (getattr(x, "header", x) for x in headers))
 
 
 def now_ms() -> int:

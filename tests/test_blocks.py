@@ -4,10 +4,10 @@ import dataclasses
 
 from twisted.trial import unittest
 
-from archivas.chain import pos, vdf
+from archivas.chain import iterations, pos, vdf
 from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_header, tx_root
 from archivas.chain.blockchain import ADDED_SIDE, ADDED_TIP, KNOWN, ORPHAN
-from archivas.chain.consensus import REASONS, BlockRejected
+from archivas.chain.consensus import REASONS, BlockRejected, check_header
 from archivas.chain.encoding import DecodeError
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import COIN
@@ -49,7 +49,50 @@ class RejectionTests(unittest.TestCase):
         self.assertEqual(self.chain.add_block(block, now_ms()).status, KNOWN)
 
     def test_malformed_version(self):
-        self.assertRejected(self.tampered(lambda h: dataclasses.replace(h, version=2)), "malformed")
+        for version in (1, 3):
+            self.assertRejected(self.tampered(lambda h, v=version: dataclasses.replace(h, version=v)), "malformed")
+
+    def test_bad_vdf_iterations_not_the_retargets(self):
+        # Segments really proven at another T (so only the context rule can object).
+        want = self.b.iterations_for(self.parent)
+        self.assertEqual(self.chain.next_iterations(self.parent.hash), want)
+        block = self._block_at_iterations(self.parent, want + 1)
+        check_header(block.header, self.parent.header, PARAMS)  # its proofs hold
+        error = self.assertRejected(block, "bad_vdf_iterations")
+        self.assertIn(f"expected {want}", str(error))
+        self.assertTrue(error.permanent)
+
+    def test_bad_vdf_iterations_outside_the_bounds(self):
+        # Context-free (check_header, as headers-first sync runs it): refused before any
+        # segment is verified; through add_block the context rule says the same.
+        floor, ceiling = iterations.bounds(PARAMS.vdf_iterations)
+        for value in (0, floor - 1, ceiling + 1):
+            header = self.tampered(lambda h, v=value: dataclasses.replace(h, vdf_iterations=v)).header
+            with self.assertRaises(BlockRejected) as cm:
+                check_header(header, self.parent.header, PARAMS)
+            self.assertEqual(cm.exception.reason, "bad_vdf_iterations")
+            self.assertIn("outside", str(cm.exception))
+            self.assertRejected(Block(header), "bad_vdf_iterations")
+
+    def test_segments_of_another_iteration_count_do_not_verify(self):
+        # The header's T is the retarget's, its segments proven at another: bad_vdf.
+        want = self.b.iterations_for(self.parent)
+        other = self._block_at_iterations(self.parent, want + 1)
+        header = dataclasses.replace(other.header, vdf_iterations=want)
+        key = self.b.keys_by_pk[header.proof_of_space.farmer_public_key]
+        self.assertRejected(Block(sign_header(header, key)), "bad_vdf")
+
+    def _block_at_iterations(self, parent, value):
+        """A signed child of `parent` whose segments run `value` iterations each."""
+        b = self.b
+        difficulty = self.chain.next_difficulty(parent.hash)
+        segments, win = b.find_win(parent.header, difficulty, [p for _, p in b.farmers], value)
+        key = b.keys_by_pk[win.proof.farmer_public_key]
+        header = Header(height=parent.height + 1, parent_hash=parent.hash,
+                        timestamp=parent.header.timestamp + PARAMS.target_block_time_ms, difficulty=difficulty,
+                        vdf_iterations=value, vdf=tuple(segments), proof_of_space=win.proof,
+                        reward_address=key.address, reward=PARAMS.block_reward, tx_root=tx_root(()))
+        return Block(sign_header(header, key))
 
     def test_too_large(self):
         txs = [sign_transfer(ALICE, PARAMS, BOB.address, COIN, PARAMS.min_fee, n) for n in range(10)]
@@ -188,8 +231,9 @@ class RejectionTests(unittest.TestCase):
     def _losing_block(self, parent, difficulty):
         seed = child_seed(parent.header, PARAMS)
         start, segments = vdf.GENERATOR, []
+        iterations = self.b.iterations_for(parent)
         for _ in range(50):
-            segment = vdf.prove_segment(seed, start, PARAMS.discriminant_bits, PARAMS.vdf_iterations)
+            segment = vdf.prove_segment(seed, start, PARAMS.discriminant_bits, iterations)
             segments.append(segment)
             start = segment.output
             challenge = vdf.signage_challenge(seed, segment.output)
@@ -199,7 +243,7 @@ class RejectionTests(unittest.TestCase):
                         header = Header(
                             height=parent.height + 1, parent_hash=parent.hash,
                             timestamp=parent.header.timestamp + PARAMS.target_block_time_ms,
-                            difficulty=difficulty, vdf=tuple(segments),
+                            difficulty=difficulty, vdf_iterations=iterations, vdf=tuple(segments),
                             proof_of_space=plot.proof(challenge, index), reward_address=key.address,
                             reward=PARAMS.block_reward, tx_root=tx_root(()),
                         )
@@ -286,6 +330,17 @@ class DecodeTests(unittest.TestCase):
         for doc in cases:
             with self.assertRaises(DecodeError, msg=repr(doc)[:80]):
                 Block.from_json(doc)
+
+    def test_version_1_blocks_are_refused_at_decoding(self):
+        import json
+
+        good = json.loads(builder().make_block(builder().genesis).encode())
+        v1 = {k: v for k, v in good["header"].items() if k != "vdfIterations"}
+        for header in ({**v1, "version": 1}, {**good["header"], "version": 1}):
+            with self.assertRaisesRegex(DecodeError, "block version 1, this node reads version 2"):
+                Block.from_json({**good, "header": header})
+        with self.assertRaisesRegex(DecodeError, "vdfIterations"):
+            Block.from_json({**good, "header": v1})  # a version-2 header must carry it
 
 
 class GenesisTests(unittest.TestCase):

@@ -393,7 +393,7 @@ class VdfOrderTests(unittest.TestCase):
         seed = child_seed(base[-1].header, h.node.params)
         segments, start = [], vdf.GENERATOR
         for _ in range(3):
-            segments.append(b._segment(seed, start))
+            segments.append(b._segment(seed, start, h.node.vdf_iterations))
             start = segments[-1].output
         for index in (3, 2, 1):
             feed(peer, wire.VdfOutput(base[-1].hash, index, segments[index - 1]))
@@ -401,7 +401,7 @@ class VdfOrderTests(unittest.TestCase):
         self.assertEqual(peer.info.misbehaviour, 0)
         for i, segment in enumerate(segments):
             previous = vdf.GENERATOR if i == 0 else segments[i - 1].output
-            self.assertIn((seed, previous, segment, h.node.params.discriminant_bits, h.node.params.vdf_iterations),
+            self.assertIn((seed, previous, segment, h.node.params.discriminant_bits, h.node.vdf_iterations),
                           h.node.verified_segments)
 
 

@@ -26,7 +26,7 @@ def replay(chain, params=PARAMS):
 
 
 def meta(weight, segments, score, hash_byte):
-    return BlockMeta(bytes([hash_byte]) * 32, 1, b"", 0, 1, weight, segments, score, False)
+    return BlockMeta(bytes([hash_byte]) * 32, 1, b"", 0, 1, weight, segments, score, False, 1)
 
 
 class TieBreakTests(unittest.TestCase):
@@ -51,8 +51,9 @@ class ReorgTests(unittest.TestCase):
             chain.add_block(block, now_ms())
         self.assertEqual(chain.account(CAROL.address)[0], 7 * COIN)
 
-        # A branch from height 3, one block longer, without Alice's payment.
-        branch = b.extend(main[2], 5, farmer=1, timestamp=None)
+        # A branch from height 3, one block longer, without Alice's payment (rewards to Bob:
+        # its first block is not main's 4th even when farmer 1 made that one).
+        branch = b.extend(main[2], 5, farmer=1, timestamp=None, reward_address=BOB.address)
         results = [chain.add_block(block, now_ms()) for block in branch]
         # Lighter while shorter; the 4th ties the tip's weight, so the tie-break decides.
         self.assertEqual([r.status for r in results[:3]], [ADDED_SIDE] * 3)

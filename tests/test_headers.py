@@ -13,13 +13,13 @@ from archivas.chain.headerchain import RECORD, HeaderMismatch, HeaderRun, Point
 from archivas.node import MAX_HEADERS_REPLY_BYTES
 from archivas.protocols import wire
 from archivas.protocols.peer import MAX_LINE_BYTES
-from tests.common import PARAMS, fixture_blocks
+from tests.common import PARAMS, fixture_blocks, weight_of
 from tests.test_protocol import Harness, feed, handshake, sent
 
 
 def run_from_genesis(threshold: int, window: int) -> HeaderRun:
     genesis = genesis_block(PARAMS)
-    fork = Point(genesis.hash, 0, genesis.header.difficulty, genesis.header)
+    fork = Point(genesis.hash, 0, weight_of([genesis]), genesis.header)
     return HeaderRun(PARAMS, fork, [genesis.header], threshold, window_headers=window)
 
 
@@ -34,12 +34,13 @@ class HeaderRunTests(unittest.TestCase):
         self.headers = [b.header for b in fixture_blocks(60)]
 
     def test_weight_is_proven_only_by_headers(self):
-        run = run_from_genesis(threshold=1 + 30, window=100)
+        thirty = weight_of([genesis_block(PARAMS)] + self.headers[:30])
+        run = run_from_genesis(threshold=thirty, window=100)
         scored(run, self.headers[:29])
         self.assertFalse(run.proven)
         scored(run, self.headers[29:30])
         self.assertTrue(run.proven)
-        self.assertEqual(run.last.weight, 31)
+        self.assertEqual(run.last.weight, thirty)
 
     def test_context_rules_refuse_a_header_that_does_not_follow(self):
         run = run_from_genesis(threshold=2, window=100)
@@ -58,7 +59,7 @@ class HeaderRunTests(unittest.TestCase):
         self.assertEqual(cm.exception.reason, "timestamp_in_future")
 
     def test_presync_past_the_window_keeps_records_and_takes_them_back(self):
-        run = run_from_genesis(threshold=1 + 50, window=10)
+        run = run_from_genesis(threshold=weight_of([genesis_block(PARAMS)] + self.headers[:50]), window=10)
         scored(run, self.headers[:40])
         self.assertEqual(len(run.window), 10)
         self.assertTrue(run.compact and not run.proven)
@@ -78,7 +79,7 @@ class HeaderRunTests(unittest.TestCase):
             entry = run.add_known(header)
             self.assertEqual(entry.score, header.height)  # the score recorded, proofs not checked again
         self.assertEqual(run.end.height, 20)
-        self.assertEqual(run.entry(20).weight, 21)
+        self.assertEqual(run.entry(20).weight, weight_of([genesis_block(PARAMS)] + self.headers[:20]))
         self.assertFalse(run.is_known(self.headers[50]))  # past the last checked: a new header
 
 

@@ -183,14 +183,14 @@ class MetricsTests(unittest.TestCase):
 
     def test_vdf_segments_and_the_timelord_rate(self):
         seed = self.node.chain.seed_for_child(self.node.vdf_parent)
-        segment = vdf.prove_segment(seed, vdf.GENERATOR, PARAMS.discriminant_bits, PARAMS.vdf_iterations)
+        segment = vdf.prove_segment(seed, vdf.GENERATOR, PARAMS.discriminant_bits, self.node.vdf_iterations)
         self.assertTrue(self.successResultOf(self.node.add_vdf_output(self.node.vdf_parent, 1, segment)))
         s = scrape(self, self.node)
         self.assertEqual(s.value("archivas_vdf_segments_accepted_total", source="local"), 1)
         self.assertEqual(s.value("archivas_validation_seconds_count", component="vdf_segment"), 1)
         # No timelord in this process: estimated from local segments over VDF_RATE_WINDOW.
         self.assertEqual(s.value("archivas_timelord_iterations_per_second"),
-                         PARAMS.vdf_iterations / node_metrics.VDF_RATE_WINDOW)
+                         self.node.vdf_iterations / node_metrics.VDF_RATE_WINDOW)
         self.assertEqual(s.value("archivas_timelord_segments_total"), 1)
         self.h.clock.advance(node_metrics.VDF_RATE_WINDOW)
         self.assertEqual(scrape(self, self.node).value("archivas_timelord_iterations_per_second"), 0)
@@ -227,7 +227,7 @@ class MetricsTests(unittest.TestCase):
         clock.advance(0.5)
         s = scrape(self, self.node)
         self.assertEqual(s.value("archivas_timelord_segments_total"), 1)
-        self.assertEqual(s.value("archivas_timelord_iterations_per_second"), PARAMS.vdf_iterations / 0.5)
+        self.assertEqual(s.value("archivas_timelord_iterations_per_second"), self.node.vdf_iterations / 0.5)
         self.assertEqual(s.value("archivas_vdf_segments_accepted_total", source="local"), 1)
 
     async def test_an_embedded_farmer_reports_look_ups_and_proofs(self):
@@ -242,7 +242,7 @@ class MetricsTests(unittest.TestCase):
         start = vdf.GENERATOR
         answer = None
         for index in range(1, 40):
-            segment = vdf.prove_segment(seed, start, PARAMS.discriminant_bits, PARAMS.vdf_iterations)
+            segment = vdf.prove_segment(seed, start, PARAMS.discriminant_bits, self.node.vdf_iterations)
             start = segment.output
             self.assertTrue(self.successResultOf(self.node.add_vdf_output(self.node.vdf_parent, index, segment)))
             answer = await farmer.farm_once()
@@ -375,12 +375,13 @@ class ReadyzTests(unittest.TestCase):
         proto, _ = self.h.connect(host="10.0.0.9")
         handshake(proto, node_id=b"\x09" * 16, genesis=self.node.genesis_hash)
         self.node.sync.stop()  # no round: only the claim is judged here
-        feed(proto, wire.Status(50, 1, b"\x42" * 32, weight=51, genesis_hash=self.node.genesis_hash,
+        more = self.node.chain.tip.weight + 1
+        feed(proto, wire.Status(50, 1, b"\x42" * 32, weight=more, genesis_hash=self.node.genesis_hash,
                                 network="fastnet", capabilities=("hello",)))
         code, doc = readyz(self, self.node)
         self.assertEqual(code, 503, doc)
         self.assertIn("behind", doc["error"])
-        self.assertIn("weight 51", doc["error"])
+        self.assertIn(f"weight {more}", doc["error"])
         agent = self.node.sync.agent(proto)
         agent.refuted = agent.claim()  # a round showed the claim false
         code, doc = readyz(self, self.node)

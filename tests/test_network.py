@@ -57,7 +57,7 @@ class MoreNodes(unittest.TestCase):
         # Timelord output on A's tip reaches B and C.
         tip = blocks[-1]
         seed = child_seed(tip.header, b.params)
-        segment = vdf.prove_segment(seed, vdf.GENERATOR, b.params.discriminant_bits, b.params.vdf_iterations)
+        segment = vdf.prove_segment(seed, vdf.GENERATOR, b.params.discriminant_bits, a_node.node.vdf_iterations)
         seen = {h: [] for h in ("b", "c")}
         b_node.node.on_vdf.append(lambda p, i, s: seen["b"].append((p, i)))
         c_node.node.on_vdf.append(lambda p, i, s: seen["c"].append((p, i)))

@@ -305,6 +305,26 @@ class TimelordTests(RPCCase):
         self.assertEqual(self.ok(self.post("/vdf/output", good))["segments"], 1)
 
 
+class RetargetedIterationsTests(RPCCase):
+    preload = 2  # block 3 is the first whose iterations retarget
+
+    def test_job_output_and_template_use_the_tips_iterations(self):
+        want = self.node.chain.next_iterations(self.node.chain.tip.hash)
+        self.assertNotEqual(want, PARAMS.vdf_iterations)
+        job = self.ok(self.get("/vdf/job"))
+        self.assertEqual(job["iterations"], want)
+        # a segment of the initial iterations proves other work: refused
+        stale = vdf.prove_segment(bytes.fromhex(job["seed"]), vdf.GENERATOR, PARAMS.discriminant_bits,
+                                  PARAMS.vdf_iterations)
+        self.assertError(self.post("/vdf/output", {"parentHash": job["parentHash"], "index": 1,
+                                                   "output": stale.output.hex(), "proof": stale.proof.hex()}),
+                         409, "not accepted")
+        self.assertEqual(self.node.vdf_segments, [])
+        _, _, _, block = self.farm()
+        self.assertEqual(block.header.vdf_iterations, want)
+        self.assertEqual(self.ok(self.post("/submitBlock", block.to_json()))["status"], "tip")
+
+
 class FarmerTests(RPCCase):
     def test_farm_a_block_over_the_rpc(self):
         tx = builder().transfer(ALICE, CAROL.address, 3 * COIN, 0)

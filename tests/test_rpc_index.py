@@ -1,5 +1,5 @@
-"""The transfer indexes (kept with the main chain, rolled back on reorganisations,
-migrated from schema 1), corrupt databases refused in one line, the RPC calls built on the
+"""The transfer indexes (kept with the main chain, rolled back on reorganisations),
+databases of older schemas and corrupt ones refused in one line, the RPC calls built on the
 indexes (block by hash, transfer, mempool, address history, sync progress), and the RPC
 listener's defences against slow clients (header and body deadlines, a connection cap)
 with real sockets."""
@@ -143,50 +143,24 @@ class IndexTests(unittest.TestCase):
         self.assertEqual([x.hash for x in page], [t.hash])
 
 
-def schema_1_database(case: unittest.TestCase, blocks: int) -> str:
-    """A database as schema 1 left it: schema 2 without the index tables."""
-    directory = case.mktemp()
-    chain = Chain.open(directory, PARAMS)
-    load(chain, fixture_blocks(blocks))
-    chain.storage.db.execute("DROP TABLE tx_index")
-    chain.storage.db.execute("DROP TABLE address_index")
-    chain.storage.set_meta("schema", "1")
-    chain.close()
-    return directory
-
-
-class MigrationTests(unittest.TestCase):
-    def test_schema_1_is_migrated_on_open_in_one_transaction(self):
-        directory = schema_1_database(self, 300)
-        logged = Logged(self)
-        chain = open_chain(self, directory)
-        self.assertEqual(chain.storage.get_meta("schema"), str(SCHEMA_VERSION))
-        self.assertEqual(stored_index(chain), expected_index(chain))
-        self.assertEqual(chain.storage.transfer_count(), 30)  # the fixture: one every tenth block
-        (line,) = logged.lines("[storage] migrated")
-        self.assertIn(f"from schema 1 to {SCHEMA_VERSION}: indexed 30 transfers of 300 main-chain blocks", line)
-        chain.close()
-        logged.events.clear()
-        open_chain(self, directory)  # once only
-        self.assertEqual(logged.lines("[storage] migrated"), [])
-
-    def test_a_migration_that_fails_leaves_schema_1(self):
-        directory = schema_1_database(self, 20)
-        db = sqlite3.connect(os.path.join(directory, DB_FILE))
-        ten = db.execute("SELECT hash FROM main_chain WHERE height = 10").fetchone()[0]
-        doc = json.loads(db.execute("SELECT data FROM blocks WHERE hash = ?", (ten,)).fetchone()[0])
-        doc["transactions"][0]["amount"] = "lots"
-        db.execute("UPDATE blocks SET data = ? WHERE hash = ?", (json.dumps(doc).encode(), ten))
-        db.commit()
-        db.close()
-        with self.assertRaises(StorageError) as cm:
-            Chain.open(directory, PARAMS)
-        self.assertIn("block at height 10 does not decode", str(cm.exception))
-        db = sqlite3.connect(os.path.join(directory, DB_FILE))
-        self.assertEqual(db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone()[0], "1")
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        db.close()
-        self.assertNotIn("tx_index", tables)
+class SchemaTests(unittest.TestCase):
+    def test_schemas_before_block_version_2_are_refused_in_one_line(self):
+        # Schemas 1 and 2 hold version-1 blocks under a version-1 genesis: nothing to migrate.
+        for version in (1, 2):
+            with self.subTest(version=version):
+                directory = self.mktemp()
+                chain = Chain.open(directory, PARAMS)
+                load(chain, fixture_blocks(5))
+                chain.storage.set_meta("schema", str(version))
+                chain.close()
+                with self.assertRaises(StorageError) as cm:
+                    Chain.open(directory, PARAMS)
+                message = str(cm.exception)
+                self.assertNotIn("\n", message)
+                self.assertIn(f"has schema {version}, from before block version 2", message)
+                self.assertIn("move it away and let the node sync again into an empty --db directory", message)
+        chain = open_chain(self, self.mktemp())  # and the lock was released: others still open
+        self.assertEqual(chain.height, 0)
 
     def test_a_newer_schema_is_refused_in_one_line(self):
         directory = self.mktemp()

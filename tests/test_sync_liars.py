@@ -23,12 +23,13 @@ import dataclasses
 from twisted.internet import task
 from twisted.trial import unittest
 
-from archivas.chain.block import Block
+from archivas.chain.block import Block, genesis_block
 from archivas.chain.blockchain import Chain
 from archivas.node import Node
 from archivas.protocols import wire
 from archivas.protocols.peer import PeerProtocol, PeerState
 from tests.common import CAROL, PARAMS, builder, fixture_blocks
+from tests.common import weight_of as added_weight
 from tests.test_protocol import Harness, feed, sent
 from tests.test_sync import ScriptedPeer
 
@@ -51,8 +52,16 @@ def private_chain(count):
     return _private[:count]
 
 
+GENESIS_WEIGHT = added_weight([genesis_block(PARAMS)])
+
+
 def weight_of(blocks):
-    return PARAMS.initial_difficulty + sum(b.header.difficulty for b in blocks)
+    return GENESIS_WEIGHT + added_weight(blocks)
+
+
+def min_weight():
+    """A minimum chain weight above the 60-block private chain's and below the honest one's."""
+    return (weight_of(private_chain(60)) + weight_of(fixture_blocks(HONEST_HEIGHT))) // 2
 
 
 class Actor(ScriptedPeer):
@@ -212,7 +221,7 @@ class LiarTests(unittest.TestCase):
 
     def harness(self, params=None):
         h = Harness(self) if params is None else ParamsHarness(self, params)
-        self.assertEqual(h.node.chain.tip.weight, PARAMS.initial_difficulty)
+        self.assertEqual(h.node.chain.tip.weight, GENESIS_WEIGHT)
         self.watch = Watch(self, h)
         return h
 
@@ -329,9 +338,9 @@ class LiarTests(unittest.TestCase):
 
     def test_long_valid_fork_below_the_minimum_weight(self):
         fork = private_chain(60)
-        params = dataclasses.replace(PARAMS, min_chain_weight=150)
-        self.assertLess(weight_of(fork), 150)
-        self.assertLess(150, self.honest_weight)
+        params = dataclasses.replace(PARAMS, min_chain_weight=min_weight())
+        self.assertLess(weight_of(fork), params.min_chain_weight)
+        self.assertLess(params.min_chain_weight, self.honest_weight)
         h = self.harness(params)
         self.assertEqual(h.node.genesis_hash, builder().genesis.hash)
         liar = self.liar(h, fork)
@@ -344,7 +353,7 @@ class LiarTests(unittest.TestCase):
         """Only the liar: nothing stored at all, and its headers are not downloaded again
         and again (the stale-tip check asks its status every 30 s; it repeats its claim)."""
         fork = private_chain(60)
-        h = self.harness(dataclasses.replace(PARAMS, min_chain_weight=150))
+        h = self.harness(dataclasses.replace(PARAMS, min_chain_weight=min_weight()))
         liar = self.liar(h, fork)
         counts = []
         self.drive(h, [liar], seconds=60.0, each_step=lambda: counts.append(h.node.chain.storage.block_count()))

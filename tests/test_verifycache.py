@@ -180,11 +180,11 @@ class ForgedTransferBlockTests(unittest.TestCase):
 
 class SegmentCacheTests(unittest.TestCase):
     def setUp(self):
-        blocks = fixture_blocks(10)
+        blocks = fixture_blocks(40)
         self.block = next(b for b in blocks if b.header.segments >= 2)
         self.parent = blocks[self.block.height - 2].header if self.block.height > 1 else genesis_block(PARAMS).header
         self.seed = child_seed(self.parent, PARAMS)
-        self.args = (PARAMS.discriminant_bits, PARAMS.vdf_iterations)
+        self.args = (PARAMS.discriminant_bits, self.block.header.vdf_iterations)
 
     def resigned(self, segments):
         header = dataclasses.replace(self.block.header, vdf=tuple(segments))

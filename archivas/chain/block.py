@@ -13,6 +13,7 @@ from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.chain.vdf import FORM_SIZE, Segment
 
 BLOCK_DOMAIN = b"archivas-block-v1\x00"
+BLOCK_VERSION = 2  # 2: the header carries its VDF iterations per segment (vdfIterations)
 ZERO_HASH = b"\x00" * 32
 MAX_PROOF_BYTES = 8 * 64  # 8k bytes of proof for k <= 64
 
@@ -48,13 +49,14 @@ class Header:
     parent_hash: bytes
     timestamp: int  # Unix milliseconds
     difficulty: int
+    vdf_iterations: int  # T: iterations in each of this block's VDF segments
     vdf: tuple[Segment, ...]
     proof_of_space: Optional[ProofOfSpace]  # None only in genesis
     reward_address: str
     reward: int
     tx_root: bytes
     farmer_signature: bytes = b""
-    version: int = 1
+    version: int = BLOCK_VERSION
 
     def unsigned_json(self) -> dict[str, Any]:
         return {
@@ -63,6 +65,7 @@ class Header:
             "parentHash": self.parent_hash.hex(),
             "timestamp": self.timestamp,
             "difficulty": self.difficulty,
+            "vdfIterations": self.vdf_iterations,
             "vdf": [{"output": s.output.hex(), "proof": s.proof.hex()} for s in self.vdf],
             "proofOfSpace": self.proof_of_space.to_json() if self.proof_of_space else None,
             "rewardAddress": self.reward_address,
@@ -92,13 +95,17 @@ class Header:
         vdf_json = field(obj, "vdf", list)
         if len(vdf_json) > max_segments:
             raise DecodeError(f"{len(vdf_json)} VDF segments, at most {max_segments}")
+        version = field(obj, "version", int)
+        if version != BLOCK_VERSION:  # version 1 (no vdfIterations) is refused, not read
+            raise DecodeError(f"block version {version}, this node reads version {BLOCK_VERSION}")
         pos_json = obj.get("proofOfSpace") if isinstance(obj, dict) else None
         return cls(
-            version=field(obj, "version", int),
+            version=version,
             height=field(obj, "height", int),
             parent_hash=hex_field(obj, "parentHash", 32),
             timestamp=field(obj, "timestamp", int),
             difficulty=field(obj, "difficulty", int),
+            vdf_iterations=field(obj, "vdfIterations", int),
             vdf=tuple(
                 Segment(hex_field(s, "output", FORM_SIZE), hex_field(s, "proof", FORM_SIZE))
                 for s in vdf_json
@@ -205,6 +212,7 @@ def genesis_block(params: NetworkParams) -> Block:
         parent_hash=sha256(params.genesis_message.encode()),
         timestamp=params.genesis_timestamp,
         difficulty=params.initial_difficulty,
+        vdf_iterations=params.vdf_iterations,
         vdf=(),
         proof_of_space=None,
         reward_address="",

@@ -14,14 +14,19 @@ import dataclasses
 import functools
 import os
 import sqlite3
-import time
 from typing import Any, Optional
 
 from twisted.logger import Logger
 
 from archivas.chain import forkchoice
 from archivas.chain.block import Block, Header, child_seed, genesis_block
-from archivas.chain.consensus import BlockRejected, check_context, check_standalone, expected_difficulty
+from archivas.chain.consensus import (
+    BlockRejected,
+    check_context,
+    check_standalone,
+    expected_difficulty,
+    expected_iterations,
+)
 from archivas.chain.ledger import Account, StateDelta, apply_block_body
 from archivas.chain.params import NetworkParams
 from archivas.chain.storage import SCHEMA_VERSION, BlockMeta, Storage, StorageError
@@ -80,7 +85,8 @@ class Chain:
                 s.set_meta("schema", str(SCHEMA_VERSION))
                 s.set_meta("network", self.params.name)
                 s.set_meta("genesis", genesis_hash)
-                s.put_block(self.genesis, self.genesis.header.difficulty, 0)
+                genesis = self.genesis.header
+                s.put_block(self.genesis, forkchoice.block_weight(genesis.difficulty, genesis.vdf_iterations), 0)
                 s.set_main(0, self.genesis.hash)
                 s.set_accounts({a: (v, 0) for a, v in self.genesis.allocation})
                 s.set_meta("tip", genesis_hash)
@@ -88,13 +94,13 @@ class Chain:
                      network=self.params.name)
             return
         try:
-            self._check_and_migrate(genesis_hash)
+            self._check(genesis_hash)
         except sqlite3.DatabaseError as e:  # a page quick_check could not see is bad after all
             raise s.error(str(e)) from None
 
-    def _check_and_migrate(self, genesis_hash: str) -> None:
+    def _check(self, genesis_hash: str) -> None:
         s = self.storage
-        version = s.schema_version()
+        s.schema_version()
         network, stored_genesis = s.get_meta("network"), s.get_meta("genesis")
         if network != self.params.name or stored_genesis != genesis_hash:
             raise StorageError(
@@ -108,12 +114,6 @@ class Chain:
             meta = None
         if meta is None or s.main_hash(meta.height) != meta.hash or s.main_height() != meta.height:
             raise StorageError(f"database {s.directory} is corrupt: its tip is not on its main chain")
-        started = time.monotonic()
-        indexed = s.migrate(version)
-        if indexed is not None:
-            log.info("[storage] migrated database {dir} from schema {old} to {new}: indexed {n} transfers "
-                     "of {h} main-chain blocks in {s:.1f} s", dir=str(s.directory), old=version,
-                     new=SCHEMA_VERSION, n=indexed, h=meta.height, s=time.monotonic() - started)
 
     # reading
 
@@ -193,6 +193,11 @@ class Chain:
     def next_difficulty(self, parent_hash: bytes) -> int:
         return expected_difficulty(self.ancestors(parent_hash, self._context_depth()), self.params)
 
+    def next_iterations(self, parent_hash: bytes) -> int:
+        """VDF iterations per segment a child of `parent_hash` must use (for the timelord,
+        block templates and timelord output checks)."""
+        return expected_iterations(self.ancestors(parent_hash, self._context_depth()), self.params)
+
     def seed_for_child(self, parent_hash: bytes) -> bytes:
         header = self.header(parent_hash)
         if header is None:
@@ -237,9 +242,10 @@ class Chain:
             assert parent_header is not None
             score = check_standalone(block, parent_header, self.params)
 
-        weight = parent.weight + block.header.difficulty
-        candidate = BlockMeta(block.hash, block.height, parent.hash, block.header.timestamp,
-                              block.header.difficulty, weight, block.header.segments, score, False)
+        header = block.header
+        weight = parent.weight + forkchoice.block_weight(header.difficulty, header.vdf_iterations)
+        candidate = BlockMeta(block.hash, block.height, parent.hash, header.timestamp, header.difficulty, weight,
+                              header.segments, score, False, header.vdf_iterations)
         tip = self.tip
         if not forkchoice.is_better(candidate, tip):
             with s.transaction():

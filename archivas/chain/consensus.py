@@ -5,7 +5,7 @@ Validation has three parts so that the costly one can run in threads:
   (farmer signature, proof of space, VDF segments: what headers-first sync checks before
   any body) and `check_body` (size, transaction root, transfers, reward). Pure and
   thread-safe; chiavdf and pynacl release the GIL.
-- `check_context`: height, timestamps and difficulty against the ancestors.
+- `check_context`: height, timestamps, difficulty and VDF iterations against the ancestors.
 - the state part (nonces, balances), applied by `Chain` in a `StateDelta`.
 
 `check_header` and `check_standalone` take a `segments` cache (verifycache.VerifiedSegments)
@@ -19,8 +19,8 @@ from __future__ import annotations
 import time
 from typing import Optional, Protocol, Sequence
 
-from archivas.chain import keys, pos, vdf
-from archivas.chain.block import Block, Header, child_seed, tx_root
+from archivas.chain import iterations, keys, pos, vdf
+from archivas.chain.block import BLOCK_VERSION, Block, Header, child_seed, tx_root
 from archivas.chain.difficulty import median_time, next_difficulty
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, check_stateless, verify_signature
@@ -37,6 +37,10 @@ class Ancestor(Protocol):
     def timestamp(self) -> int: ...
     @property
     def difficulty(self) -> int: ...
+    @property
+    def segments(self) -> int: ...
+    @property
+    def vdf_iterations(self) -> int: ...
 
 
 class BlockRejected(ValueError):
@@ -65,6 +69,7 @@ REASONS = (
     "timestamp_too_old",  # not above the median of the last 11
     "timestamp_in_future",  # more than 30 s ahead of this node's clock
     "bad_difficulty",
+    "bad_vdf_iterations",  # outside the network's bounds, or not the retarget's value
     "bad_vdf",
     "bad_proof_of_space",
     "plot_filter",
@@ -135,13 +140,19 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
 
     Cheapest first: shape, then the farmer's signature (tens of microseconds), then the
     proof of space against the challenge of the header's last VDF output (a plot look-up
-    check), and only then the VDF segments (milliseconds each). Thread-safe; chiavdf and
+    check), and only then the VDF segments (milliseconds each), each of the header's own
+    `vdf_iterations` (within the network's bounds; whether they are the retarget's value is
+    check_context's to say, so this stays context-free). Thread-safe; chiavdf and
     pynacl release the GIL. A failure is permanent (the id commits to it) except the
     farmer's signature, which the id leaves out. `timings`, when given, gets the seconds
     spent on "farmer_signature", "proof_of_space" and "vdf" (for /metrics), and the count
     "vdf_segments_checked" of segments really verified (not found in `segments`)."""
-    if header.version != 1:
+    if header.version != BLOCK_VERSION:
         raise BlockRejected("malformed", f"version {header.version}")
+    floor, ceiling = iterations.bounds(params.vdf_iterations)
+    if not floor <= header.vdf_iterations <= ceiling:
+        raise BlockRejected("bad_vdf_iterations", f"{header.vdf_iterations} iterations per segment outside "
+                                                  f"{floor}..{ceiling}")
     if header.segments > params.max_vdf_segments:
         raise BlockRejected("too_many_segments", f"{header.segments} > {params.max_vdf_segments}")
     if header.segments == 0:
@@ -174,11 +185,11 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
     started = _spent(timings, "proof_of_space", started)
 
     if segments is None:
-        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, params.vdf_iterations)
+        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, header.vdf_iterations)
         verified = failed + 1 if failed >= 0 else header.segments
     else:
         counted = _CountedSegments(segments)
-        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, params.vdf_iterations,
+        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, header.vdf_iterations,
                                   cache=counted)
         verified = counted.verified
     _spent(timings, "vdf", started)
@@ -250,10 +261,18 @@ def expected_difficulty(ancestors: Sequence[Ancestor], params: NetworkParams) ->
     )
 
 
+def expected_iterations(ancestors: Sequence[Ancestor], params: NetworkParams) -> int:
+    """VDF iterations per segment of a child of ancestors[-1] (oldest first, genesis allowed)."""
+    window = [(h.timestamp, h.segments, h.vdf_iterations) for h in ancestors if h.height > 0]
+    window = window[-(params.difficulty_window + 1):]
+    return iterations.next_iterations(window, params.target_block_time_ms, params.target_vdf_segments,
+                                      params.vdf_iterations, ancestors[-1].vdf_iterations)
+
+
 def check_context(
     header: Header, ancestors: Sequence[Ancestor], params: NetworkParams, now_ms: int
 ) -> None:
-    """Height, timestamp and difficulty rules against the ancestors (oldest first, the
+    """Height, timestamp, difficulty and VDF iterations rules against the ancestors (oldest first, the
     parent last, at least max(difficulty_window, 11) + 1 of them when the chain has them)."""
     parent = ancestors[-1]
     if header.height != parent.height + 1:
@@ -269,3 +288,6 @@ def check_context(
     want = expected_difficulty(ancestors, params)
     if header.difficulty != want:
         raise BlockRejected("bad_difficulty", f"difficulty {header.difficulty}, expected {want}")
+    want = expected_iterations(ancestors, params)
+    if header.vdf_iterations != want:
+        raise BlockRejected("bad_vdf_iterations", f"{header.vdf_iterations} iterations per segment, expected {want}")

@@ -1,8 +1,8 @@
 """A run of headers above a stored block, as headers-first sync checks them: each in order
-against the context rules (height, timestamps, difficulty) of the headers before it, the
-weight the run proves, the window of headers kept whole for their bodies, and, while the
-run has not yet proved enough weight to be worth storing (presync), a compact record of
-the headers it had to let go.
+against the context rules (height, timestamps, difficulty, VDF iterations) of the headers
+before it, the weight the run proves, the window of headers kept whole for their bodies,
+and, while the run has not yet proved enough weight to be worth storing (presync), a
+compact record of the headers it had to let go.
 
 Pure and synchronous: the proofs are checked elsewhere (consensus.check_header, in
 threads) and handed in with `add_checked`.
@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 from archivas.chain.block import Header
 from archivas.chain.consensus import Ancestor, BlockRejected, check_context
 from archivas.chain.encoding import sha256
+from archivas.chain.forkchoice import block_weight
 from archivas.chain.params import NetworkParams
 
 MAX_WINDOW_HEADERS = 4096  # headers kept whole ahead of the stored chain
@@ -124,7 +125,7 @@ class HeaderRun:
         assert self.is_known(header)
         score = int.from_bytes(self._records[16:RECORD], "big")
         del self._records[:RECORD]
-        entry = Entry(header, self.end.weight + header.difficulty, score)
+        entry = Entry(header, self.end.weight + block_weight(header.difficulty, header.vdf_iterations), score)
         self._keep(entry)
         return entry
 
@@ -150,7 +151,7 @@ class HeaderRun:
     def add_checked(self, header: Header, score: int) -> Entry:
         """A header after the last checked, its context and proofs passed."""
         assert header.parent_hash == self.last.hash
-        entry = Entry(header, self.last.weight + header.difficulty, score)
+        entry = Entry(header, self.last.weight + block_weight(header.difficulty, header.vdf_iterations), score)
         keep = not self.compact and self.has_room()
         self.context.append(header)
         self.last = Point(header.hash, header.height, entry.weight, header)

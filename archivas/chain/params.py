@@ -23,7 +23,8 @@ class NetworkParams:
     initial_difficulty: int
     difficulty_window: int
     discriminant_bits: int
-    vdf_iterations: int  # T: iterations in one VDF segment
+    vdf_iterations: int  # T of blocks 1 and 2: iterations per VDF segment until it retargets
+    target_vdf_segments: int  # segments per block the iterations retarget aims at
     max_vdf_segments: int
     k_min: int
     k_max: int
@@ -62,6 +63,7 @@ _FIELDS = {
     "difficultyWindow": "difficulty_window",
     "discriminantBits": "discriminant_bits",
     "vdfIterations": "vdf_iterations",
+    "targetVdfSegments": "target_vdf_segments",
     "maxVdfSegments": "max_vdf_segments",
     "kMin": "k_min",
     "kMax": "k_max",
@@ -107,6 +109,8 @@ def from_json(data: Mapping[str, Any]) -> NetworkParams:
     params = NetworkParams(**values)
     if params.initial_difficulty < 1 or params.difficulty_window < 2:
         raise ValueError("initialDifficulty must be >= 1 and difficultyWindow >= 2")
+    if params.vdf_iterations < 1 or params.target_vdf_segments < 1:
+        raise ValueError("vdfIterations and targetVdfSegments must be >= 1")
     return params
 
 

@@ -31,9 +31,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional
 from archivas.chain.block import Block, Header
 from archivas.chain.encoding import DecodeError
 from archivas.chain.ledger import Account
-from archivas.chain.transactions import InvalidTransaction, Transaction
+from archivas.chain.transactions import Transaction
 
-SCHEMA_VERSION = 2  # 1: no transfer indexes (migrated on open); 2: tx_index and address_index
+SCHEMA_VERSION = 3  # 1: no transfer indexes; 2: tx_index and address_index; 3: blocks.vdf_iterations
+# Schemas 1 and 2 hold version-1 blocks (another genesis): refused at open, not migrated.
+FIRST_SCHEMA_READ = 3
 DB_FILE = "chain.sqlite3"
 LOCK_FILE = "LOCK"
 CHAIN_TABLES = frozenset({"meta", "blocks", "main_chain", "accounts", "undo"})
@@ -58,6 +60,7 @@ CREATE TABLE blocks (
     segments INTEGER NOT NULL,
     score TEXT NOT NULL,
     invalid INTEGER NOT NULL DEFAULT 0,
+    vdf_iterations INTEGER NOT NULL,
     data BLOB NOT NULL
 );
 CREATE INDEX blocks_parent ON blocks(parent);
@@ -138,14 +141,16 @@ class BlockMeta:
     segments: int
     score: int
     invalid: bool
+    vdf_iterations: int
 
 
-_META_COLUMNS = "hash, height, parent, timestamp, difficulty, weight, segments, score, invalid"
+_META_COLUMNS = "hash, height, parent, timestamp, difficulty, weight, segments, score, invalid, vdf_iterations"
 
 
 def _meta(row: tuple) -> BlockMeta:
-    h, height, parent, ts, diff, weight, segs, score, invalid = row
-    return BlockMeta(bytes(h), height, bytes(parent), ts, diff, int(weight), segs, int(score, 16), bool(invalid))
+    h, height, parent, ts, diff, weight, segs, score, invalid, iterations = row
+    return BlockMeta(bytes(h), height, bytes(parent), ts, diff, int(weight), segs, int(score, 16), bool(invalid),
+                     iterations)
 
 
 class Storage:
@@ -350,8 +355,8 @@ class Storage:
         self.tables = self.tables | CHAIN_TABLES | INDEX_TABLES
 
     def schema_version(self) -> int:
-        """The stored schema, checked: an older one is for `migrate` to upgrade; a newer one
-        (a newer Archivas wrote it) or a missing one is refused."""
+        """The stored schema, checked: an older one (its blocks are of version 1, its genesis
+        another), a newer one (a newer Archivas wrote it) or a missing one is refused."""
         stored = self.get_meta("schema")
         if stored is None or not stored.isdigit():
             raise self.error(f"its schema version is {stored!r}")
@@ -362,32 +367,13 @@ class Storage:
                 f"schema {SCHEMA_VERSION} and older): run that newer archivas-node, or give this one another --db")
         if version < 1:
             raise self.error(f"its schema version is {version}")
+        if version < FIRST_SCHEMA_READ:
+            raise StorageError(
+                f"database {self.path} has schema {version}, from before block version 2 (its genesis is not this "
+                f"network's any more): move it away and let the node sync again into an empty --db directory")
         if version == SCHEMA_VERSION and not INDEX_TABLES <= self.tables:
             raise self.error(f"tables missing: {', '.join(sorted(INDEX_TABLES - self.tables))}")
         return version
-
-    def migrate(self, version: int) -> Optional[int]:
-        """Upgrade a schema-1 database in one transaction: the index tables, built from the
-        main chain. Returns the number of transfers indexed (None: nothing to do)."""
-        if version == SCHEMA_VERSION:
-            return None
-        assert version == 1, version
-        count = 0
-        with self.transaction():
-            for statement in _statements(INDEX_SCHEMA):
-                self.db.execute(statement.replace("CREATE TABLE", "CREATE TABLE IF NOT EXISTS"))
-            rows = self.db.execute("SELECT m.height, m.hash, b.data FROM main_chain m JOIN blocks b "
-                                   "ON b.hash = m.hash WHERE m.height > 0 ORDER BY m.height")
-            for height, block_hash, data in rows:
-                try:
-                    txs = [Transaction.from_json(t) for t in json.loads(data)["transactions"]]
-                except (ValueError, KeyError, TypeError, InvalidTransaction) as e:
-                    raise self.error(f"main-chain block at height {height} does not decode: {e}") from None
-                self._index(bytes(block_hash), height, txs)
-                count += len(txs)
-            self.set_meta("schema", str(SCHEMA_VERSION))
-        self.tables = self.tables | INDEX_TABLES
-        return count
 
     # meta
 
@@ -414,9 +400,9 @@ class Storage:
     def put_block(self, block: Block, weight: int, score: int) -> None:
         h = block.header
         self.db.execute(
-            f"INSERT INTO blocks({_META_COLUMNS}, data) VALUES (?,?,?,?,?,?,?,?,0,?)",
+            f"INSERT INTO blocks({_META_COLUMNS}, data) VALUES (?,?,?,?,?,?,?,?,0,?,?)",
             (h.hash, h.height, h.parent_hash, h.timestamp, h.difficulty, str(weight),
-             h.segments, format(score, "x"), block.encode()),
+             h.segments, format(score, "x"), h.vdf_iterations, block.encode()),
         )
 
     def has_block(self, block_hash: bytes) -> bool:

@@ -39,7 +39,8 @@ class ChainView(Protocol):
     def block(self, block_hash: bytes) -> Optional[Block]: ...
     def header(self, block_hash: bytes) -> Optional[Header]: ...
     def meta(self, block_hash: bytes) -> Any:
-        """A stored block's hash, height, weight, timestamp and difficulty (or None)."""
+        """A stored block's hash, height, weight, timestamp, difficulty, segments and VDF
+        iterations (or None)."""
     def ancestors(self, block_hash: bytes, count: int) -> Sequence[Any]:
         """Up to `count` stored blocks ending at `block_hash`, oldest first (as `meta`)."""
     def locator(self) -> tuple[bytes, ...]:

@@ -207,7 +207,7 @@ class SimChecker:
             return self.costs.vdf_segment * len(header.vdf)
         seed = child_seed(parent, node.params)
         start, misses = vdf.GENERATOR, 0
-        bits, iterations = node.params.discriminant_bits, node.params.vdf_iterations
+        bits, iterations = node.params.discriminant_bits, header.vdf_iterations
         for segment in header.vdf:
             if (seed, start, segment, bits, iterations) not in segments:
                 misses += 1
@@ -229,7 +229,7 @@ class SimChecker:
         if segments is not None and parent is not None:
             seed = child_seed(parent, node.params)
             start = vdf.GENERATOR
-            bits, iterations = node.params.discriminant_bits, node.params.vdf_iterations
+            bits, iterations = node.params.discriminant_bits, header.vdf_iterations
             for segment in header.vdf:
                 if not self.truth.segment(seed, start, segment, bits, iterations):
                     break

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from archivas.chain.block import Block, Header, sign_header, tx_root
-from archivas.chain.consensus import expected_difficulty
+from archivas.chain.consensus import expected_difficulty, expected_iterations
+from archivas.chain.forkchoice import block_weight
 from archivas.chain.params import NetworkParams
 from archivas.farmer.plots import Plot
 from archivas.farmer.plotter import create_plot
@@ -73,16 +74,18 @@ class BlockMaker:
         self._builder = ChainBuilder(params, plots)
         self.plots = [plot for _, plot in plots]
 
-    def segments_for(self, chain: Any, parent_hash: bytes) -> tuple[list[Any], Any, int]:
-        """The VDF on `parent_hash` up to a winning signage point: (segments, win, difficulty)."""
+    def segments_for(self, chain: Any, parent_hash: bytes) -> tuple[list[Any], Any, tuple[int, int]]:
+        """The VDF on `parent_hash` up to a winning signage point: (segments, win, (difficulty,
+        iterations per segment))."""
         params = self.params
         parent = chain.header(parent_hash)
         depth = max(params.difficulty_window + 1, params.median_time_blocks) + 1
-        difficulty = expected_difficulty(chain.ancestors(parent_hash, depth), params)
-        segments, win = self._builder.find_win(parent, difficulty, self.plots)
-        return segments, win, difficulty
+        ancestors = chain.ancestors(parent_hash, depth)
+        difficulty, iterations = expected_difficulty(ancestors, params), expected_iterations(ancestors, params)
+        segments, win = self._builder.find_win(parent, difficulty, self.plots, iterations)
+        return segments, win, (difficulty, iterations)
 
-    def make(self, node: Any, parent: Header, segments: list[Any], win: Any, difficulty: int,
+    def make(self, node: Any, parent: Header, segments: list[Any], win: Any, rules: tuple[int, int],
              timestamp: int, reward_address: str, since: Optional[dict[bytes, float]] = None) -> Block:
         """`since` (transfer id -> when the node admitted it), when given, leaves out what
         the node took in after timestamp - TEMPLATE_AGE (see the module doc)."""
@@ -93,8 +96,8 @@ class BlockMaker:
             txs = _prefix_of_nonces(txs, lambda tx: since.get(tx.hash, 0.0) <= cutoff)
         key = self._builder.keys_by_pk[win.proof.farmer_public_key]
         header = Header(
-            height=parent.height + 1, parent_hash=parent.hash, timestamp=timestamp, difficulty=difficulty,
-            vdf=tuple(segments), proof_of_space=win.proof, reward_address=reward_address,
+            height=parent.height + 1, parent_hash=parent.hash, timestamp=timestamp, difficulty=rules[0],
+            vdf_iterations=rules[1], vdf=tuple(segments), proof_of_space=win.proof, reward_address=reward_address,
             reward=params.block_reward + sum(tx.fee for tx in txs), tx_root=tx_root(txs),
         )
         return Block(sign_header(header, key), txs)
@@ -168,31 +171,31 @@ class Farming:
         timelord = timelords[0]  # the fastest timelord on this side paces its chain
         parent_hash, _ = self._peak(timelord)
         node = timelord.node
-        segments = win = difficulty = None
+        segments = win = rules = None
         if node.chain.header(parent_hash) is not None:
-            segments, win, difficulty = self.maker.segments_for(node.chain, parent_hash)
+            segments, win, rules = self.maker.segments_for(node.chain, parent_hash)
             if node.vdf_parent == parent_hash and not node.vdf_segments:
                 for i, segment in enumerate(segments, start=1):
                     node.add_vdf_output(parent_hash, i, segment).addErrback(lambda f: None)
         self.made += 1
-        self.clock.callLater(lead, self._when_parent, timelord, winner, parent_hash, segments, win, difficulty,
+        self.clock.callLater(lead, self._when_parent, timelord, winner, parent_hash, segments, win, rules,
                              self.clock.seconds() + lead + self.block_time)
 
     def _when_parent(self, timelord: Any, winner: Any, parent_hash: bytes, segments: Any, win: Any,
-                     difficulty: Any, deadline: float) -> None:
+                     rules: Any, deadline: float) -> None:
         parent = winner.node.chain.header(parent_hash)
         if parent is None:
             if self.clock.seconds() < deadline and winner.up:
                 self.clock.callLater(0.05, self._when_parent, timelord, winner, parent_hash, segments, win,
-                                     difficulty, deadline)
+                                     rules, deadline)
             else:
                 self.lost += 1
             return
         if segments is None:
-            segments, win, difficulty = self.maker.segments_for(winner.node.chain, parent_hash)
-        block = self.maker.make(winner.node, parent, segments, win, difficulty,
+            segments, win, rules = self.maker.segments_for(winner.node.chain, parent_hash)
+        block = self.maker.make(winner.node, parent, segments, win, rules,
                                 int(self.clock.seconds() * 1000), winner.address_for_rewards, winner.admitted)
-        weight = winner.node.chain.storage.block_meta(parent_hash).weight + difficulty
+        weight = winner.node.chain.storage.block_meta(parent_hash).weight + block_weight(*rules)
         self.infused[timelord.index] = (block.hash, weight)
         self.on_block(winner, block)
 

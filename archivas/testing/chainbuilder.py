@@ -3,7 +3,9 @@
 Blocks are spaced exactly one target block time apart. On fastnet (initial difficulty 1)
 the difficulty then stays 1: the first signage point with a quality wins, about one VDF
 segment per block. Elsewhere the retarget's (n-1)/n correction lets it drift somewhat
-below the initial value. Competing forks come from building on any earlier block; a
+below the initial value. About one segment per block time reads as a slow timelord, so
+the VDF iterations per segment fall (1/8 a block) to the network's floor: long test
+chains are cheap to make. Competing forks come from building on any earlier block; a
 branch differs from its sibling by its timestamp, farmer or transactions.
 """
 
@@ -17,7 +19,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from archivas.chain import vdf
 from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_header, tx_root
-from archivas.chain.consensus import expected_difficulty
+from archivas.chain.consensus import expected_difficulty, expected_iterations
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import Transaction, sign_transfer
@@ -60,7 +62,7 @@ class ChainBuilder:
         self.keys_by_pk = {key.public_key: key for key, _ in self.farmers}
         self.genesis = genesis_block(params)
         self.blocks: dict[bytes, Block] = {self.genesis.hash: self.genesis}
-        self._vdf_cache: dict[tuple[bytes, bytes], vdf.Segment] = {}
+        self._vdf_cache: dict[tuple[bytes, bytes, int], vdf.Segment] = {}
 
     def ancestors(self, block_hash: bytes, count: int) -> list[Header]:
         out: list[Header] = []
@@ -71,23 +73,28 @@ class ChainBuilder:
         out.reverse()
         return out
 
-    def _segment(self, seed: bytes, start: bytes) -> vdf.Segment:
-        key = (seed, start)
+    def _segment(self, seed: bytes, start: bytes, iterations: int) -> vdf.Segment:
+        key = (seed, start, iterations)
         if key not in self._vdf_cache:
-            self._vdf_cache[key] = vdf.prove_segment(
-                seed, start, self.params.discriminant_bits, self.params.vdf_iterations
-            )
+            self._vdf_cache[key] = vdf.prove_segment(seed, start, self.params.discriminant_bits, iterations)
         return self._vdf_cache[key]
 
+    def iterations_for(self, parent: Block) -> int:
+        """The VDF iterations per segment a child of `parent` must use."""
+        params = self.params
+        return expected_iterations(
+            self.ancestors(parent.hash, max(params.difficulty_window + 1, params.median_time_blocks) + 1), params)
+
     def find_win(
-        self, parent: Header, difficulty: int, plots: Sequence[Plot]
+        self, parent: Header, difficulty: int, plots: Sequence[Plot], iterations: int
     ) -> tuple[list[vdf.Segment], Win]:
-        """Run the VDF from the parent's seed until a signage point one of `plots` wins."""
+        """Run the VDF (`iterations` per segment) from the parent's seed until a signage
+        point one of `plots` wins."""
         seed = child_seed(parent, self.params)
         segments: list[vdf.Segment] = []
         start = vdf.GENERATOR
         while len(segments) < self.params.max_vdf_segments:
-            segment = self._segment(seed, start)
+            segment = self._segment(seed, start, iterations)
             segments.append(segment)
             start = segment.output
             challenge = vdf.signage_challenge(seed, segment.output)
@@ -113,14 +120,16 @@ class ChainBuilder:
         txs = tuple(transactions)
         ancestors = self.ancestors(parent.hash, max(params.difficulty_window + 1, params.median_time_blocks) + 1)
         difficulty = expected_difficulty(ancestors, params)
+        iterations = expected_iterations(ancestors, params)
         plots = [p for _, p in self.farmers] if farmer is None else [self.farmers[farmer][1]]
-        segments, win = self.find_win(parent.header, difficulty, plots)
+        segments, win = self.find_win(parent.header, difficulty, plots, iterations)
         key = self.keys_by_pk[win.proof.farmer_public_key]
         header = Header(
             height=parent.height + 1,
             parent_hash=parent.hash,
             timestamp=timestamp if timestamp is not None else parent.header.timestamp + params.target_block_time_ms,
             difficulty=difficulty,
+            vdf_iterations=iterations,
             vdf=tuple(segments),
             proof_of_space=win.proof,
             reward_address=reward_address or key.address,
