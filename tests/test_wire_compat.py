@@ -141,6 +141,7 @@ class GoSeedPeerTests(unittest.TestCase):
         proto, transport = self.go_peer()
         proto.dataReceived(go_status(len(chain), 1, chain[-1].hash) + b"\n")
         for _ in range(200):
+            self.h.clock.advance(0)  # (the import yields to the reactor between blocks)
             requests = [m for m in raw_sent(transport) if m["type"] == 4]
             if not requests:
                 break
