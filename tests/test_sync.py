@@ -308,3 +308,26 @@ class BodyBatchTests(unittest.TestCase):
         self.assertEqual(in_flight(None, 32), hf.BODIES_IN_FLIGHT)
         self.assertEqual(in_flight(None, 16), 3 * 32 // 16)
         self.assertEqual(in_flight(None, 4), hf.MAX_BODIES_IN_FLIGHT)
+
+    def test_an_import_run_holds_at_most_its_bytes_of_bodies(self):
+        from archivas.protocols import headersfirst as hf
+
+        self.patch(hf, "IMPORT_RUN_BYTES", 1000)  # four empty bodies (256 bytes each, as estimated)
+        blocks = builder().extend(builder().genesis, 40)
+        h = Harness(self)
+        runs = []
+        import_batch = h.node.import_batch
+
+        def recorded(run, *args):
+            runs.append(len(run))
+            return import_batch(run, *args)
+
+        h.node.import_batch = recorded
+        peer = ScriptedPeer(h, "10.0.0.1", blocks, b"\x01" * 16)
+        for _ in range(60):
+            peer.answer()
+            if h.node.chain.height == 40 and not h.node.sync.active:
+                break
+        self.assertEqual(h.node.chain.height, 40)
+        self.assertEqual(sum(runs), 40)
+        self.assertLessEqual(max(runs), 4, runs)
