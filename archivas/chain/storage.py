@@ -174,6 +174,10 @@ class Storage:
         self._dirty: dict[str, Optional[Account]] = {}  # written since the commit; None deletes
         self._metas: dict[bytes, BlockMeta] = {}
         self._kv: dict[str, Optional[str]] = {}
+        # Index rows of a run's blocks, written sorted at its commit (or before anything
+        # reads or deletes index rows): a B-tree takes sorted inserts 1.6x faster.
+        self._pending_txs: list[tuple] = []
+        self._pending_addresses: list[tuple] = []
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -319,6 +323,7 @@ class Storage:
 
     def _commit(self) -> None:
         try:
+            self._flush_index()
             self._write_back()
             self.db.execute("COMMIT")
         except BaseException:
@@ -342,6 +347,8 @@ class Storage:
             self._dirty.clear()
             self._metas.clear()
             self._kv.clear()
+            self._pending_txs = []
+            self._pending_addresses = []
 
     def _journal(self, undo: Callable[[], None]) -> None:
         """Remember how to undo a cache change if the savepoint it was made in rolls back."""
@@ -540,13 +547,50 @@ class Storage:
             rows.append((tx_hash, block_hash, height, position, tx.sender, tx.recipient, tx.amount, tx.fee,
                          tx.nonce))
             addresses.extend((a, height, position, tx_hash) for a in dict.fromkeys((tx.sender, tx.recipient)))
+        if self._runs:  # kept for the run's commit (_flush_index)
+            self._journal(functools.partial(self._truncate_pending, len(self._pending_txs),
+                                            len(self._pending_addresses)))
+            self._pending_txs += rows
+            self._pending_addresses += addresses
+            return
+        self._write_index(rows, addresses)
+
+    @staticmethod
+    def _tx_key(row: tuple) -> bytes:
+        return row[0]
+
+    @staticmethod
+    def _address_key(row: tuple) -> tuple:
+        return row[:3]
+
+    def _write_index(self, rows: list[tuple], addresses: list[tuple]) -> None:
         # A transfer appears once on a chain (its nonce is used up): REPLACE only keeps a
-        # damaged index from stopping the chain.
-        self.db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?,?,?,?,?,?,?,?,?)", rows)
-        self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?,?,?,?)", addresses)
+        # damaged index from stopping the chain. (Sorted stably by key: the last of two
+        # rows with one key still wins.)
+        self.db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?,?,?,?,?,?,?,?,?)",
+                            sorted(rows, key=self._tx_key))
+        self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?,?,?,?)",
+                            sorted(addresses, key=self._address_key))
+
+    def _flush_index(self) -> None:
+        """Write the run's pending index rows now (inside the open transaction)."""
+        if not self._pending_txs and not self._pending_addresses:
+            return
+        rows, addresses = self._pending_txs, self._pending_addresses
+        self._pending_txs, self._pending_addresses = [], []
+        self._journal(functools.partial(self._restore_pending, rows, addresses))  # the rows go back if rolled back
+        self._write_index(rows, addresses)
+
+    def _truncate_pending(self, txs: int, addresses: int) -> None:
+        del self._pending_txs[txs:]
+        del self._pending_addresses[addresses:]
+
+    def _restore_pending(self, rows: list[tuple], addresses: list[tuple]) -> None:
+        self._pending_txs, self._pending_addresses = rows, addresses
 
     def unindex_block(self, block: Block) -> None:
         """Drop a block's transfers as it leaves the main chain."""
+        self._flush_index()
         height = block.height
         rows: list[tuple] = []
         addresses: list[tuple] = []
@@ -557,6 +601,7 @@ class Storage:
         self.db.executemany("DELETE FROM address_index WHERE address=? AND height=? AND position=?", addresses)
 
     def transfer(self, tx_hash: bytes) -> Optional[IndexedTransfer]:
+        self._flush_index()
         row = self.db.execute(f"SELECT {_TRANSFER_COLUMNS} FROM tx_index t JOIN blocks b ON b.hash = t.block "
                               "WHERE t.hash=?", (tx_hash,)).fetchone()
         return _transfer(row) if row else None
@@ -566,6 +611,7 @@ class Storage:
         """The address's transfers, sent and received, newest first, from blocks below
         height `before` (all when None): `limit` of them, then the rest of the last one's
         block (a page never splits a block), and whether older ones remain."""
+        self._flush_index()
         below = 2**62 if before is None else before
         query = (f"SELECT {_TRANSFER_COLUMNS} FROM address_index a JOIN tx_index t ON t.hash = a.hash "
                  "JOIN blocks b ON b.hash = t.block WHERE a.address = ? AND ")
@@ -581,6 +627,7 @@ class Storage:
         return page, more
 
     def transfer_count(self) -> int:
+        self._flush_index()
         return self.db.execute("SELECT COUNT(*) FROM tx_index").fetchone()[0]
 
     def undo(self, block_hash: bytes) -> dict[str, Optional[Account]]:
