@@ -567,10 +567,10 @@ class Storage:
         # A transfer appears once on a chain (its nonce is used up): REPLACE only keeps a
         # damaged index from stopping the chain. (Sorted stably by key: the last of two
         # rows with one key still wins.)
-        self.db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?,?,?,?,?,?,?,?,?)",
-                            sorted(rows, key=self._tx_key))
-        self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?,?,?,?)",
-                            sorted(addresses, key=self._address_key))
+        by_hash: list[tuple] = sorted(rows, key=self._tx_key)
+        by_address: list[tuple] = sorted(addresses, key=self._address_key)
+        self.db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?,?,?,?,?,?,?,?,?)", by_hash)
+        self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?,?,?,?)", by_address)
 
     def _flush_index(self) -> None:
         """Write the run's pending index rows now (inside the open transaction)."""
