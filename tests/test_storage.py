@@ -113,3 +113,28 @@ class CacheBoundTests(unittest.TestCase):
             self.assertLessEqual(len(chain.storage._metas), 8)
         self.assertEqual(chain.height, 20)
         self.assertEqual(len(chain.ancestors(chain.tip.hash, 21)), 21)
+
+
+class LostTransactionTests(unittest.TestCase):
+    def test_a_run_whose_transaction_sqlite_rolled_back_writes_nothing_later(self):
+        # Disk full inside a savepoint: SQLite rolls the whole transaction back itself.
+        # The run's cached accounts must not then be written outside any transaction.
+        s = Storage(self.mktemp())
+        self.addCleanup(s.close)
+        with s.transaction():
+            s.create_schema()
+            s.set_meta("tip", "genesis")
+        pages = s.db.execute("PRAGMA page_count").fetchone()[0]
+        s.db.execute(f"PRAGMA max_page_count={pages + 30}")
+        s.begin_run()
+        s.set_accounts({"alice": (100, 1)})  # block 1 of the run: in the cache
+        s.set_meta("tip", "block1")
+        with self.assertRaises(sqlite3.DatabaseError) as raised:  # the disk's error, not a savepoint's
+            with s.transaction():  # block 2 fills the disk
+                s.db.execute("INSERT INTO undo VALUES (?, ?)", (b"x", "y" * 400_000))
+        self.assertIn("full", str(raised.exception))
+        s.end_run()  # the run is gone: nothing to commit
+        self.assertFalse(s.in_run)
+        self.assertEqual(s.db.execute("SELECT * FROM accounts").fetchall(), [])
+        self.assertIsNone(s.get_account("alice"))
+        self.assertEqual(s.get_meta("tip"), "genesis")

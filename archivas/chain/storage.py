@@ -250,15 +250,17 @@ class Storage:
         return fd
 
     def close(self) -> None:
-        if self.db is not None:
-            if self._runs:  # a run still open at shutdown: its blocks are all valid
+        try:
+            if self.db is not None and self._runs:  # a run still open at shutdown: its blocks are all valid
                 self._runs = 0
                 self._commit()
-            self.db.close()
-            self.db = None  # type: ignore[assignment]
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None  # type: ignore[assignment]
+        finally:
+            if self.db is not None:
+                self.db.close()
+                self.db = None  # type: ignore[assignment]
+            if self._lock is not None:
+                os.close(self._lock)
+                self._lock = None  # type: ignore[assignment]
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -272,18 +274,13 @@ class Storage:
             try:
                 yield
             except BaseException:
-                self.db.execute(f"ROLLBACK TO {name}")
-                self.db.execute(f"RELEASE {name}")
-                for undo in reversed(self._undo_log.pop()):
-                    undo()
+                self._undo_savepoint(name)
                 raise
-            else:
-                self.db.execute(f"RELEASE {name}")
-                done = self._undo_log.pop()
-                if len(self._undo_log) > 1:
-                    self._undo_log[-1].extend(done)
-            finally:
-                self._depth -= 1
+            self.db.execute(f"RELEASE {name}")
+            done = self._undo_log.pop()
+            if len(self._undo_log) > 1:
+                self._undo_log[-1].extend(done)
+            self._depth -= 1
             return
         self._begin()
         try:
@@ -293,6 +290,24 @@ class Storage:
             raise
         else:
             self._commit()
+
+    def _undo_savepoint(self, name: str) -> None:
+        """Roll a savepoint back with its cache changes. If SQLite rolled the whole
+        transaction back itself (disk full, an I/O error: then there is no savepoint left),
+        all of it is gone: so are the caches, the open runs, and nothing is written later
+        outside a transaction."""
+        if self.db.in_transaction:
+            try:
+                self.db.execute(f"ROLLBACK TO {name}")
+                self.db.execute(f"RELEASE {name}")
+            except sqlite3.Error:
+                self._rollback()
+                return
+            for undo in reversed(self._undo_log.pop()):
+                undo()
+            self._depth -= 1
+        else:
+            self._rollback()
 
     def begin_run(self) -> None:
         """Open (or join) the transaction of a run of imported blocks: every add_block
@@ -322,6 +337,9 @@ class Storage:
         self._undo_log = [[]]
 
     def _commit(self) -> None:
+        if not self.db.in_transaction:  # SQLite rolled it back itself: write nothing outside it
+            self._rollback()
+            raise StorageError(f"database {self.path}: the transaction was lost (disk full or an I/O error?)")
         try:
             self._flush_index()
             self._write_back()
@@ -488,8 +506,8 @@ class Storage:
             # (The table changes only at a commit, so what it says holds in any savepoint.)
             row = self.db.execute("SELECT balance, nonce FROM accounts WHERE address=?", (address,)).fetchone()
             account = (row[0], row[1]) if row else None
-            if len(self._accounts) >= ACCOUNT_CACHE and not self._dirty:
-                self._accounts.clear()
+            if len(self._accounts) >= ACCOUNT_CACHE:  # the clean ones go (the written wait for the commit)
+                self._accounts = {a: v for a, v in self._accounts.items() if a in self._dirty}
             self._accounts[address] = account
         return account
 
