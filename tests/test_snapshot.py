@@ -321,10 +321,24 @@ class SnapshotTests(unittest.TestCase):
         self.assertRaises(ValueError, ordered.add, first, 1, 0)
 
 
+    def test_the_loaded_blocks_have_the_source_s_weights(self):
+        # (Weight is difficulty x iterations a block: found in review storing difficulty alone.)
+        loaded = Chain.open(self.load(), PARAMS)
+        self.addCleanup(loaded.close)
+        source = Chain.open(shared()["source"], PARAMS)
+        self.addCleanup(source.close)
+        heights = range(0, H + 1)
+        stored = [h for h in heights if loaded.storage.main_hash(h) is not None]
+        self.assertIn(0, stored)
+        self.assertGreater(len(stored), 10)
+        for h in stored:
+            ours, theirs = (c.storage.block_meta(c.storage.main_hash(h)) for c in (loaded, source))
+            self.assertEqual(ours.weight, theirs.weight, f"height {h}")
+
     def test_a_load_that_stops_half_way_leaves_no_chain_and_is_run_again(self):
         directory = os.path.join(self.work, "db")
         with mock.patch.object(snapshot, "ACCOUNT_BATCH", 1), \
-                mock.patch("archivas.chain.storage.Storage.set_accounts", side_effect=[None, OSError("disk")]):
+                mock.patch("archivas.chain.storage.Storage.load_accounts", side_effect=[None, OSError("disk")]):
             self.assertRaises(OSError, snapshot.load_snapshot, self.file, directory, PARAMS,
                               self.manifest.state_hash.hex())
         self.assertEqual(snapshot.load_snapshot(self.file, directory, PARAMS, self.manifest.state_hash.hex()),

@@ -38,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Optional
 
+from archivas.chain import forkchoice
 from archivas.chain.block import Block, genesis_block
 from archivas.chain.consensus import BlockRejected, bind_body, check_header
 from archivas.chain.encoding import MAX_INT, DecodeError, canonical_json, strict_hex, strict_loads
@@ -509,16 +510,18 @@ def _store(storage: Storage, snapshot: Snapshot, params: NetworkParams, scores: 
     weight = m.weight
     for block in reversed(snapshot.blocks):
         weights.append(weight)
-        weight -= block.header.difficulty
+        weight -= forkchoice.block_weight(block.header.difficulty, block.header.vdf_iterations)
     weights.reverse()
-    if weight < genesis.header.difficulty:
-        raise SnapshotError(f"snapshot {snapshot.path}: weight {m.weight} is less than its blocks' difficulties")
+    genesis_weight = forkchoice.block_weight(genesis.header.difficulty, genesis.header.vdf_iterations)
+    from_genesis = bool(snapshot.blocks) and snapshot.blocks[0].height == 1
+    if weight < genesis_weight or (from_genesis and weight != genesis_weight):
+        raise SnapshotError(f"snapshot {snapshot.path}: weight {m.weight} does not match its blocks' weights")
     with storage.transaction():
         storage.create_schema()
         storage.set_meta("schema", str(SCHEMA_VERSION))
         storage.set_meta("network", params.name)
         storage.set_meta("genesis", genesis.hash.hex())
-        storage.put_block(genesis, genesis.header.difficulty, 0)
+        storage.put_block(genesis, genesis_weight, 0)
         storage.set_main(0, genesis.hash)
         for block, block_weight, score in zip(snapshot.blocks, weights, scores):
             storage.put_block(block, block_weight, score)
@@ -528,8 +531,8 @@ def _store(storage: Storage, snapshot: Snapshot, params: NetworkParams, scores: 
         with open(snapshot.path, "rb") as f:
             reader = _Reader(f, str(snapshot.path))
             reader.digest.update(_prefix(f, snapshot.accounts_offset))
-            for batch in _accounts(f, reader, m.accounts):
-                storage.set_accounts({a: (b, n) for a, b, n in batch})
+            for batch in _accounts(f, reader, m.accounts):  # to the table at once, not held in memory
+                storage.load_accounts(batch)
             if reader.digest.digest() != snapshot.digest:
                 raise SnapshotError(f"snapshot {snapshot.path} changed while it was loaded")
         storage.set_meta("tip", m.block_hash.hex())

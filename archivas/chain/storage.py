@@ -525,6 +525,12 @@ class Storage:
         self._accounts.update(accounts)
         self._dirty.update(accounts)
 
+    def load_accounts(self, accounts: Iterable[tuple[str, int, int]]) -> None:
+        """Bulk-load (address, balance, nonce) rows into an empty accounts table, inside
+        the caller's transaction, past the caches (a snapshot's millions of accounts)."""
+        assert self._depth, "load_accounts runs inside a transaction"
+        self.db.executemany("INSERT INTO accounts(address, balance, nonce) VALUES (?,?,?)", accounts)
+
     def _restore_accounts(self, old: list[tuple[str, Any, Any]]) -> None:
         for address, cached, dirty in old:
             _restore(self._accounts, address, cached)
