@@ -26,7 +26,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from archivas.chain.consensus import BlockRejected
-from archivas.chain.history import HistoryCheck, HistoryMismatch, HistoryRefused
+from archivas.chain.history import HistoryCheck, HistoryMismatch, HistoryOtherChain, HistoryRefused
 from archivas.chain.snapshot import HISTORY_META, Manifest, history_validated, stored_manifest
 from archivas.protocols.peer import PeerProtocol
 
@@ -149,7 +149,8 @@ class HistoryVerifier(service.Service):
         address = proto.info.address if proto.info is not None else "?"
         try:
             if self.check is None:
-                check = await self._work(HistoryCheck, self.directory, self.node.params, self.manifest)
+                check = await self._work(HistoryCheck, self.directory, self.node.params, self.manifest,
+                                         self._own_chain())
                 if self.finished:  # stopped meanwhile
                     await self._work(check.close)
                     return
@@ -177,6 +178,14 @@ class HistoryVerifier(service.Service):
         except HistoryMismatch as e:
             self._failed(str(e))
             return
+        except HistoryOtherChain as e:  # valid, but another chain: start the scratch chain afresh
+            self.refused.add(address)
+            self.last_error = f"the history from {address} is another chain's: {e}"
+            log.warn("[history] {e}: starting again with another peer", e=self.last_error)
+            check, self.check = self.check, None
+            if check is not None:
+                await self._work(check.close, True)
+            return
         except (BlockRejected, HistoryRefused) as e:
             self.refused.add(address)
             self.last_error = f"the history from {address} was refused: {e}"
@@ -191,6 +200,16 @@ class HistoryVerifier(service.Service):
         finally:
             self.busy = False
         self._validated(state_hash)
+
+    def _own_chain(self) -> dict[int, bytes]:
+        """The snapshot's main chain as this node holds it (the blocks the file carried)."""
+        storage, out = self.node.chain.storage, {}
+        for height in range(self.manifest.height, 0, -1):
+            block_hash = storage.main_hash(height)
+            if block_hash is None:
+                break
+            out[height] = block_hash
+        return out
 
     def _validated(self, state_hash: bytes) -> None:
         storage = self.node.chain.storage

@@ -335,6 +335,24 @@ class SnapshotTests(unittest.TestCase):
             ours, theirs = (c.storage.block_meta(c.storage.main_hash(h)) for c in (loaded, source))
             self.assertEqual(ours.weight, theirs.weight, f"height {h}")
 
+    def test_another_valid_chain_is_refused_as_another_chain_not_a_mismatch(self):
+        # A peer serving a valid history of another chain (here: other farmers' blocks from
+        # the same genesis) says nothing of the snapshot: refused at the first carried
+        # height, not reported as a history that does not reproduce the state.
+        from archivas.chain.history import HistoryCheck, HistoryOtherChain
+        from tests.common import builder
+
+        loaded = Chain.open(self.load(), PARAMS)
+        own = {h: loaded.storage.main_hash(h) for h in range(1, H + 1) if loaded.storage.main_hash(h)}
+        loaded.close()
+        other = builder().extend(builder().genesis, H, farmer=1)
+        check = HistoryCheck(os.path.join(self.work, "scratch"), PARAMS, self.manifest, own)
+        self.addCleanup(check.close)
+        with self.assertRaises(HistoryOtherChain) as refused:
+            check.add(other, now_ms())
+        self.assertIn(f"height {min(own)} is not the snapshot's chain", str(refused.exception))
+        self.assertEqual(check.chain.height, min(own) - 1)
+
     def test_a_load_that_stops_half_way_leaves_no_chain_and_is_run_again(self):
         directory = os.path.join(self.work, "db")
         with mock.patch.object(snapshot, "ACCOUNT_BATCH", 1), \

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Optional, Sequence
 
 from archivas.chain.block import Block
 from archivas.chain.blockchain import ADDED_TIP, KNOWN, Chain
@@ -27,15 +27,24 @@ class HistoryRefused(Exception):
     """What a peer served is not the next blocks of a valid history (its fault, maybe)."""
 
 
+class HistoryOtherChain(HistoryRefused):
+    """A peer served valid blocks of another chain than the snapshot's: its history says
+    nothing of the snapshot (the scratch chain is started afresh)."""
+
+
 class HistoryCheck:
     """A scratch chain from genesis, fed main-chain blocks 1..H in order, every rule
     checked (proofs, signatures, context, state). Reopened where it stopped: a node
     restarted during the check goes on from the scratch chain's tip."""
 
-    def __init__(self, directory: str | os.PathLike[str], params: NetworkParams, manifest: Manifest) -> None:
+    def __init__(self, directory: str | os.PathLike[str], params: NetworkParams, manifest: Manifest,
+                 expected: Optional[Mapping[int, bytes]] = None) -> None:
+        """`expected`: the snapshot's own main chain (height -> hash) as far down as the
+        node holds it (the blocks it carried, H-n+1..H); H's hash is the manifest's."""
         self.directory = Path(directory)
         self.params = params
         self.manifest = manifest
+        self.expected = {**(expected or {}), manifest.height: manifest.block_hash}
         self.chain = Chain.open(self.directory, params)
         if self.chain.snapshot_base:
             self.chain.close()
@@ -61,6 +70,10 @@ class HistoryCheck:
                 break
             if block.height != self.next_height:
                 raise HistoryRefused(f"block at height {block.height} where {self.next_height} was next")
+            want = self.expected.get(block.height)
+            if want is not None and block.hash != want:
+                raise HistoryOtherChain(f"block at height {block.height} is not the snapshot's chain "
+                                        f"({block.hash.hex()[:16]}, the snapshot has {want.hex()[:16]})")
             result = self.chain.add_block(block, now_ms)
             if result.status == KNOWN:
                 continue
