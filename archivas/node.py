@@ -696,6 +696,11 @@ class Node:
                 self._invalid_blocks.popitem(last=False)
         if source is None:
             log.warn("[chain] local block {h} rejected: {e}", h=block.hash.hex()[:16], e=str(error))
+        elif error.reason == "invalid_ancestor" and not error.permanent and block.height <= self.chain.snapshot_base:
+            # Loaded from a snapshot: below it we hold no history to judge by. An honest peer
+            # on a stale sibling, or with an orphan's parent, is not to blame.
+            log.debug("[chain] block {h} from {peer} is below our snapshot: {e}", h=block.hash.hex()[:16],
+                      peer=source.info.address if source.info else "?", e=str(error))
         elif error.reason == "timestamp_in_future":
             log.info("[chain] block {h} from {peer} is ahead of our clock: {e}", h=block.hash.hex()[:16],
                      peer=source.info.address if source.info else "?", e=str(error))

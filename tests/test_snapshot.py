@@ -293,6 +293,28 @@ class SnapshotTests(unittest.TestCase):
         self.assertEqual(chain.height, H)
         self.assertEqual(chain.add_block(self.blocks[H], now_ms()).status, "tip")
 
+    def test_a_peer_sending_a_block_below_the_snapshot_is_not_blamed(self):
+        # (Two such blocks cost an honest peer its connection before: found in review.)
+        import dataclasses
+
+        chain = Chain.open(self.load(), PARAMS)
+        self.addCleanup(chain.close)
+        h = Harness.__new__(Harness)
+        h.clock = task.Clock()
+        h.clock.advance(1_800_000_000)
+        h.node = Node(chain, h.clock, threaded=False)
+        h.node.start()
+        self.addCleanup(lambda: h.node.stop() and None)
+        proto, _ = h.connect()
+        old = self.blocks[H - 3]
+        with self.assertRaises(BlockRejected) as refused:  # what add_block says of a block not stored there
+            chain.add_block(dataclasses.replace(old, header=dataclasses.replace(old.header, timestamp=1)), now_ms())
+        for _ in range(3):
+            h.node._rejected(old, proto, refused.exception)
+        self.assertEqual(proto.info.misbehaviour if proto.info else 0, 0)
+        h.node._rejected(self.blocks[H + 2], proto, BlockRejected("invalid_ancestor", "above it", permanent=False))
+        self.assertGreater(proto.info.misbehaviour, 0)  # above the snapshot, blame as ever
+
     def test_export_refusals_and_an_export_of_a_loaded_database(self):
         directory = shared()["source"]
         out = os.path.join(self.work, "again")
