@@ -31,6 +31,7 @@ from archivas.testing.chainbuilder import farmer_key
 from tests import common
 from tests.common import ALICE, BOB, PARAMS, fixture_blocks
 from tests.test_sync import LEGACY, ScriptedPeer
+from tests.test_protocol import feed
 from tests.test_sync_liars import START, drive
 
 HEIGHT = 60
@@ -240,6 +241,29 @@ class AssumeValidTests(unittest.TestCase):
         d = s.node.receive_block(chain[19], s.peer.proto)  # the same block pushed
         self.assertIsNone(self.successResultOf(d))
         self.assertFalse(s.stored(20))
+
+    def test_a_peer_whose_headers_lack_the_assumed_block_is_not_walked_again(self):
+        # (Each round walked up to 1 GiB of its headers again: found in review.)
+        from unittest import mock
+
+        walks = []
+        scout = assumevalid.scout
+
+        async def counted(*args, **kwargs):
+            walks.append(args[0].target)
+            return await scout(*args, **kwargs)
+
+        with mock.patch.object(assumevalid, "scout", counted):
+            s = Setup(self, self.honest[:50], "ab" * 32).sync()  # a hash on no chain
+            self.assertTrue(s.synced())
+            s.blocks = s.peer.blocks = self.honest[:HEIGHT]  # the peer moves on: a new claim, a new round
+            tip = self.honest[HEIGHT - 1]
+            feed(s.peer.proto, wire.Status(tip.height, tip.header.difficulty, tip.hash, weight=weight_of(s.blocks),
+                                           genesis_hash=s.node.genesis_hash, network="fastnet", version=1,
+                                           capabilities=wire.CAPABILITIES))
+            s.sync(seconds=40.0)
+        self.assertTrue(s.synced())
+        self.assertEqual(len(walks), 1, "walked once for this peer")
 
     def test_a_stored_assumed_block_is_not_looked_for_again(self):
         chain = tampered(self.honest, 20, bad_vdf)

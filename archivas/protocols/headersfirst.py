@@ -123,8 +123,10 @@ class HeadersFirstRound:
         log.info("[sync] headers first from {peer}: fork at height {fork}", peer=self._name(self.target),
                  fork=fork.height)
         assumed = self.sink.assume_valid
-        if assumed is not None and not self.view.has_block(assumed):  # first find it (assumevalid.py)
-            self.assumed = await assumevalid.scout(self, first, assumed, fork.hash, fork.height)
+        agent = self.syncer.agent(self.target)
+        if assumed is not None and not self.view.has_block(assumed) and not agent.assumed_not_found:
+            self.assumed = await assumevalid.scout(self, first, assumed, fork.hash, fork.height)  # assumevalid.py
+            agent.assumed_not_found = self.assumed is None
         loop = defer.ensureDeferred(self._headers(first))
         loop.addErrback(self._fail)
         ticker = LoopingCall(self.pump)  # the stall check runs even when nothing arrives

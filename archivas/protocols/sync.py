@@ -95,6 +95,9 @@ class SyncAgent:
         self.failed_rounds = 0  # rounds it led that ended early
         self.avoid_until = 0.0  # not picked as a round's target before this
         self.refuted: Optional[tuple[Any, ...]] = None  # the claim a round showed false
+        # Its headers were walked for the assumed block and it was not there (assumevalid.py):
+        # not walked again on this connection (a walk reads up to 1 GiB of headers).
+        self.assumed_not_found = False
 
     def claim(self) -> tuple[Any, ...]:
         info = self.proto.info
