@@ -30,8 +30,8 @@ from archivas.tap import Options
 from archivas.testing.chainbuilder import farmer_key
 from tests import common
 from tests.common import ALICE, BOB, PARAMS, fixture_blocks
-from tests.test_sync import LEGACY, ScriptedPeer
 from tests.test_protocol import feed
+from tests.test_sync import LEGACY, ScriptedPeer
 from tests.test_sync_liars import START, drive
 
 HEIGHT = 60
