@@ -222,14 +222,24 @@ class HeadersFirstRound:
         for header in fresh[:usable]:
             checks.append(self._check_proofs(header, parent))
             parent = header
-        results = await defer.DeferredList(checks, consumeErrors=True)
-        for header, (ok, result) in zip(fresh, results):
+        # Taken in order as each one's proofs come back (they run in parallel), so that bodies
+        # are fetched behind the frontier while the rest of the reply is still being checked
+        # (the first body of a sync waited for a whole reply of 512 headers: ~0.9 s).
+        outcomes = [check.addCallbacks(lambda score: (True, score), lambda failure: (False, failure))
+                    for check in checks]
+        for i, (header, outcome) in enumerate(zip(fresh, outcomes)):
+            ok, result = await outcome
+            if self.finished.called:  # the round ended meanwhile
+                return False
             if not ok:
                 error = result.value
                 if isinstance(error, BlockRejected):
                     return self._refused(header, error)
                 raise Failed(f"checking header {header.height} failed: {result.getErrorMessage()}")
             run.add_checked(header, result)
+            if i % BODIES_PER_REQUEST == BODIES_PER_REQUEST - 1:  # (a pump walks the window: not every header)
+                self.pump()
+        self.pump()
         info = self.target.info
         if info is not None and run.last.weight > (info.weight or 0):  # it proved more than it claimed
             info.weight, info.height, info.tip_hash = run.last.weight, run.last.height, run.last.hash
