@@ -362,3 +362,17 @@ def _json(params):
     from importlib import resources
 
     return json.loads(resources.files("archivas.chain").joinpath(f"networks/{params.name}.json").read_text())
+
+
+class AssumedShapeTests(unittest.TestCase):
+    def test_an_assumed_header_gets_the_shape_checks_of_any_header(self):
+        # (One function for both: the copy had missed the iterations bounds of block version 2.)
+        from archivas.chain.consensus import BlockRejected
+
+        header = fixture_blocks(3)[2].header
+        self.assertEqual(assumed.check_header(header, PARAMS), assumed.ASSUMED_SCORE)
+        for change, reason in ((dict(vdf_iterations=0), "bad_vdf_iterations"), (dict(version=1), "malformed"),
+                               (dict(vdf=()), "no_vdf"), (dict(reward_address="x"), "bad_reward_address")):
+            with self.assertRaises(BlockRejected) as refused:
+                assumed.check_header(dataclasses.replace(header, **change), PARAMS)
+            self.assertEqual(refused.exception.reason, reason)

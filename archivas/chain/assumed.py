@@ -20,12 +20,10 @@ Pure and synchronous.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Optional
 
-from archivas.chain import keys
 from archivas.chain.block import Block, Header
-from archivas.chain.consensus import BlockRejected, bind_body, check_transactions
+from archivas.chain.consensus import bind_body, check_shape, check_transactions
 from archivas.chain.params import NetworkParams
 
 # The fork-choice score (the tie-break between tips of equal weight, lower wins) of a
@@ -38,8 +36,6 @@ ASSUMED_SCORE = 2**256 - 1
 
 DISABLED = "0"  # `--assume-valid 0`: every block fully verified, whatever the network says
 
-# The block version this software makes and accepts (Header's default).
-_VERSION = {f.name: f.default for f in dataclasses.fields(Header)}["version"]
 
 
 def parse_hash(text: str) -> bytes:
@@ -66,21 +62,7 @@ def resolve(option: Optional[str], params: NetworkParams) -> Optional[bytes]:
 def check_header(header: Header, params: NetworkParams) -> int:
     """What an assumed header is checked for beyond its context: its shape (as
     consensus.check_header checks it before any proof). Returns ASSUMED_SCORE."""
-    if header.version != _VERSION:
-        raise BlockRejected("malformed", f"version {header.version}")
-    if header.segments > params.max_vdf_segments:
-        raise BlockRejected("too_many_segments", f"{header.segments} > {params.max_vdf_segments}")
-    if header.segments == 0:
-        raise BlockRejected("no_vdf", "a block carries at least one VDF segment")
-    if not keys.is_address(header.reward_address):
-        raise BlockRejected("bad_reward_address", f"{header.reward_address!r} is not an address")
-    proof = header.proof_of_space
-    if proof is None:
-        raise BlockRejected("bad_proof_of_space", "missing")
-    if not params.k_min <= proof.k <= params.k_max:
-        raise BlockRejected("bad_proof_of_space", f"k={proof.k} outside {params.k_min}..{params.k_max}")
-    if len(proof.proof) != 8 * proof.k:
-        raise BlockRejected("bad_proof_of_space", f"proof of {len(proof.proof)} bytes for k={proof.k}")
+    check_shape(header, params)
     return ASSUMED_SCORE
 
 

@@ -133,20 +133,11 @@ class _CountedSegments:
         return ok
 
 
-def check_header(header: Header, parent: Header, params: NetworkParams,
-                 timings: Optional[dict[str, float]] = None,
-                 segments: Optional[VerifiedSegments] = None) -> int:
-    """Everything a header proves on its own, given its parent's header; returns its score.
-
-    Cheapest first: shape, then the farmer's signature (tens of microseconds), then the
-    proof of space against the challenge of the header's last VDF output (a plot look-up
-    check), and only then the VDF segments (milliseconds each), each of the header's own
-    `vdf_iterations` (within the network's bounds; whether they are the retarget's value is
-    check_context's to say, so this stays context-free). Thread-safe; chiavdf and
-    pynacl release the GIL. A failure is permanent (the id commits to it) except the
-    farmer's signature, which the id leaves out. `timings`, when given, gets the seconds
-    spent on "farmer_signature", "proof_of_space" and "vdf" (for /metrics), and the count
-    "vdf_segments_checked" of segments really verified (not found in `segments`)."""
+def check_shape(header: Header, params: NetworkParams) -> None:
+    """A header's shape: version, iterations within the network's bounds, segment count,
+    reward address, the proof of space's k and length. What check_header checks before
+    any proof, and all an assumed header (chain/assumed.py) is checked for beyond its
+    context."""
     if header.version != BLOCK_VERSION:
         raise BlockRejected("malformed", f"version {header.version}")
     floor, ceiling = iterations.bounds(params.vdf_iterations)
@@ -166,6 +157,25 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
         raise BlockRejected("bad_proof_of_space", f"k={proof.k} outside {params.k_min}..{params.k_max}")
     if len(proof.proof) != 8 * proof.k:
         raise BlockRejected("bad_proof_of_space", f"proof of {len(proof.proof)} bytes for k={proof.k}")
+
+
+def check_header(header: Header, parent: Header, params: NetworkParams,
+                 timings: Optional[dict[str, float]] = None,
+                 segments: Optional[VerifiedSegments] = None) -> int:
+    """Everything a header proves on its own, given its parent's header; returns its score.
+
+    Cheapest first: shape, then the farmer's signature (tens of microseconds), then the
+    proof of space against the challenge of the header's last VDF output (a plot look-up
+    check), and only then the VDF segments (milliseconds each), each of the header's own
+    `vdf_iterations` (within the network's bounds; whether they are the retarget's value is
+    check_context's to say, so this stays context-free). Thread-safe; chiavdf and
+    pynacl release the GIL. A failure is permanent (the id commits to it) except the
+    farmer's signature, which the id leaves out. `timings`, when given, gets the seconds
+    spent on "farmer_signature", "proof_of_space" and "vdf" (for /metrics), and the count
+    "vdf_segments_checked" of segments really verified (not found in `segments`)."""
+    check_shape(header, params)
+    proof = header.proof_of_space
+    assert proof is not None  # (check_shape)
 
     started = time.perf_counter()
     if not keys.verify(proof.farmer_public_key, header.signing_bytes, header.farmer_signature):
