@@ -104,6 +104,22 @@ class SnapshotTests(unittest.TestCase):
         self.work = self.mktemp()
         os.makedirs(self.work)
 
+    def verify_history(self, node, peers, clock=None):
+        """A HistoryVerifier on `node`, the peers answering (and `clock` stepping) until it
+        settles or 10 rounds pass; the verifier and its outcome Deferred."""
+        verifier = HistoryVerifier(node)
+        verifier.startService()
+        self.addCleanup(verifier.stopService)
+        outcome = verifier.wait()
+        for _ in range(10):
+            if outcome.called:
+                break
+            for peer in peers:
+                peer.answer()
+            if clock is not None:
+                clock.advance(0.1)
+        return verifier, outcome
+
     def load(self, path=None, assume="default"):
         directory = self.mktemp()
         if assume == "default":
@@ -155,14 +171,7 @@ class SnapshotTests(unittest.TestCase):
         self.assertEqual([m.blocks for m in replies if isinstance(m, wire.Blocks)], [()])
         self.assertEqual([m.headers for m in replies if isinstance(m, wire.Headers)], [()])
 
-        verifier = HistoryVerifier(node)
-        verifier.startService()
-        self.addCleanup(verifier.stopService)
-        outcome = verifier.wait()
-        for _ in range(10):
-            if outcome.called:
-                break
-            peer.answer()
+        verifier, outcome = self.verify_history(node, [peer])
         self.assertEqual(self.successResultOf(outcome), self.manifest.state_hash)
         self.assertEqual(api.status()["history"]["validated"], True)
         self.assertFalse(os.path.exists(verifier.directory))  # the scratch database is gone
@@ -201,15 +210,7 @@ class SnapshotTests(unittest.TestCase):
         forged_hash = reseal(self.file, forged, lambda accounts: accounts[0].__setitem__(1, accounts[0][1] + COIN))
         h = _LoadedHarness(self, self.load(forged, assume=forged_hash))  # the operator trusted a bad hash
         scripted = ScriptedPeer(h, "10.0.0.2", self.blocks, b"\x02" * 16)
-        verifier = HistoryVerifier(h.node)
-        verifier.startService()
-        self.addCleanup(verifier.stopService)
-        outcome = verifier.wait()
-        for _ in range(10):
-            if outcome.called:
-                break
-            scripted.answer()
-            h.clock.advance(0.1)
+        verifier, outcome = self.verify_history(h.node, [scripted], h.clock)
         self.assertTrue(outcome.called, verifier.last_error)
         failure = self.failureResultOf(outcome, HistoryMismatch)
         message = str(failure.value)
