@@ -27,7 +27,7 @@ from twisted.python.threadpool import ThreadPool
 
 from archivas.chain.consensus import BlockRejected
 from archivas.chain.history import HistoryCheck, HistoryMismatch, HistoryOtherChain, HistoryRefused
-from archivas.chain.snapshot import HISTORY_META, Manifest, history_validated, stored_manifest
+from archivas.chain.snapshot import HISTORY_FAILED_META, HISTORY_META, Manifest, history_validated, stored_manifest
 from archivas.protocols.peer import PeerProtocol
 
 log = Logger()
@@ -41,8 +41,10 @@ PROGRESS_SECONDS = 10.0  # between progress lines
 class HistoryVerifier(service.Service):
     name = "history"  # type: ignore[assignment]
 
-    def __init__(self, node: Any, directory: Optional[Path] = None) -> None:
+    def __init__(self, node: Any, directory: Optional[Path] = None,
+                 on_failed: Optional[Callable[[str], Any]] = None) -> None:
         self.node = node
+        self.on_failed = on_failed  # called with the one-line error once it is recorded
         manifest = stored_manifest(node.chain.storage)
         assert manifest is not None, "a verifier is for a database loaded from a snapshot"
         self.manifest: Manifest = manifest
@@ -233,5 +235,10 @@ class HistoryVerifier(service.Service):
         self.last_error = message
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        storage = self.node.chain.storage
+        with storage.transaction():  # a node refuses this database from now on (docs/snapshots.md)
+            storage.set_meta(HISTORY_FAILED_META, message)
         log.error("[history] {message}", message=message)
         self._settle(HistoryMismatch(message))
+        if self.on_failed is not None:
+            self.on_failed(message)

@@ -8,6 +8,8 @@ with `setServiceParent(application)`.
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
 from typing import Any, Callable, Optional, Sequence
 
@@ -21,7 +23,8 @@ from archivas.admin import write_cookie
 from archivas.chain import params as network_params
 from archivas.chain.blockchain import Chain
 from archivas.chain.keys import PrivateKey
-from archivas.chain.snapshot import history_validated
+from archivas.chain.snapshot import history_failed, history_validated
+from archivas.chain.storage import StorageError
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
 from archivas.history import HistoryVerifier
@@ -119,6 +122,20 @@ class NodeMultiService(service.MultiService):
         super().__init__()
         self.node = node
         self.api = LocalNodeAPI(node)
+        self.fatal_error: Optional[str] = None  # why the node stopped itself (history_failed)
+
+    def history_failed(self, message: str) -> None:
+        """verify-history found that the snapshot's state is not the chain's: the node stops
+        (as Bitcoin Core does), since every balance it would serve may be wrong. An embedding
+        application sees the service stop and `fatal_error` set."""
+        self.fatal_error = message
+        log.error("[history] the node stops: its state is not the chain's ({db})", db=self.node.chain.storage.path)
+        self.stop_for_error(message)
+
+    def stop_for_error(self, message: str) -> None:
+        if self.running:
+            d = defer.maybeDeferred(self.stopService)
+            d.addErrback(lambda f: log.failure("[history] stopping the node failed", f))
 
 
 def node_service(
@@ -148,6 +165,10 @@ def node_service(
     params = network_params.load(network)
     chain = Chain.open(db, params)
     try:
+        failed = history_failed(chain.storage)
+        if failed is not None:  # recorded by verify-history (docs/snapshots.md)
+            raise StorageError(f"database {chain.storage.path} was loaded from a snapshot whose history was "
+                               f"refused ({failed}): move it away and sync from genesis or load another snapshot")
         directory = chain.storage.directory
         certificate = tls.load_or_create_certificate(directory) if p2p_tls or any(
             p.startswith(tls.TLS_PREFIX) for p in peers) else None
@@ -161,7 +182,7 @@ def node_service(
         top.setName("archivas-node")
         NodeService(node).setServiceParent(top)
         if chain.snapshot_base and history_validated(chain.storage) is None:
-            HistoryVerifier(node).setServiceParent(top)  # docs/snapshots.md
+            HistoryVerifier(node, on_failed=top.history_failed).setServiceParent(top)  # docs/snapshots.md
 
         def p2p_listening(port: Any) -> None:
             node.peers.listen_port = port.getHost().port
@@ -215,6 +236,26 @@ class OperatorNodeService(NodeMultiService):
             super().startService()
         except ListenError as e:
             fail(str(e))
+
+    def stop_for_error(self, message: str) -> None:
+        """The one line on stderr, the reactor stopped (which stops the services), and exit
+        status 1 (EXIT_STATUS)."""
+        global EXIT_STATUS
+        sys.stderr.write(f"archivas-node: error: {message}\n")
+        sys.stderr.flush()
+        EXIT_STATUS = 1
+        atexit.register(_exit_with_status)  # twistd itself exits 0 after its reactor stops
+        reactor = self.node.reactor
+        reactor.callLater(0, lambda: reactor.stop() if reactor.running else None)
+
+
+EXIT_STATUS = 0  # non-zero once the node stopped itself for an error (the console script exits with it)
+
+
+def _exit_with_status() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_STATUS)
 
 
 def fail(message: str) -> None:

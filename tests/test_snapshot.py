@@ -104,10 +104,10 @@ class SnapshotTests(unittest.TestCase):
         self.work = self.mktemp()
         os.makedirs(self.work)
 
-    def verify_history(self, node, peers, clock=None):
+    def verify_history(self, node, peers, clock=None, on_failed=None):
         """A HistoryVerifier on `node`, the peers answering (and `clock` stepping) until it
         settles or 10 rounds pass; the verifier and its outcome Deferred."""
-        verifier = HistoryVerifier(node)
+        verifier = HistoryVerifier(node, on_failed=on_failed)
         verifier.startService()
         self.addCleanup(verifier.stopService)
         outcome = verifier.wait()
@@ -210,7 +210,8 @@ class SnapshotTests(unittest.TestCase):
         forged_hash = reseal(self.file, forged, lambda accounts: accounts[0].__setitem__(1, accounts[0][1] + COIN))
         h = _LoadedHarness(self, self.load(forged, assume=forged_hash))  # the operator trusted a bad hash
         scripted = ScriptedPeer(h, "10.0.0.2", self.blocks, b"\x02" * 16)
-        verifier, outcome = self.verify_history(h.node, [scripted], h.clock)
+        told = []
+        verifier, outcome = self.verify_history(h.node, [scripted], h.clock, on_failed=told.append)
         self.assertTrue(outcome.called, verifier.last_error)
         failure = self.failureResultOf(outcome, HistoryMismatch)
         message = str(failure.value)
@@ -218,6 +219,8 @@ class SnapshotTests(unittest.TestCase):
         self.assertIn(f"history does not reproduce the snapshot: validated to height {H}", message)
         self.assertIn(self.manifest.state_hash.hex(), message)  # what the history gives
         self.assertIsNone(snapshot.history_validated(h.node.chain.storage))
+        self.assertEqual(told, [message])  # the node's service is told (it stops: NodeServiceStops)
+        self.assertEqual(snapshot.history_failed(h.node.chain.storage), message)  # kept for the next start
 
     def test_one_balance_changed_is_refused_at_load_and_the_database_is_untouched(self):
         lines = Path(self.file).read_bytes().split(b"\n")
@@ -432,6 +435,55 @@ class SnapshotTests(unittest.TestCase):
         self.assertIn("height 99 is above the tip (40)", err)
 
 
+class NodeServiceStops(unittest.TestCase):
+    """A refused history stops the node (as Bitcoin Core stops), and the database it
+    refused is not opened again: its state is not the chain's."""
+
+    def test_a_refused_history_stops_the_service_and_the_database_is_refused_at_the_next_start(self):
+        from twisted.application import service as tservice
+        from twisted.internet.testing import MemoryReactorClock
+
+        from archivas import service
+        from archivas.chain.storage import StorageError
+
+        directory = self.mktemp()
+        chain = Chain.open(directory, FASTNET)
+        reactor = MemoryReactorClock()
+        node = Node(chain, reactor, threaded=False)
+        top = service.NodeMultiService(node)
+        child = tservice.Service()
+        child.setServiceParent(top)
+        top.startService()
+        top.history_failed("history does not reproduce the snapshot: (the one line)")
+        self.assertFalse(top.running)
+        self.assertFalse(child.running)
+        self.assertEqual(top.fatal_error, "history does not reproduce the snapshot: (the one line)")
+        # Run by an operator: the one line on stderr, the reactor stopped, exit status 1.
+        import io
+
+        operator = service.OperatorNodeService(node)
+        operator.startService()
+        reactor.running = True
+        err = io.StringIO()
+        with mock.patch("sys.stderr", err), mock.patch.object(service.atexit, "register") as register, \
+                mock.patch.object(service, "EXIT_STATUS", 0):
+            operator.history_failed("history does not reproduce the snapshot: (the one line)")
+            reactor.advance(0)
+            self.assertEqual(service.EXIT_STATUS, 1)
+        self.assertEqual(err.getvalue(), "archivas-node: error: history does not reproduce the snapshot: "
+                                         "(the one line)\n")
+        register.assert_called_once_with(service._exit_with_status)
+        self.assertFalse(reactor.running)
+        with chain.storage.transaction():
+            chain.storage.set_meta(snapshot.HISTORY_FAILED_META, "history does not reproduce the snapshot: X")
+        chain.close()
+        with self.assertRaises(StorageError) as caught:
+            service.node_service(db=directory, network="fastnet", reactor=MemoryReactorClock())
+        message = str(caught.exception)
+        self.assertNotIn("\n", message)
+        self.assertIn("whose history was refused (history does not reproduce the snapshot: X): move it away", message)
+
+
 class OperatorWalkThrough(unittest.TestCase):
     """The one real-process test: a farming fastnet node A; `snapshot export` from A while
     it runs; `snapshot load` into B, which follows A's tip at once (within 15 s, in
@@ -490,3 +542,23 @@ class OperatorWalkThrough(unittest.TestCase):
             f"127.0.0.1:{a.p2p}", "--timeout", "30"))
         self.assertEqual(code, 0, err)
         self.assertIn("history validated: blocks 0..8 reproduce the snapshot's state", out)
+        # D: a forged snapshot (one balance raised), trusted by its operator's --assume-snapshot.
+        # Its history from A does not reproduce it: the node (twistd -n) stops with the one
+        # line and exit status 1, and will not start on that database again.
+        forged = os.path.join(directory, "forged")
+        forged_hash = reseal(path, forged, lambda accounts: accounts[0].__setitem__(1, accounts[0][1] + COIN))
+        d = NodeProcess(self, "d", directory, peers=[a], twistd=True)
+        snapshot.load_snapshot(forged, d.db, FASTNET, forged_hash)
+        d.start()
+
+        async def exited():
+            return d.proc.poll() is not None
+
+        yield defer.ensureDeferred(wait_for(exited, "node D stopping on its refused history", deadline=30))
+        self.assertEqual(d.proc.returncode, 1)
+        log_text = Path(d.log).read_text()
+        self.assertIn("archivas-node: error: history does not reproduce the snapshot: validated to height 8",
+                      log_text)
+        out, err, code = yield defer.ensureDeferred(run("archivas-node", *d.args))
+        self.assertEqual((code, err.count("\n")), (1, 1), err)
+        self.assertIn("whose history was refused (history does not reproduce the snapshot", err)

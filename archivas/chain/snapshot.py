@@ -62,6 +62,7 @@ _ACCOUNT = re.compile(rb"(arcv1[02-9ac-hj-np-z]{38}) (0|[1-9][0-9]{0,18}) (0|[1-
 SNAPSHOT_META = "snapshot"  # the manifest, JSON
 BASE_META = "snapshot_height"  # H: the main chain at and below it is fixed
 HISTORY_META = "history_validated"  # set by verify-history: {height, stateHash, at}
+HISTORY_FAILED_META = "history_failed"  # set by verify-history: the one-line error (the node will not start)
 
 
 class SnapshotError(Exception):
@@ -562,3 +563,9 @@ def history_validated(storage: Storage) -> Optional[dict[str, Any]]:
     """What verify-history recorded ({height, stateHash, at}), or None."""
     text = storage.get_meta(HISTORY_META)
     return None if text is None else dict(json.loads(text))
+
+
+def history_failed(storage: Storage) -> Optional[str]:
+    """The one-line error verify-history recorded when the history did not reproduce the
+    snapshot's state, or None: a database with it is not opened by a node."""
+    return storage.get_meta(HISTORY_FAILED_META)

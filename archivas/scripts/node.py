@@ -29,6 +29,10 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     sys.argv = ["archivas-node", "--nodaemon", "--pidfile=", "archivas-node", *args]
     run()
+    from archivas import service
+
+    if service.EXIT_STATUS:  # the node stopped itself for an error it printed (history refused)
+        sys.exit(service.EXIT_STATUS)
 
 
 if __name__ == "__main__":
