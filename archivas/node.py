@@ -640,7 +640,7 @@ class Node:
             self._assumed.popitem(last=False)
         return score
 
-    def _body_check(self, block: Block, score: int) -> defer.Deferred:
+    def check_body(self, block: Block, score: int) -> defer.Deferred:
         """The body of a block whose header headers-first sync took (proved, or assumed)."""
         key = block.header.hash + block.header.farmer_signature
         if key in self._assumed:
@@ -996,12 +996,14 @@ class Node:
 
     async def import_batch(self, blocks: list[Block],
                            sources: Optional[Sequence[Optional[PeerProtocol]]] = None,
-                           scores: Optional[Sequence[int]] = None) -> int:
+                           scores: Optional[Sequence[int]] = None,
+                           checks: Optional[Sequence[defer.Deferred]] = None) -> int:
         """Consecutive blocks from sync (`sources[i]` sent `blocks[i]`): every block's
         proofs checked in parallel (each needs only its parent's header, the previous block
-        in the batch; a header proved by headers-first sync has only its body checked),
-        then added in order. Returns how many were added; stops at the first refusal,
-        which is blamed on the block's sender."""
+        in the batch; a header proved by headers-first sync has only its body checked, or
+        `checks[i]`, its check_body started when the body arrived), then added in order.
+        Returns how many were added; stops at the first refusal, which is blamed on the
+        block's sender."""
         if not blocks:
             return 0
         senders: Sequence[Optional[PeerProtocol]] = sources if sources is not None else [None] * len(blocks)
@@ -1009,10 +1011,14 @@ class Node:
         if first_parent is None:
             for block, sender in zip(blocks, senders):
                 self.orphans.add(block, sender)
+            for check in checks or ():
+                check.addErrback(lambda f: None)
             return 0
         parents = [first_parent] + [b.header for b in blocks[:-1]]
-        if scores is not None:  # headers proved by headers-first sync: their bodies only
-            checks = [self._body_check(b, score) for b, score in zip(blocks, scores)]
+        if checks is not None:
+            checks = list(checks)
+        elif scores is not None:  # headers proved by headers-first sync: their bodies only
+            checks = [self.check_body(b, score) for b, score in zip(blocks, scores)]
         else:
             checks = [self.verify(b, p, background="blocks") for b, p in zip(blocks, parents)]
         added = 0

@@ -71,7 +71,8 @@ class HeadersFirstRound:
         self.run: Optional[HeaderRun] = None
         self.next = 0  # the lowest height not yet stored
         self.importing_to = 0  # while importing: the height after the run handed to the node
-        self.received: dict[int, tuple[Block, PeerProtocol]] = {}
+        # height -> (block, sender, its body check: sink.check_body, started on arrival)
+        self.received: dict[int, tuple[Block, PeerProtocol, defer.Deferred]] = {}
         self.held_bytes = 0
         self.body_bytes = 1024.0  # a moving average of the bodies received (_body_bytes)
         self.requested: set[int] = set()
@@ -137,6 +138,7 @@ class HeadersFirstRound:
         finally:
             if ticker.running:
                 ticker.stop()
+            self.discard_all()
 
     def _fail(self, failure: Any) -> None:
         if not self.finished.called:
@@ -389,7 +391,7 @@ class HeadersFirstRound:
                 self._drop(proto)
                 break
             block = Block(entry.header, txs)
-            self.received[height] = (block, proto)
+            self.received[height] = (block, proto, self.sink.check_body(block, entry.score))
             size = _body_bytes(txs)
             self.held_bytes += size
             self.body_bytes = 0.8 * self.body_bytes + 0.2 * size
@@ -427,10 +429,11 @@ class HeadersFirstRound:
         blocks: list[Block] = []
         senders: list[PeerProtocol] = []
         scores: list[int] = []
+        checks: list[defer.Deferred] = []
         height = self.next
         size = 0
         while height in self.received and len(blocks) < IMPORT_RUN and (not blocks or size < IMPORT_RUN_BYTES):
-            block, sender = self.received.pop(height)
+            block, sender, check = self.received.pop(height)
             size += _body_bytes(block.transactions)
             entry = run.entry(height)
             assert entry is not None
@@ -438,13 +441,14 @@ class HeadersFirstRound:
             blocks.append(block)
             senders.append(sender)
             scores.append(entry.score)
+            checks.append(check)
             height += 1
         if not blocks:
             self._done_if_finished()
             return
         self.importing = True
         self.importing_to = height
-        d = defer.ensureDeferred(self.sink.import_batch(blocks, senders, scores))
+        d = defer.ensureDeferred(self.sink.import_batch(blocks, senders, scores, checks))
         d.addCallbacks(self._imported, self._fail, callbackArgs=(blocks, senders))
 
     def _imported(self, added: int, blocks: list[Block], senders: list[PeerProtocol]) -> None:
@@ -461,13 +465,24 @@ class HeadersFirstRound:
                 return
             self._drop(sender)  # another copy may be fine: fetch it again from someone else
             for i in range(added, len(blocks)):
-                self.received.pop(blocks[i].height, None)
+                self._discard(blocks[i].height)
         self.syncer.progress(self.next - 1, run.last.height)
         if self._room is not None and run.wants_headers():
             room, self._room = self._room, None
             room.callback(None)
         self.drain()
         self.pump()
+
+    def _discard(self, height: int) -> None:
+        held = self.received.pop(height, None)
+        if held is not None:
+            self.held_bytes -= _body_bytes(held[0].transactions)
+            held[2].addErrback(lambda f: None)  # its outcome is not wanted
+
+    def discard_all(self) -> None:
+        """The round is over: the bodies held and not stored are let go."""
+        for height in list(self.received):
+            self._discard(height)
 
     def _name(self, proto: PeerProtocol) -> str:
         return proto.info.address if proto.info is not None else "?"

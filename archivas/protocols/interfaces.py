@@ -53,7 +53,12 @@ class BlockSink(Protocol):
     def receive_block(self, block: Block, source: Optional["PeerProtocol"] = None) -> Deferred[Any]: ...
     async def import_batch(self, blocks: list[Block],
                            sources: Optional[Sequence[Optional["PeerProtocol"]]] = None,
-                           scores: Optional[Sequence[int]] = None) -> int: ...
+                           scores: Optional[Sequence[int]] = None,
+                           checks: Optional[Sequence[Deferred[Any]]] = None) -> int: ...
+    def check_body(self, block: Block, score: int) -> Deferred[Any]:
+        """The body checks (signatures) of a block whose header sync took with `score`, in
+        the verify pool: fires with the score or fails with BlockRejected. Started when the
+        body arrives and given to import_batch (`checks`), so checking overlaps storing."""
     def verify_header(self, header: Header, parent: Header) -> Deferred[Any]:
         """A header's proofs (in threads); fires with its score or fails with BlockRejected."""
     @property
