@@ -74,6 +74,8 @@ COMPACT_ASK_AGAIN = 2.0  # seconds before a block announced by several peers is 
 COMPACT_SERVE_DEPTH = 10  # GET_CMPCT / GET_BLOCK_TXN are answered for blocks this close to the tip (BIP152's 10)
 RECENT_BLOCKS = 16  # decoded recent blocks (and their compact forms) kept to answer those
 MAX_VDF_AHEAD = 64  # VDF segments held that came before the ones they follow
+INDEX_CHECK_SECONDS = 1.0  # how often a node looks whether its transfer indexes lag (after a sync)
+INDEX_STEP_BLOCKS = 32  # blocks indexed a reactor turn while they catch up (docs/storage.md)
 
 
 @attrs.define(eq=False)
@@ -216,6 +218,7 @@ class Node:
         self.on_vdf: list[Callable[[bytes, int, vdf.Segment], None]] = []
         self.rejected_blocks = 0
         self.stopped = False
+        self._indexing: Optional[defer.Deferred] = None  # the transfer indexes catching up (catch_up_index)
         self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
 
     def start(self) -> None:
@@ -236,6 +239,36 @@ class Node:
             loop.clock = self.reactor
             loop.start(seconds, now=False).addErrback(lambda f: log.failure("[p2p] transfer relay failed", f))
             self._loops.append(loop)
+        loop = LoopingCall(self.catch_up_index)
+        loop.clock = self.reactor
+        loop.start(INDEX_CHECK_SECONDS, now=False).addErrback(lambda f: log.failure("[storage] indexing failed", f))
+        self._loops.append(loop)
+
+    def catch_up_index(self) -> Optional[defer.Deferred]:
+        """Once no sync runs, the transfer indexes a sync left behind catch up, a few
+        blocks a reactor turn (Chain.catch_up_index); a sync that starts pauses them."""
+        behind = self.chain.storage.index_behind()
+        if behind is None or self._indexing is not None or self.sync.active or self.chain.storage.in_run:
+            return None
+        self._indexing = defer.ensureDeferred(self._index_steps(behind))
+        self._indexing.addErrback(lambda f: log.failure("[storage] indexing failed", f))
+        return self._indexing
+
+    async def _index_steps(self, behind: int) -> None:
+        started, top = self.reactor.seconds(), self.chain.tip.height
+        log.info("[storage] transfer indexes are {n} blocks behind the chain: catching up", n=top - behind)
+        try:
+            while not self.stopped and not self.sync.active and not self.chain.storage.in_run:
+                if not self.chain.catch_up_index(INDEX_STEP_BLOCKS):
+                    break
+                if self.chain.storage.index_behind() is None:
+                    log.info("[storage] transfer indexes caught up at height {h} ({n} blocks in {s:.1f} s)",
+                             h=self.chain.tip.height, n=self.chain.tip.height - behind,
+                             s=self.reactor.seconds() - started)
+                    break
+                await task.deferLater(self.reactor, 0, lambda: None)
+        finally:
+            self._indexing = None
 
     def _stale_tip_check(self) -> None:
         """As Bitcoin Core's: no new tip for a while although a peer shows more weight ->

@@ -96,7 +96,14 @@ class LocalNodeAPI:
             "mempool": len(self.node.mempool),
             "sync": self.sync_status(),
             "history": self.history_status(),
+            "indexHeight": self.index_height(),
         }
+
+    def index_height(self) -> int:
+        """The last main-chain height the transfer indexes (/tx, /address) hold: the tip's
+        but for a while after a sync, which leaves them to catch up (docs/storage.md)."""
+        behind = self.chain.storage.index_behind()
+        return self.chain.tip.height if behind is None else behind
 
     def history_status(self) -> Optional[dict[str, Any]]:
         """For a database loaded from a snapshot (docs/snapshots.md): its height and

@@ -67,7 +67,7 @@ SCHEMAS: dict[str, Any] = {
     "Status": _obj({"height": UINT, "tipHash": HASH, "difficulty": UINT, "weight": UINT, "peers": UINT,
                     "syncing": BOOL, "genesisHash": HASH, "network": STRING, "version": STRING,
                     "mempool": UINT, "peersIn": UINT, "peersOut": UINT, "sync": _ref("Sync")},
-                   {"history": _null(_obj({"snapshotHeight": UINT, "validated": BOOL}))}),
+                   {"history": _null(_obj({"snapshotHeight": UINT, "validated": BOOL})), "indexHeight": UINT}),
     "ChainTip": _obj({"height": UINT, "hash": HASH, "difficulty": UINT}),
     "Balance": _obj({"address": ADDRESS, "balance": UINT, "nonce": UINT, "pendingNonce": UINT}),
     "Transaction": _obj({"chainId": INT, "from": STRING, "to": STRING, "amount": INT, "fee": INT, "nonce": INT,

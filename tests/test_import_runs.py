@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from typing import Optional
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -51,25 +52,35 @@ def dump(storage: Storage) -> dict:
     return {t: storage.db.execute(f"SELECT * FROM {t} ORDER BY 1, 2").fetchall() for t in TABLES}
 
 
-def import_in_runs(blocks: list, boundaries: set[int]) -> tuple[dict, dict, list]:
-    """Add `blocks` in runs that start at each index in `boundaries` (and 0), refusals
-    noted and passed over; the database's rows, the accounts read through the caches,
-    and the refusals."""
+def import_in_runs(blocks: list, boundaries: set[int], outside_from: Optional[int] = None,
+                   step: int = 5, runs_from: int = 0) -> tuple[dict, dict, list]:
+    """Add `blocks` in runs that start at each index in `boundaries` (and `runs_from`:
+    those before it one by one), refusals noted and passed over; from index
+    `outside_from` on, one by one outside any run,
+    before the transfer indexes the runs left behind catch up (`step` blocks at a time);
+    the database's rows, the accounts read through the caches, and the refusals."""
     directory = tempfile.mkdtemp(prefix="archivas-runs-")
     chain = Chain.open(directory, PARAMS)
     refused = []
+    in_run = False
     try:
         for i, block in enumerate(blocks):
-            if boundaries and i in boundaries:
+            if in_run and (i in boundaries or i == outside_from):
                 chain.end_run()
-            if boundaries and (i == 0 or i in boundaries):
+                in_run = False
+            if (boundaries and (i == runs_from or i in boundaries) and i >= runs_from
+                    and (outside_from is None or i < outside_from)):
                 chain.begin_run()
+                in_run = True
             try:
                 chain.add_block(block, now_ms())
             except BlockRejected as e:
                 refused.append((i, e.reason))
-        if boundaries:
+        if in_run:
             chain.end_run()
+        while chain.catch_up_index(step):
+            pass
+        assert chain.storage.index_behind() is None
         accounts = chain.accounts()
         return dump(chain.storage), accounts, refused
     finally:
@@ -91,13 +102,18 @@ class RunImportTests(unittest.TestCase):
         self.assertEqual(refused[-2:], [(n - 2, "bad_transaction"), (n - 1, "invalid_ancestor")])
 
     @settings(max_examples=12, deadline=None)
-    @given(st.sets(st.integers(1, 64)))
-    @example({20, 21})  # a run boundary inside the first reorganisation
-    @example(set(range(1, 65)))  # every block its own run
-    @example({1000})  # one run for everything
-    def test_runs_give_the_state_and_indexes_of_block_by_block(self, boundaries):
+    @given(st.sets(st.integers(1, 64)), st.one_of(st.none(), st.integers(1, 64)), st.integers(0, 30))
+    @example({20, 21}, None, 0)  # a run boundary inside the first reorganisation
+    @example(set(range(1, 65)), None, 0)  # every block its own run
+    @example({1000}, None, 0)  # one run for everything
+    @example({5}, 12, 0)  # the indexes stop at block 0; blocks 12 on (reorganisations) come outside a run
+    @example({27}, 30, 25)  # indexed to 25, runs to 30, then a reorganisation to 20 (outside runs) while they lag
+    def test_runs_give_the_state_and_indexes_of_block_by_block(self, boundaries, outside_from, runs_from):
+        """Runs leave the transfer indexes behind (a sync does not wait on them); once they
+        catch up they are the block-by-block ones, also when blocks came outside a run
+        (reorganisations among them) while they lagged."""
         boundaries = {b for b in boundaries if b < len(self.blocks)} or {len(self.blocks) + 1}
-        rows, accounts, refused = import_in_runs(self.blocks, boundaries)
+        rows, accounts, refused = import_in_runs(self.blocks, boundaries, outside_from, runs_from=runs_from)
         want_rows, want_accounts, want_refused = self.reference
         self.assertEqual(refused, want_refused)
         self.assertEqual(accounts, want_accounts)
@@ -124,3 +140,54 @@ class ImportYieldsTests(unittest.TestCase):
         self.assertTrue(in_run, "the run was committed block by block")
         self.assertFalse(h.node.chain.storage.in_run)
         self.assertEqual(h.node.chain.height, 12)
+
+
+class IndexCatchUpTests(unittest.TestCase):
+    """A sync's runs leave the transfer indexes behind; the node lets them catch up, a
+    few blocks a reactor turn, once no sync is active, and a sync that starts pauses it."""
+
+    def test_the_indexes_catch_up_after_the_sync_and_pause_while_one_runs(self):
+        from archivas import node as node_module
+        from archivas.nodeapi import LocalNodeAPI
+
+        b = builder()
+        blocks, parent = [], b.genesis
+        for nonce in range(3 * node_module.INDEX_STEP_BLOCKS):
+            parent = b.make_block(parent, transactions=[b.transfer(ALICE, BOB.address, 1, nonce)])
+            blocks.append(parent)
+        h = Harness(self)
+        storage = h.node.chain.storage
+        d = defer.ensureDeferred(h.node.import_batch(blocks))
+        for _ in range(500):
+            if d.called:
+                break
+            h.clock.advance(0)
+        self.assertEqual(self.successResultOf(d), len(blocks))
+        self.assertEqual(storage.index_behind(), 0)  # nothing indexed: the sync did not wait on it
+        self.assertIsNone(storage.transfer(blocks[0].transactions[0].hash))
+        api = LocalNodeAPI(h.node)
+        self.assertEqual(api.status()["indexHeight"], 0)
+        h.node.sync.active = True  # a sync round is on: the indexes wait
+        h.clock.advance(node_module.INDEX_CHECK_SECONDS)
+        self.assertEqual(storage.index_behind(), 0)
+        h.node.sync.active = False
+        steps = []
+        catch_up = h.node.chain.catch_up_index
+
+        def step(limit):
+            steps.append(catch_up(limit))
+            h.node.sync.active = len(steps) == 1  # a round starts after the first step
+            return steps[-1]
+
+        h.node.chain.catch_up_index = step
+        h.clock.advance(node_module.INDEX_CHECK_SECONDS)  # one step; then the round pauses it
+        self.assertEqual((steps, storage.index_behind()), ([node_module.INDEX_STEP_BLOCKS], node_module.INDEX_STEP_BLOCKS))
+        h.node.sync.active = False
+        h.clock.advance(node_module.INDEX_CHECK_SECONDS)  # the rest, a reactor turn a step
+        self.assertEqual(steps, [node_module.INDEX_STEP_BLOCKS] * 3)
+        self.assertIsNone(storage.index_behind())
+        self.assertEqual(api.status()["indexHeight"], len(blocks))
+        found = storage.transfer(blocks[0].transactions[0].hash)
+        self.assertIsNotNone(found)
+        self.assertEqual(found.height, 1)
+        self.assertEqual(storage.transfer_count(), len(blocks))

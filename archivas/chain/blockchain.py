@@ -283,7 +283,11 @@ class Chain:
             s.delete_main(height)
             block = s.block(block_hash)
             assert block is not None
-            s.unindex_block(block)
+            behind = s.index_behind()
+            if behind is None or height <= behind:  # (above `behind` it was never indexed)
+                s.unindex_block(block)
+                if behind is not None:
+                    s.set_index_behind(height - 1)
             result.disconnected.append(block)
 
         for i, meta in enumerate(branch):
@@ -306,13 +310,50 @@ class Chain:
             s.set_accounts(dict(delta.changes))
             s.put_undo(meta.hash, delta.before)
             s.set_main(meta.height, meta.hash)
-            s.index_block(block)
+            self._index_connected(block)
             result.connected.append(block)
+        if s.index_behind() == new_tip.height:
+            s.set_index_behind(None)
         s.set_meta("tip", new_tip.hash.hex())
         if result.disconnected:
             log.info("[chain] reorganised: {n} blocks rolled back to height {fork}, {m} applied",
                      n=len(result.disconnected), fork=fork.height, m=len(result.connected))
         return result
+
+
+    def _index_connected(self, block: Block) -> None:
+        """A block joins the main chain: its transfers are indexed now, unless a run is
+        open (a sync: the indexes wait, catch_up_index) or they lag behind already."""
+        s = self.storage
+        behind = s.index_behind()
+        if behind is None and not s.in_run:
+            s.index_block(block)
+        elif behind is None:
+            s.set_index_behind(block.height - 1)
+        elif behind == block.height - 1 and not s.in_run:
+            s.index_block(block)
+            s.set_index_behind(block.height)
+
+    def catch_up_index(self, limit: int) -> int:
+        """Index up to `limit` main-chain blocks the transfer indexes lag behind, in one
+        transaction (not inside a run); how many. 0 when they hold the whole main chain."""
+        s = self.storage
+        behind = s.index_behind()
+        if behind is None or s.in_run:
+            return 0
+        top = self.tip.height
+        end = min(top, behind + limit)
+        with s.transaction():
+            blocks = []
+            for height in range(behind + 1, end + 1):
+                block_hash = s.main_hash(height)
+                block = s.block(block_hash) if block_hash is not None else None
+                if block is None:
+                    raise s.error(f"main-chain block at height {height} is missing")
+                blocks.append(block)
+            s.index_blocks(blocks)
+            s.set_index_behind(None if end >= top else end)
+        return end - behind
 
 
 class _BranchInvalid(Exception):

@@ -40,6 +40,7 @@ DB_FILE = "chain.sqlite3"
 LOCK_FILE = "LOCK"
 CHAIN_TABLES = frozenset({"meta", "blocks", "main_chain", "accounts", "undo"})
 INDEX_TABLES = frozenset({"tx_index", "address_index"})
+INDEX_BEHIND_META = "index_behind"  # while the transfer indexes lag the main chain: the last height they hold
 # Memory the caches may hold between commits: accounts (about 200 B each) beyond this are
 # dropped at a commit (a run can exceed it by the accounts it touches: 64 blocks of at
 # most 2,000 transfers, 256,000 accounts); block metas (about 300 B) are dropped oldest first.
@@ -414,6 +415,24 @@ class Storage:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
         self._cache(self._kv, key, value)
 
+    def delete_meta(self, key: str) -> None:
+        self.db.execute("DELETE FROM meta WHERE key=?", (key,))
+        self._cache(self._kv, key, None)
+
+    def index_behind(self) -> Optional[int]:
+        """The last main-chain height the transfer indexes hold while they lag the main
+        chain (a sync's runs leave them behind: Chain.catch_up_index), None when they
+        hold the whole main chain."""
+        value = self.get_meta(INDEX_BEHIND_META)
+        return None if value is None else int(value)
+
+    def set_index_behind(self, height: Optional[int]) -> None:
+        if height is None:
+            if self.get_meta(INDEX_BEHIND_META) is not None:
+                self.delete_meta(INDEX_BEHIND_META)
+        else:
+            self.set_meta(INDEX_BEHIND_META, str(height))
+
     def _cache(self, cache: dict, key: Any, value: Any) -> None:
         """cache[key] = value, journaled (a savepoint that rolls back restores it)."""
         old = cache.get(key, _MISSING)
@@ -563,14 +582,18 @@ class Storage:
         """Index a block's transfers as it joins the main chain."""
         self._index(block.hash, block.height, block.transactions)
 
+    def index_blocks(self, blocks: Iterable[Block]) -> None:
+        """Index main-chain blocks the indexes lag behind (catching up), in one sorted write."""
+        rows: list[tuple] = []
+        addresses: list[tuple] = []
+        for block in blocks:
+            _index_rows(block.hash, block.height, block.transactions, rows, addresses)
+        self._write_index(rows, addresses)
+
     def _index(self, block_hash: bytes, height: int, txs: Iterable[Transaction]) -> None:
         rows: list[tuple] = []
         addresses: list[tuple] = []
-        for position, tx in enumerate(txs):
-            tx_hash = tx.hash
-            rows.append((tx_hash, block_hash, height, position, tx.sender, tx.recipient, tx.amount, tx.fee,
-                         tx.nonce))
-            addresses.extend((a, height, position, tx_hash) for a in dict.fromkeys((tx.sender, tx.recipient)))
+        _index_rows(block_hash, height, txs, rows, addresses)
         if self._runs:  # kept for the run's commit (_flush_index)
             self._journal(functools.partial(self._truncate_pending, len(self._pending_txs),
                                             len(self._pending_addresses)))
@@ -659,6 +682,14 @@ class Storage:
         if row is None:
             raise StorageError(f"undo record of main-chain block {block_hash.hex()} is missing")
         return {a: (tuple(v) if v is not None else None) for a, v in json.loads(row[0]).items()}  # type: ignore[misc]
+
+
+def _index_rows(block_hash: bytes, height: int, txs: Iterable[Transaction], rows: list[tuple],
+                addresses: list[tuple]) -> None:
+    for position, tx in enumerate(txs):
+        tx_hash = tx.hash
+        rows.append((tx_hash, block_hash, height, position, tx.sender, tx.recipient, tx.amount, tx.fee, tx.nonce))
+        addresses.extend((a, height, position, tx_hash) for a in dict.fromkeys((tx.sender, tx.recipient)))
 
 
 def _restore(cache: dict, key: Any, old: Any) -> None:
