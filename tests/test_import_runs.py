@@ -181,7 +181,8 @@ class IndexCatchUpTests(unittest.TestCase):
 
         h.node.chain.catch_up_index = step
         h.clock.advance(node_module.INDEX_CHECK_SECONDS)  # one step; then the round pauses it
-        self.assertEqual((steps, storage.index_behind()), ([node_module.INDEX_STEP_BLOCKS], node_module.INDEX_STEP_BLOCKS))
+        step_blocks = node_module.INDEX_STEP_BLOCKS
+        self.assertEqual((steps, storage.index_behind()), ([step_blocks], step_blocks))
         h.node.sync.active = False
         h.clock.advance(node_module.INDEX_CHECK_SECONDS)  # the rest, a reactor turn a step
         self.assertEqual(steps, [node_module.INDEX_STEP_BLOCKS] * 3)
