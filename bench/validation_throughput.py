@@ -43,6 +43,7 @@ from archivas.chain.encoding import DecodeError
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import COIN, NetworkParams
 from archivas.chain.transactions import check_stateless
+from archivas.node import INDEX_STEP_BLOCKS
 from archivas.testing.chainbuilder import ChainBuilder, shared_plots
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,6 +301,15 @@ def components(w: Workload) -> dict[str, float]:
                 chain.end_run()
 
         out["storage"] = mean_us(w, in_runs)
+        # The transfer indexes the runs left behind, caught up as a node does after a sync.
+        start = time.perf_counter()
+        caught_up = 0
+        while True:
+            step = chain.catch_up_index(INDEX_STEP_BLOCKS)
+            if not step:
+                break
+            caught_up += step
+        out["index_catch_up"] = (time.perf_counter() - start) * 1e6 / max(1, caught_up)
     return out
 
 
@@ -398,6 +408,7 @@ def print_components(workloads: Sequence[Workload], costs: Sequence[dict[str, fl
     row("encoding + tx root", [c["encoding"] for c in costs])
     row("storage (add_block given the score, runs of 64)", [c["storage"] for c in costs])
     row("storage, one commit a block", [c["storage_per_block"] for c in costs])
+    row("transfer indexes caught up after the runs", [c["index_catch_up"] for c in costs])
     row("  of which reading ancestors (context)", [c["ancestors"] for c in costs])
     row("sum of components", [c["vdf"] + sum(c[k] for k in NON_VDF) for c in costs])
     row("check_standalone, measured", [c["standalone"] for c in costs])
