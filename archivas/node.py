@@ -74,7 +74,6 @@ COMPACT_ASK_AGAIN = 2.0  # seconds before a block announced by several peers is 
 COMPACT_SERVE_DEPTH = 10  # GET_CMPCT / GET_BLOCK_TXN are answered for blocks this close to the tip (BIP152's 10)
 RECENT_BLOCKS = 16  # decoded recent blocks (and their compact forms) kept to answer those
 MAX_VDF_AHEAD = 64  # VDF segments held that came before the ones they follow
-INDEX_CHECK_SECONDS = 1.0  # how often a node looks whether its transfer indexes lag (after a sync)
 INDEX_STEP_BLOCKS = 32  # blocks indexed a reactor turn while they catch up (docs/storage.md)
 
 
@@ -239,14 +238,15 @@ class Node:
             loop.clock = self.reactor
             loop.start(seconds, now=False).addErrback(lambda f: log.failure("[p2p] transfer relay failed", f))
             self._loops.append(loop)
-        loop = LoopingCall(self.catch_up_index)
-        loop.clock = self.reactor
-        loop.start(INDEX_CHECK_SECONDS, now=False).addErrback(lambda f: log.failure("[storage] indexing failed", f))
-        self._loops.append(loop)
+        self.reactor.callLater(0, self.catch_up_index)  # what a sync killed before the end left behind
+
+    def sync_ended(self) -> None:
+        self.reactor.callLater(0, self.catch_up_index)
 
     def catch_up_index(self) -> Optional[defer.Deferred]:
-        """Once no sync runs, the transfer indexes a sync left behind catch up, a few
-        blocks a reactor turn (Chain.catch_up_index); a sync that starts pauses them."""
+        """Once no sync runs (at start, and as each sync round ends), the transfer indexes
+        a sync left behind catch up, a few blocks a reactor turn (Chain.catch_up_index); a
+        sync that starts pauses them until it ends."""
         behind = self.chain.storage.index_behind()
         if behind is None or self._indexing is not None or self.sync.active or self.chain.storage.in_run:
             return None

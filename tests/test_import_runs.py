@@ -168,7 +168,8 @@ class IndexCatchUpTests(unittest.TestCase):
         api = LocalNodeAPI(h.node)
         self.assertEqual(api.status()["indexHeight"], 0)
         h.node.sync.active = True  # a sync round is on: the indexes wait
-        h.clock.advance(node_module.INDEX_CHECK_SECONDS)
+        h.node.catch_up_index()
+        h.clock.advance(0)
         self.assertEqual(storage.index_behind(), 0)
         h.node.sync.active = False
         steps = []
@@ -180,11 +181,13 @@ class IndexCatchUpTests(unittest.TestCase):
             return steps[-1]
 
         h.node.chain.catch_up_index = step
-        h.clock.advance(node_module.INDEX_CHECK_SECONDS)  # one step; then the round pauses it
+        h.node.sync_ended()  # (as a round ends) one step; then the next round pauses it
+        h.clock.advance(0)
         step_blocks = node_module.INDEX_STEP_BLOCKS
         self.assertEqual((steps, storage.index_behind()), ([step_blocks], step_blocks))
         h.node.sync.active = False
-        h.clock.advance(node_module.INDEX_CHECK_SECONDS)  # the rest, a reactor turn a step
+        h.node.sync_ended()  # the rest, a reactor turn a step
+        h.clock.advance(0)
         self.assertEqual(steps, [node_module.INDEX_STEP_BLOCKS] * 3)
         self.assertIsNone(storage.index_behind())
         self.assertEqual(api.status()["indexHeight"], len(blocks))

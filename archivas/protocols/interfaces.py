@@ -68,6 +68,8 @@ class BlockSink(Protocol):
         """A header found below the assumed block (protocols/assumevalid.py): its shape
         only, its proofs taken as valid and its body's signatures too; its score."""
     def relay_block(self, block: Block) -> None: ...
+    def sync_ended(self) -> None:
+        """A sync round is over (whatever its outcome): work it held back may go on."""
 
 
 class PeerEvents(Protocol):

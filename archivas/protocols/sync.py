@@ -374,6 +374,7 @@ class Syncer:
         tip = self.view.block(self.view.tip().hash)
         if tip is not None and tip.height > 0:
             self.sink.relay_block(tip)
+        self.sink.sync_ended()
         self.reactor.callLater(0, self.start_round)
 
     async def _seed_round(self, target: PeerProtocol) -> None:
