@@ -1044,7 +1044,7 @@ class Node:
                     self._connect_children(block.hash)  # blocks that arrived during the sync
         finally:
             with self.metrics.storing():
-                self.chain.end_run()  # the commit (the run's one fsync)
+                self.chain.end_run()  # the run's one commit
             for check in checks:
                 check.addErrback(lambda f: None)
         return added

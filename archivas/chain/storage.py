@@ -1,11 +1,14 @@
 """SQLite storage under the `--db` directory: blocks, the main chain, accounts, undo data,
 and the indexes of main-chain transfers (by hash and by address).
 
-WAL mode with synchronous=FULL, and every block commit (with its state changes, undo
-record, index rows and the new tip) inside one SQLite transaction: a process killed at any
-instant reopens at the last committed tip, and a commit that returned is on disk. Sync
-imports a run of blocks in one transaction (`begin_run`/`end_run`): one fsync a run, and a
-crash reopens at a run boundary. A transaction opened inside another is a SAVEPOINT, so a
+WAL mode, and every block commit (with its state changes, undo record, index rows and the
+new tip) inside one SQLite transaction: a process killed at any instant reopens at the
+last committed tip. With synchronous=NORMAL (the default, `sync="normal"`) a commit is in
+the WAL file, not fsynced: a power loss or OS crash may lose the last commits, never
+corrupt the database (a node fetches the lost blocks from its peers again); `sync="full"`
+fsyncs every commit (docs/storage.md has the trade). Sync imports a run of blocks in one
+transaction (`begin_run`/`end_run`): one commit a run, and a crash reopens at a run
+boundary. A transaction opened inside another is a SAVEPOINT, so a
 block refused inside a run leaves nothing of itself and keeps the run's earlier blocks.
 
 Accounts, block metadata and meta values are cached in memory. Account writes are kept
@@ -45,6 +48,10 @@ INDEX_TABLES = frozenset({"tx_index", "address_index"})
 # most 2,000 transfers, 256,000 accounts); block metas (about 300 B) are dropped oldest first.
 ACCOUNT_CACHE = 200_000
 META_CACHE = 16_384
+# SQLite's synchronous setting under WAL (`--db-sync`): "normal" writes each commit to the
+# WAL without an fsync (SQLite fsyncs at checkpoints); "full" fsyncs the WAL at every commit.
+SYNC_MODES = ("normal", "full")
+DEFAULT_SYNC = "normal"
 _MISSING: Any = object()
 WHAT_TO_DO = "restore it from a backup, or move it away and let the node sync again into an empty --db directory"
 
@@ -160,8 +167,12 @@ class Storage:
         self,
         directory: str | os.PathLike[str],
         connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
+        sync: str = DEFAULT_SYNC,
     ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
         self.directory = Path(directory)
+        self.sync = sync
         self._lock: Optional[int] = None
         self.db: sqlite3.Connection = None  # type: ignore[assignment]
         self._depth = 0  # 0: no transaction; 1: in one; n > 1: in n - 1 savepoints
@@ -188,7 +199,7 @@ class Storage:
         try:
             self.db = connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute(f"PRAGMA synchronous={sync.upper()}")
             self.db.execute("PRAGMA foreign_keys=OFF")
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             # A new database gets its tables in the same transaction as its genesis block
@@ -320,7 +331,7 @@ class Storage:
         self._runs += 1
 
     def end_run(self) -> None:
-        """End a begin_run; the last one commits what the runs added (one fsync)."""
+        """End a begin_run; the last one commits what the runs added (one commit)."""
         if self._runs == 0 or self.db is None:  # (closed meanwhile: close committed it)
             return
         self._runs -= 1
