@@ -73,6 +73,10 @@ PARTIAL_TIMEOUT = 10.0  # seconds for a BLOCK_TXN to come before the block is fe
 COMPACT_ASK_AGAIN = 2.0  # seconds before a block announced by several peers is asked of the next
 COMPACT_SERVE_DEPTH = 10  # GET_CMPCT / GET_BLOCK_TXN are answered for blocks this close to the tip (BIP152's 10)
 RECENT_BLOCKS = 16  # decoded recent blocks (and their compact forms) kept to answer those
+# Seconds after a gossiped block became the tip before its transfer-index rows are written
+# (their own transaction, off the block's relay: Storage.index_block(later=True)); an RPC
+# look-up of the index, a reorganisation or stopping writes them at once.
+INDEX_WRITE_DELAY = 1.0
 MAX_VDF_AHEAD = 64  # VDF segments held that came before the ones they follow
 
 
@@ -216,6 +220,7 @@ class Node:
         self.on_vdf: list[Callable[[bytes, int, vdf.Segment], None]] = []
         self.rejected_blocks = 0
         self.stopped = False
+        self._index_call: Any = None  # the pending write_index (INDEX_WRITE_DELAY)
         self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
 
     def start(self) -> None:
@@ -261,6 +266,7 @@ class Node:
         for block_hash in list(self._partials):
             self._drop_partial(block_hash)
         self.sync.stop()
+        self._write_index()
         d = self.peers.stop()
         if self.threaded:
             d.addBoth(lambda _: self.threadpool.stop())
@@ -534,7 +540,7 @@ class Node:
                     if self.stopped:
                         return None
                     with self.metrics.storing():
-                        result = self.chain.add_block(candidate, self.now_ms(), score)
+                        result = self.chain.add_block(candidate, self.now_ms(), score, index_later=True)
                     break
                 except BlockRejected as e:
                     self._rejected(candidate, sender, e)
@@ -559,6 +565,8 @@ class Node:
             self._hold_orphan(candidate, sender)
             return None
         self._accepted(candidate, result)
+        if self.chain.storage.unindexed and (self._index_call is None or not self._index_call.active()):
+            self._index_call = self.reactor.callLater(INDEX_WRITE_DELAY, self._write_index)
         if sender is not None and sender.info is not None and result.status == ADDED_TIP:
             sender.info.last_block_at = self.reactor.seconds()  # a novel block (eviction protects it)
             sender.info.weight = max(sender.info.weight, self.chain.tip.weight)
@@ -566,6 +574,16 @@ class Node:
             self._delivered_first(sender)
         self._connect_children(candidate.hash)
         return result
+
+    def _write_index(self) -> None:
+        """The transfer-index rows of the gossiped blocks stored since the last time."""
+        if self._index_call is not None and self._index_call.active():
+            self._index_call.cancel()
+        self._index_call = None
+        try:
+            self.chain.write_index()
+        except Exception:  # (a disk error: the next block, read or restart tries again)
+            log.failure("[storage] writing the transfer index failed")
 
     def _release(self, source: PeerProtocol) -> None:
         self._pending[id(source)] -= 1

@@ -143,6 +143,79 @@ class IndexTests(unittest.TestCase):
         self.assertEqual([x.hash for x in page], [t.hash])
 
 
+class LaterIndexTests(unittest.TestCase):
+    """add_block(index_later=True), as a node stores a gossiped block: the rows wait in
+    memory (and the meta row unindexed_from on disk) until write_index, a read, a
+    reorganisation or close writes them; a process stopped before reopens and writes them."""
+
+    def blocks(self):
+        b = builder()
+        t1 = transfer(ALICE, BOB, 1 * COIN, 0)
+        a1 = b.make_block(b.genesis, [t1])
+        a2 = b.make_block(a1, [transfer(BOB, CAROL, 2 * COIN, 0), transfer(ALICE, CAROL, 3 * COIN, 1)])
+        b1 = b.make_block(b.genesis, [transfer(ALICE, CAROL, 4 * COIN, 0)])
+        b2, b3 = b.extend(b1, 2)
+        a3, a4 = b.extend(a2, 2)
+        return t1, (a1, a2, b1, b2, b3, a3, a4)
+
+    def test_rows_wait_until_written_read_or_reorganised(self):
+        t1, blocks = self.blocks()
+        chain = open_chain(self)
+        a1, a2 = blocks[:2]
+        chain.add_block(a1, now_ms(), index_later=True)
+        self.assertEqual(stored_index(chain), ([], []))
+        self.assertEqual((chain.storage.unindexed, chain.storage.get_meta("unindexed_from")), (1, "1"))
+        chain.add_block(a2, now_ms(), index_later=True)
+        self.assertEqual((chain.storage.unindexed, chain.storage.get_meta("unindexed_from")), (2, "1"))
+        self.assertEqual(chain.storage.transfer(t1.hash).block_hash, a1.hash)  # a read writes them first
+        self.assertEqual(stored_index(chain), expected_index(chain))
+        self.assertEqual((chain.storage.unindexed, chain.storage.get_meta("unindexed_from")), (0, None))
+        for block in blocks[2:]:  # b3 and a4 reorganise: the waiting rows are written first
+            chain.add_block(block, now_ms(), index_later=True)
+            chain.write_index()
+            self.assertEqual(stored_index(chain), expected_index(chain), f"after height {block.height}")
+        self.assertEqual(chain.tip.hash, blocks[-1].hash)
+        other = open_chain(self)  # without write_index between: each reorganisation writes what waits first
+        for block in blocks:
+            other.add_block(block, now_ms(), index_later=True)
+        # a4 rolled b3..b1 back (writing their rows, then deleting them) and connected a1..a4
+        self.assertEqual((other.storage.unindexed, other.storage.get_meta("unindexed_from")), (4, "1"))
+        self.assertEqual(stored_index(other), ([], []))
+        other.write_index()
+        self.assertEqual(stored_index(other), expected_index(other))
+
+    def test_a_refused_block_keeps_what_waits(self):
+        t1, blocks = self.blocks()
+        chain = open_chain(self)
+        chain.add_block(blocks[0], now_ms(), index_later=True)
+        c2 = builder().make_block(blocks[0], [transfer(BOB, CAROL, 10**6 * COIN, 0)])
+        with self.assertRaisesRegex(BlockRejected, "insufficient_balance"):
+            chain.add_block(c2, now_ms(), index_later=True)
+        self.assertEqual(chain.storage.unindexed, 1)
+        chain.write_index()
+        self.assertEqual(stored_index(chain), expected_index(chain))
+
+    def test_close_writes_them_and_a_stopped_process_writes_them_at_reopen(self):
+        _, blocks = self.blocks()
+        directory = self.mktemp()
+        chain = Chain.open(directory, PARAMS)
+        chain.add_block(blocks[0], now_ms(), index_later=True)
+        chain.close()
+        chain = Chain.open(directory, PARAMS)
+        self.assertEqual(stored_index(chain), expected_index(chain))
+        self.assertIsNone(chain.storage.get_meta("unindexed_from"))
+        chain.add_block(blocks[1], now_ms(), index_later=True)
+        chain.storage._later = []  # what a killed process leaves: the block committed, its rows not written
+        chain.close()
+        logged = Logged(self)
+        chain = Chain.open(directory, PARAMS)
+        self.addCleanup(chain.close)
+        self.assertEqual(stored_index(chain), expected_index(chain))
+        self.assertEqual(len(stored_index(chain)[0]), 3)
+        self.assertIsNone(chain.storage.get_meta("unindexed_from"))
+        self.assertEqual(len(logged.lines("[storage] indexed the transfers of the last 1 blocks")), 1)
+
+
 class SchemaTests(unittest.TestCase):
     def test_schemas_before_block_version_2_are_refused_in_one_line(self):
         # Schemas 1 and 2 hold version-1 blocks under a version-1 genesis: nothing to migrate.
@@ -800,3 +873,24 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class NodeIndexWriteTests(unittest.TestCase):
+    def test_a_received_blocks_rows_are_written_after_the_delay(self):
+        from archivas.node import INDEX_WRITE_DELAY
+
+        self.assertEqual(INDEX_WRITE_DELAY, 1.0)
+        t1 = transfer(ALICE, BOB, 1 * COIN, 0)
+        b = builder()
+        a1 = b.make_block(b.genesis, [t1])
+        h = Harness(self)
+        storage = h.node.chain.storage
+        self.successResultOf(h.node.receive_block(a1))
+        self.assertEqual((h.node.chain.tip.hash, storage.unindexed), (a1.hash, 1))
+        self.assertEqual(stored_index(h.node.chain), ([], []))
+        h.clock.advance(INDEX_WRITE_DELAY - 0.01)
+        self.assertEqual(storage.unindexed, 1)
+        h.clock.advance(0.01)
+        self.assertEqual(storage.unindexed, 0)
+        self.assertEqual(stored_index(h.node.chain), expected_index(h.node.chain))
+        self.assertEqual(len(stored_index(h.node.chain)[0]), 1)

@@ -95,8 +95,12 @@ class Chain:
             return
         try:
             self._check(genesis_hash)
+            caught_up = s.catch_up_index(self.block_at, self.tip.height)
         except sqlite3.DatabaseError as e:  # a page quick_check could not see is bad after all
             raise s.error(str(e)) from None
+        if caught_up:
+            log.info("[storage] indexed the transfers of the last {n} blocks (the process stopped before it "
+                     "wrote them)", n=caught_up)
 
     def _check(self, genesis_hash: str) -> None:
         s = self.storage
@@ -214,6 +218,10 @@ class Chain:
     def end_run(self) -> None:
         self.storage.end_run()
 
+    def write_index(self) -> None:
+        """Write the transfer-index rows add_block(index_later=True) left waiting."""
+        self.storage.write_later()
+
     def check_standalone(self, block: Block) -> int:
         """The thread-safe, costly part of validation (proofs and signatures): its score.
 
@@ -223,8 +231,11 @@ class Chain:
             raise BlockRejected("invalid_ancestor", "parent unknown")
         return check_standalone(block, parent, self.params)
 
-    def add_block(self, block: Block, now_ms: int, score: Optional[int] = None) -> AddResult:
-        """Validate and store `block`; `score` from an earlier check_standalone skips it."""
+    def add_block(self, block: Block, now_ms: int, score: Optional[int] = None,
+                  index_later: bool = False) -> AddResult:
+        """Validate and store `block`; `score` from an earlier check_standalone skips it.
+        `index_later`: the transfer-index rows of the blocks it connects wait for
+        write_index (Storage.index_block), so that a gossiped block is relayed sooner."""
         s = self.storage
         if s.has_block(block.hash):
             return AddResult(KNOWN)
@@ -254,7 +265,7 @@ class Chain:
         try:
             with s.transaction():
                 s.put_block(block, weight, score)
-                return self._switch_to(candidate, tip, block)
+                return self._switch_to(candidate, tip, block, index_later)
         except _BranchInvalid as bad:
             with s.transaction():
                 s.put_block(block, weight, score)
@@ -262,7 +273,8 @@ class Chain:
                     s.mark_invalid(h)
             raise bad.rejection from None
 
-    def _switch_to(self, new_tip: BlockMeta, old_tip: BlockMeta, new_block: Block) -> AddResult:
+    def _switch_to(self, new_tip: BlockMeta, old_tip: BlockMeta, new_block: Block,
+                   index_later: bool = False) -> AddResult:
         """Roll back to the fork point and apply the new branch, inside the caller's
         transaction. Raises _BranchInvalid (the transaction then rolls back)."""
         s = self.storage
@@ -306,7 +318,7 @@ class Chain:
             s.set_accounts(dict(delta.changes))
             s.put_undo(meta.hash, delta.before)
             s.set_main(meta.height, meta.hash)
-            s.index_block(block)
+            s.index_block(block, later=index_later)
             result.connected.append(block)
         s.set_meta("tip", new_tip.hash.hex())
         if result.disconnected:

@@ -43,6 +43,10 @@ DB_FILE = "chain.sqlite3"
 LOCK_FILE = "LOCK"
 CHAIN_TABLES = frozenset({"meta", "blocks", "main_chain", "accounts", "undo"})
 INDEX_TABLES = frozenset({"tx_index", "address_index"})
+# Meta row: the height of the first main-chain block whose transfer-index rows are not
+# written yet (index_block(later=True)); every main-chain block from it to the tip lacks
+# them. Absent: the index is complete. A database opened with it set indexes those blocks.
+UNINDEXED_FROM = "unindexed_from"
 # Memory the caches may hold between commits: accounts (about 200 B each) beyond this are
 # dropped at a commit (a run can exceed it by the accounts it touches: 64 blocks of at
 # most 2,000 transfers, 256,000 accounts); block metas (about 300 B) are dropped oldest first.
@@ -189,6 +193,11 @@ class Storage:
         # reads or deletes index rows): a B-tree takes sorted inserts 1.6x faster.
         self._pending_txs: list[tuple] = []
         self._pending_addresses: list[tuple] = []
+        # Committed main-chain blocks whose index rows wait (index_block(later=True)), oldest
+        # first; those of the open transaction; and what the first list was at its BEGIN.
+        self._later: list[Block] = []
+        self._later_tx: list[Block] = []
+        self._later_at_begin: list[Block] = []
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -265,6 +274,8 @@ class Storage:
             if self.db is not None and self._runs:  # a run still open at shutdown: its blocks are all valid
                 self._runs = 0
                 self._commit()
+            if self.db is not None and not self._depth:
+                self.write_later()
         finally:
             if self.db is not None:
                 self.db.close()
@@ -346,6 +357,7 @@ class Storage:
         self.db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         self._undo_log = [[]]
+        self._later_at_begin = list(self._later)
 
     def _commit(self) -> None:
         if not self.db.in_transaction:  # SQLite rolled it back itself: write nothing outside it
@@ -360,6 +372,8 @@ class Storage:
             raise
         self._depth = 0
         self._undo_log = []
+        self._later += self._later_tx
+        self._later_tx = []
         if len(self._accounts) > ACCOUNT_CACHE:
             self._accounts.clear()
 
@@ -378,6 +392,8 @@ class Storage:
             self._kv.clear()
             self._pending_txs = []
             self._pending_addresses = []
+            self._later = self._later_at_begin  # (committed before: still unwritten, as on disk)
+            self._later_tx = []
 
     def _journal(self, undo: Callable[[], None]) -> None:
         """Remember how to undo a cache change if the savepoint it was made in rolls back."""
@@ -424,6 +440,10 @@ class Storage:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
         self._cache(self._kv, key, value)
+
+    def delete_meta(self, key: str) -> None:
+        self.db.execute("DELETE FROM meta WHERE key=?", (key,))
+        self._cache(self._kv, key, None)
 
     def _cache(self, cache: dict, key: Any, value: Any) -> None:
         """cache[key] = value, journaled (a savepoint that rolls back restores it)."""
@@ -570,9 +590,65 @@ class Storage:
 
     # the transfer indexes (main chain only)
 
-    def index_block(self, block: Block) -> None:
-        """Index a block's transfers as it joins the main chain."""
+    def index_block(self, block: Block, later: bool = False) -> None:
+        """Index a block's transfers as it joins the main chain. `later` (a block from
+        gossip, outside a run): its rows wait in memory, off the path that relays it, for
+        write_later (the node calls it soon after; any read of the index, a reorganisation
+        and close call it first); the meta row UNINDEXED_FROM, written with the block, says
+        so on disk until they are written, and a reopened database indexes those blocks."""
+        if later and not self._runs:
+            if not self._later and not self._later_tx:
+                self.set_meta(UNINDEXED_FROM, str(block.height))
+            self._journal(functools.partial(self._truncate_later_tx, len(self._later_tx)))
+            self._later_tx.append(block)
+            return
+        self.write_later()
         self._index(block.hash, block.height, block.transactions)
+
+    @property
+    def unindexed(self) -> int:
+        """Main-chain blocks whose index rows wait for write_later."""
+        return len(self._later) + len(self._later_tx)
+
+    def write_later(self) -> None:
+        """Write the rows index_block(later=True) kept, and drop UNINDEXED_FROM: in the open
+        transaction, or in one of their own."""
+        if not self._later and not self._later_tx:
+            return
+        if not self._depth:
+            with self.transaction():
+                self.write_later()
+            return
+        blocks = self._later + self._later_tx
+        self._journal(functools.partial(self._restore_later, self._later, self._later_tx))
+        self._later, self._later_tx = [], []
+        for block in blocks:
+            self._index(block.hash, block.height, block.transactions)
+        self._flush_index()
+        self.delete_meta(UNINDEXED_FROM)
+
+    def catch_up_index(self, block_at: Callable[[int], Optional[Block]], tip_height: int) -> int:
+        """At open: index the main-chain blocks UNINDEXED_FROM names (a process stopped
+        before write_later), in one transaction; how many."""
+        first = self.get_meta(UNINDEXED_FROM)
+        if first is None:
+            return 0
+        if not first.isdigit():
+            raise self.error(f"its {UNINDEXED_FROM} row is {first!r}")
+        with self.transaction():
+            for height in range(int(first), tip_height + 1):
+                block = block_at(height)
+                if block is None:
+                    raise self.error(f"main-chain block {height} is missing")
+                self._index(block.hash, block.height, block.transactions)
+            self.delete_meta(UNINDEXED_FROM)
+        return max(0, tip_height + 1 - int(first))
+
+    def _truncate_later_tx(self, length: int) -> None:
+        del self._later_tx[length:]
+
+    def _restore_later(self, committed: list[Block], in_tx: list[Block]) -> None:
+        self._later, self._later_tx = committed, in_tx
 
     def _index(self, block_hash: bytes, height: int, txs: Iterable[Transaction]) -> None:
         rows: list[tuple] = []
@@ -625,6 +701,7 @@ class Storage:
 
     def unindex_block(self, block: Block) -> None:
         """Drop a block's transfers as it leaves the main chain."""
+        self.write_later()
         self._flush_index()
         height = block.height
         rows: list[tuple] = []
@@ -636,6 +713,7 @@ class Storage:
         self.db.executemany("DELETE FROM address_index WHERE address=? AND height=? AND position=?", addresses)
 
     def transfer(self, tx_hash: bytes) -> Optional[IndexedTransfer]:
+        self.write_later()
         self._flush_index()
         row = self.db.execute(f"SELECT {_TRANSFER_COLUMNS} FROM tx_index t JOIN blocks b ON b.hash = t.block "
                               "WHERE t.hash=?", (tx_hash,)).fetchone()
@@ -646,6 +724,7 @@ class Storage:
         """The address's transfers, sent and received, newest first, from blocks below
         height `before` (all when None): `limit` of them, then the rest of the last one's
         block (a page never splits a block), and whether older ones remain."""
+        self.write_later()
         self._flush_index()
         below = 2**62 if before is None else before
         query = (f"SELECT {_TRANSFER_COLUMNS} FROM address_index a JOIN tx_index t ON t.hash = a.hash "
@@ -662,6 +741,7 @@ class Storage:
         return page, more
 
     def transfer_count(self) -> int:
+        self.write_later()
         self._flush_index()
         return self.db.execute("SELECT COUNT(*) FROM tx_index").fetchone()[0]
 
