@@ -580,6 +580,8 @@ class Node:
         if self._index_call is not None and self._index_call.active():
             self._index_call.cancel()
         self._index_call = None
+        if self.chain.storage.db is None:  # closed already (close wrote them)
+            return
         try:
             self.chain.write_index()
         except Exception:  # (a disk error: the next block, read or restart tries again)
