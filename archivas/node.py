@@ -73,6 +73,10 @@ PARTIAL_TIMEOUT = 10.0  # seconds for a BLOCK_TXN to come before the block is fe
 COMPACT_ASK_AGAIN = 2.0  # seconds before a block announced by several peers is asked of the next
 COMPACT_SERVE_DEPTH = 10  # GET_CMPCT / GET_BLOCK_TXN are answered for blocks this close to the tip (BIP152's 10)
 RECENT_BLOCKS = 16  # decoded recent blocks (and their compact forms) kept to answer those
+# Seconds after a gossiped block became the tip before its transfer-index rows are written
+# (their own transaction, off the block's relay: Chain.add_block(index_later=True)); an
+# index read writes them at once (Storage._current_index).
+INDEX_WRITE_DELAY = 1.0
 MAX_VDF_AHEAD = 64  # VDF segments held that came before the ones they follow
 INDEX_STEP_BLOCKS = 32  # blocks indexed a reactor turn while they catch up (docs/storage.md)
 
@@ -218,6 +222,7 @@ class Node:
         self.rejected_blocks = 0
         self.stopped = False
         self._indexing: Optional[defer.Deferred] = None  # the transfer indexes catching up (catch_up_index)
+        self._index_call: Any = None  # the pending catch_up_index of gossiped blocks (INDEX_WRITE_DELAY)
         self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
 
     def start(self) -> None:
@@ -244,11 +249,18 @@ class Node:
         self.reactor.callLater(0, self.catch_up_index)
 
     def catch_up_index(self) -> Optional[defer.Deferred]:
-        """Once no sync runs (at start, and as each sync round ends), the transfer indexes
-        a sync left behind catch up, a few blocks a reactor turn (Chain.catch_up_index); a
-        sync that starts pauses them until it ends."""
+        """Once no sync runs (at start, as each sync round ends, and a moment after a
+        gossiped block), the transfer indexes left behind catch up, a few blocks a reactor
+        turn (Chain.catch_up_index); a sync that starts pauses them until it ends."""
         behind = self.chain.storage.index_behind()
-        if behind is None or self._indexing is not None or self.sync.active or self.chain.storage.in_run:
+        if (behind is None or self._indexing is not None or self.sync.active or self.chain.storage.in_run
+                or self.stopped or self.chain.storage.db is None):
+            return None
+        if self.chain.tip.height - behind <= INDEX_STEP_BLOCKS:  # gossiped blocks: one step, quietly
+            try:
+                self.chain.catch_up_index(INDEX_STEP_BLOCKS)
+            except Exception:  # (a disk error: the next block, read or restart tries again)
+                log.failure("[storage] writing the transfer index failed")
             return None
         self._indexing = defer.ensureDeferred(self._index_steps(behind))
         self._indexing.addErrback(lambda f: log.failure("[storage] indexing failed", f))
@@ -294,6 +306,8 @@ class Node:
         for block_hash in list(self._partials):
             self._drop_partial(block_hash)
         self.sync.stop()
+        if self._index_call is not None and self._index_call.active():
+            self._index_call.cancel()
         d = self.peers.stop()
         if self.threaded:
             d.addBoth(lambda _: self.threadpool.stop())
@@ -567,7 +581,7 @@ class Node:
                     if self.stopped:
                         return None
                     with self.metrics.storing():
-                        result = self.chain.add_block(candidate, self.now_ms(), score)
+                        result = self.chain.add_block(candidate, self.now_ms(), score, index_later=True)
                     break
                 except BlockRejected as e:
                     self._rejected(candidate, sender, e)
@@ -592,6 +606,9 @@ class Node:
             self._hold_orphan(candidate, sender)
             return None
         self._accepted(candidate, result)
+        if self.chain.storage.index_behind() is not None and (self._index_call is None
+                                                               or not self._index_call.active()):
+            self._index_call = self.reactor.callLater(INDEX_WRITE_DELAY, self.catch_up_index)
         if sender is not None and sender.info is not None and result.status == ADDED_TIP:
             sender.info.last_block_at = self.reactor.seconds()  # a novel block (eviction protects it)
             sender.info.weight = max(sender.info.weight, self.chain.tip.weight)
@@ -1083,7 +1100,7 @@ class Node:
                     self._connect_children(block.hash)  # blocks that arrived during the sync
         finally:
             with self.metrics.storing():
-                self.chain.end_run()  # the commit (the run's one fsync)
+                self.chain.end_run()  # the run's one commit
             for check in checks:
                 check.addErrback(lambda f: None)
         return added

@@ -24,7 +24,7 @@ from archivas.chain import params as network_params
 from archivas.chain.blockchain import Chain
 from archivas.chain.keys import PrivateKey
 from archivas.chain.snapshot import history_failed, history_validated
-from archivas.chain.storage import StorageError
+from archivas.chain.storage import DEFAULT_SYNC, StorageError
 from archivas.farmer.farming import Farmer
 from archivas.farmer.plots import load_plots
 from archivas.history import HistoryVerifier
@@ -152,18 +152,20 @@ def node_service(
     whitelist: Sequence[str] = (),
     p2p_tls: bool = False,
     assume_valid: Optional[str] = None,
+    db_sync: str = DEFAULT_SYNC,
 ) -> NodeMultiService:
     """Build an Archivas node as a MultiService. Opens (or creates) the database now, so
     a locked, corrupt or foreign database raises StorageError here. `operator=True` (twistd,
     the console script) turns a listening failure at start into one line and exit 1.
     `assume_valid`: a block hash (hex) whose ancestors headers-first sync takes without
-    their proofs, "0" for none, None for the network's (chain/assumed.py)."""
+    their proofs, "0" for none, None for the network's (chain/assumed.py). `db_sync`:
+    SQLite's synchronous setting, "normal" or "full" (chain/storage.py, docs/storage.md)."""
     if reactor is None:
         from twisted.internet import reactor as default_reactor
 
         reactor = default_reactor
     params = network_params.load(network)
-    chain = Chain.open(db, params)
+    chain = Chain.open(db, params, sync=db_sync)
     try:
         failed = history_failed(chain.storage)
         if failed is not None:  # recorded by verify-history (docs/snapshots.md)

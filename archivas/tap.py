@@ -21,7 +21,7 @@ from archivas import logs
 from archivas.chain import assumed
 from archivas.chain.keys import KeyFileError, PrivateKey
 from archivas.chain.params import NETWORKS
-from archivas.chain.storage import StorageError
+from archivas.chain.storage import DEFAULT_SYNC, SYNC_MODES, StorageError
 from archivas.protocols.addrman import parse_address
 from archivas.protocols.manager import endpoint_description, whitelist_networks
 from archivas.protocols.tls import TLS_PREFIX
@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     "rpc-port": "127.0.0.1:8080",
     "p2p-port": ":9090",
     "db": "./archivas-data",
+    "db-sync": DEFAULT_SYNC,
     "network": "devnet",
     "peers": [],
     "timelord": False,
@@ -94,6 +95,9 @@ class Options(VersionedOptions):
                                  "[default: 127.0.0.1:8080, local only; :8080 opens it to other hosts]"],
         ["p2p-port", None, None, "peer-to-peer listen address, same forms [default: :9090]"],
         ["db", None, None, "database directory [default: ./archivas-data]"],
+        ["db-sync", None, None, "when the database reaches the disk: normal (at checkpoints; a power loss may "
+                                "lose the last blocks, refetched from peers) or full (an fsync every block) "
+                                f"[default: {DEFAULT_SYNC}] (docs/storage.md)"],
         ["network", None, None, f"network: {' or '.join(NETWORKS)} [default: devnet]"],
         ["config", None, None, "TOML configuration file (see conf/node.toml)"],
         ["farm", None, None, "farm the plots in this directory"],
@@ -143,8 +147,8 @@ class Options(VersionedOptions):
 
     def postOptions(self) -> None:
         file_settings = self._read_config(self["config"]) if self["config"] else {}
-        flags = {k: self[k] for k in ("rpc-port", "p2p-port", "db", "network", "farm", "farmer-key", "assume-valid",
-                                      *LOG_SETTINGS)}
+        flags = {k: self[k] for k in ("rpc-port", "p2p-port", "db", "db-sync", "network", "farm", "farmer-key",
+                                      "assume-valid", *LOG_SETTINGS)}
         flags["peers"] = self._peer_flags or None
         flags["whitelist"] = self._whitelist_flags or None
         flags["timelord"] = True if self["timelord"] else None
@@ -181,6 +185,8 @@ class Options(VersionedOptions):
     def _validate(self) -> None:
         if self["network"] not in NETWORKS:
             raise usage.UsageError(f"--network must be one of {', '.join(NETWORKS)}, not {self['network']!r}")
+        if self["db-sync"] not in SYNC_MODES:
+            raise usage.UsageError(f"--db-sync must be one of {', '.join(SYNC_MODES)}, not {self['db-sync']!r}")
         self["rpc-port"] = check_listen("rpc-port", self["rpc-port"])
         self["p2p-port"] = check_listen("p2p-port", self["p2p-port"])
         self["peers"] = [check_peer(p) for p in self["peers"]]
@@ -248,7 +254,7 @@ def makeService(config: Options, reactor: Any = None) -> NodeMultiService:
             db=config["db"], network=config["network"], rpc=config["rpc-port"], p2p=config["p2p-port"],
             peers=config["peers"], timelord=config["timelord"], farm=config["farm"],
             farmer_key=config["farmer-key"], reactor=reactor, operator=True, whitelist=config["whitelist"],
-            p2p_tls=config["p2p-tls"], assume_valid=config["assume-valid"],
+            p2p_tls=config["p2p-tls"], assume_valid=config["assume-valid"], db_sync=config["db-sync"],
         )
     except (StorageError, KeyFileError) as e:
         fail(str(e))

@@ -372,7 +372,8 @@ def print_notes(nodes: int, variants: Sequence[Variant]) -> None:
         "sender had not seen before the block), is rebuilt from the mempool (GET_BLOCK_TXN, one round "
         "trip, only for what is missing), its proofs and signatures checked in the node's 2-thread pool "
         "(through the verified caches), then its context and state checked and committed to SQLite "
-        "(WAL, synchronous=FULL: an fsync on this disk) on the reactor thread, then relayed on; "
+        "(WAL, synchronous=NORMAL, the default: no fsync a block; its transfer-index rows a second later) "
+        "on the reactor thread, then relayed on; "
         "arrival = on_tip. The relay table shows what really crossed.",
         "Gossip first: the block's transfers went to node 0 (submit_transaction) and reached every "
         "mempool by INV/REQ/RES (an INV every 2 s to outbound peers, 5 s to inbound ones: along the "

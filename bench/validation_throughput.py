@@ -462,9 +462,9 @@ def print_notes(devnet: NetworkParams) -> None:
         "recipient. The same funded genesis serves 0 and 50 transfers, so both chains carry the "
         "same VDF segments and proofs of space.",
         "Storage = add_block given the score from check_standalone: context checks, state, and "
-        "the SQLite commit (WAL, synchronous=FULL, in a temporary directory), in runs of 64 "
-        "blocks a transaction as sync stores them (Chain.begin_run/end_run: one fsync a run), and "
-        "with one commit (one fsync) a block, as a block from gossip is stored. The throughput runs "
+        "the SQLite commit (WAL, synchronous=NORMAL, the default, in a temporary directory), in runs of 64 "
+        "blocks a transaction as sync stores them (Chain.begin_run/end_run: one commit a run), and "
+        "with one commit a block, as a block from gossip is stored. The throughput runs "
         "store in runs of 64.",
         "2 threads: check_standalone runs in a 2-worker pool ahead of this thread, which adds the "
         "blocks in order with their scores (context, state, storage).",

@@ -312,6 +312,21 @@ class DecodeTests(unittest.TestCase):
 
         self.assertEqual(Block.from_json(json.loads(block.encode())), block)
 
+    def test_encoding_is_the_canonical_json_of_the_whole(self):
+        # Block.encode joins the header's and each transfer's canonical JSON; it must be
+        # byte for byte canonical_json(to_json()) (what the size limit and peers see).
+        from archivas.chain.encoding import canonical_json
+
+        b = builder()
+        txs = [sign_transfer(ALICE, PARAMS, BOB.address, (i + 1) * COIN, PARAMS.min_fee, i) for i in range(3)]
+        blocks = [b.genesis, b.make_block(b.genesis), b.make_block(b.genesis, txs[:1]), b.make_block(b.genesis, txs)]
+        for block in blocks:
+            fresh = Block(block.header, block.transactions, block.allocation)  # nothing cached yet
+            self.assertEqual(fresh.encode(), canonical_json(fresh.to_json()))
+            self.assertEqual(fresh.tx_root, tx_root(block.transactions))
+        for tx in txs:
+            self.assertEqual(tx.encode(), canonical_json(tx.to_json()))
+
     def test_malformed_blocks_raise_decode_error(self):
         import json
 

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import requests
 from treq.testing import StubTreq
@@ -44,10 +45,10 @@ from tests.test_protocol import Harness, feed
 BIN = Path(sys.executable).parent
 
 
-def expected_index(chain: Chain) -> tuple[list, list]:
-    """The index rows the main chain implies, built from its blocks."""
+def expected_index(chain: Chain, up_to: Optional[int] = None) -> tuple[list, list]:
+    """The index rows the main chain implies (up to height `up_to`), built from its blocks."""
     txs, addresses = [], []
-    for height in range(1, chain.height + 1):
+    for height in range(1, (chain.height if up_to is None else up_to) + 1):
         block = chain.block_at(height)
         assert block is not None
         for i, tx in enumerate(block.transactions):
@@ -141,6 +142,74 @@ class IndexTests(unittest.TestCase):
         chain.add_block(b.make_block(b.genesis, [t]), now_ms())
         page, _ = chain.storage.address_transfers(ALICE.address, 10)
         self.assertEqual([x.hash for x in page], [t.hash])
+
+
+class LaterIndexTests(unittest.TestCase):
+    """add_block(index_later=True), as a node stores a gossiped block: the indexes are left
+    behind (the meta row index_behind says how far they hold the main chain) until
+    catch_up_index or an index read writes them; reorganisations meanwhile keep them
+    exact, and a process stopped before reopens consistent."""
+
+    def blocks(self):
+        b = builder()
+        t1 = transfer(ALICE, BOB, 1 * COIN, 0)
+        a1 = b.make_block(b.genesis, [t1])
+        a2 = b.make_block(a1, [transfer(BOB, CAROL, 2 * COIN, 0), transfer(ALICE, CAROL, 3 * COIN, 1)])
+        b1 = b.make_block(b.genesis, [transfer(ALICE, CAROL, 4 * COIN, 0)])
+        b2, b3 = b.extend(b1, 2)
+        a3, a4 = b.extend(a2, 2)
+        return t1, (a1, a2, b1, b2, b3, a3, a4)
+
+    def test_rows_wait_until_caught_up_or_read_and_reorganisations_keep_them_exact(self):
+        t1, blocks = self.blocks()
+        chain = open_chain(self)
+        a1, a2 = blocks[:2]
+        chain.add_block(a1, now_ms(), index_later=True)
+        self.assertEqual(stored_index(chain), ([], []))
+        self.assertEqual(chain.storage.index_behind(), 0)
+        chain.add_block(a2, now_ms(), index_later=True)
+        self.assertEqual(chain.storage.index_behind(), 0)
+        self.assertEqual(chain.storage.transfer(t1.hash).block_hash, a1.hash)  # a read writes them first
+        self.assertEqual(stored_index(chain), expected_index(chain))
+        self.assertIsNone(chain.storage.index_behind())
+        for block in blocks[2:]:  # b3 and a4 reorganise
+            chain.add_block(block, now_ms(), index_later=True)
+            chain.catch_up_index(32)
+            self.assertEqual(stored_index(chain), expected_index(chain), f"after height {block.height}")
+        self.assertEqual(chain.tip.hash, blocks[-1].hash)
+        other = open_chain(self)  # no catch-up between: each reorganisation keeps what they hold exact
+        for i, block in enumerate(blocks):
+            other.add_block(block, now_ms(), index_later=i == 1 or i >= 4)  # a1, b1, b2 indexed at once
+            self.assertEqual(stored_index(other), expected_index(other, other.storage.index_behind()),
+                             f"after block {i}")
+        self.assertEqual(other.storage.index_behind(), 0)  # b3 left b1, b2 held; a4 rolled them back
+        other.catch_up_index(32)
+        self.assertEqual(stored_index(other), expected_index(other))
+
+    def test_a_refused_block_keeps_the_lag_as_it_was(self):
+        t1, blocks = self.blocks()
+        chain = open_chain(self)
+        chain.add_block(blocks[0], now_ms(), index_later=True)
+        c2 = builder().make_block(blocks[0], [transfer(BOB, CAROL, 10**6 * COIN, 0)])
+        with self.assertRaisesRegex(BlockRejected, "insufficient_balance"):
+            chain.add_block(c2, now_ms(), index_later=True)
+        self.assertEqual(chain.storage.index_behind(), 0)
+        chain.catch_up_index(32)
+        self.assertEqual(stored_index(chain), expected_index(chain))
+
+    def test_a_stopped_process_reopens_with_the_lag_and_a_read_catches_it_up(self):
+        _, blocks = self.blocks()
+        directory = self.mktemp()
+        chain = Chain.open(directory, PARAMS)
+        chain.add_block(blocks[0], now_ms(), index_later=True)
+        chain.add_block(blocks[1], now_ms(), index_later=True)
+        chain.close()
+        chain = Chain.open(directory, PARAMS)
+        self.addCleanup(chain.close)
+        self.assertEqual(chain.storage.index_behind(), 0)
+        self.assertEqual(chain.storage.transfer_count(), 3)  # (the read wrote them first)
+        self.assertEqual(stored_index(chain), expected_index(chain))
+        self.assertIsNone(chain.storage.get_meta("index_behind"))
 
 
 class SchemaTests(unittest.TestCase):
@@ -800,3 +869,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class NodeIndexWriteTests(unittest.TestCase):
+    def test_a_received_blocks_rows_are_written_after_the_delay(self):
+        from archivas.node import INDEX_WRITE_DELAY
+
+        self.assertEqual(INDEX_WRITE_DELAY, 1.0)
+        t1 = transfer(ALICE, BOB, 1 * COIN, 0)
+        b = builder()
+        a1 = b.make_block(b.genesis, [t1])
+        h = Harness(self)
+        h.clock.advance(0)  # (the start's catch-up, with nothing to do)
+        storage = h.node.chain.storage
+        self.successResultOf(h.node.receive_block(a1))
+        self.assertEqual((h.node.chain.tip.hash, storage.index_behind()), (a1.hash, 0))
+        self.assertEqual(stored_index(h.node.chain), ([], []))
+        h.clock.advance(INDEX_WRITE_DELAY - 0.01)
+        self.assertEqual(storage.index_behind(), 0)
+        h.clock.advance(0.01)
+        self.assertIsNone(storage.index_behind())
+        self.assertEqual(stored_index(h.node.chain), expected_index(h.node.chain))
+        self.assertEqual(len(stored_index(h.node.chain)[0]), 1)

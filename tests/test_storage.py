@@ -17,6 +17,17 @@ class OpenTests(unittest.TestCase):
         chain = open_chain(self)
         self.assertEqual(chain.storage.db.execute("PRAGMA journal_mode").fetchone()[0], "wal")
 
+    def test_synchronous_normal_by_default_full_on_request(self):
+        # PRAGMA synchronous: 1 is NORMAL (no fsync at a commit under WAL), 2 is FULL.
+        self.assertEqual(storage.DEFAULT_SYNC, "normal")
+        chain = open_chain(self)
+        self.assertEqual(chain.storage.db.execute("PRAGMA synchronous").fetchone()[0], 1)
+        full = Chain.open(self.mktemp(), PARAMS, sync="full")
+        self.addCleanup(full.close)
+        self.assertEqual(full.storage.db.execute("PRAGMA synchronous").fetchone()[0], 2)
+        with self.assertRaises(ValueError):
+            Storage(self.mktemp(), sync="off")
+
     def test_storage_opened_and_closed_before_genesis_still_opens(self):
         # Tables and genesis are created in one transaction: a start that stopped before
         # committing genesis leaves nothing behind that a restart would trip over.

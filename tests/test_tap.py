@@ -42,6 +42,15 @@ class OptionsTests(unittest.TestCase):
         self.assertEqual(o["peers"], ["localhost:9092", "localhost:9093", "10.0.0.1:9094"])
         self.assertTrue(o["timelord"])
 
+    def test_db_sync(self):
+        self.assertEqual(parse([])["db-sync"], "normal")
+        self.assertEqual(parse(["--db-sync", "full"])["db-sync"], "full")
+        self.assertEqual(parse(["--config", self.write('db-sync = "full"\n')])["db-sync"], "full")
+        db = self.mktemp()
+        top = makeService(parse(["--db", db, "--network", "fastnet", "--db-sync", "full"]), MemoryReactorClock())
+        self.addCleanup(top.node.chain.close)
+        self.assertEqual(top.node.chain.storage.db.execute("PRAGMA synchronous").fetchone()[0], 2)
+
     def test_listen_address_forms(self):
         for form in ("8080", ":8080", "127.0.0.1:8080", "tcp:8080:interface=127.0.0.1"):
             self.assertEqual(parse(["--rpc-port", form])["rpc-port"], form)
@@ -64,6 +73,7 @@ class OptionsTests(unittest.TestCase):
         config_wrong_type = self.write("peers = 5\n")
         cases = {
             ("--network", "mainnet"): "must be one of",
+            ("--db-sync", "off"): "--db-sync must be one of normal, full",
             ("--rpc-port", "99999"): "not a port",
             ("--rpc-port", "nonsense:endpoint:x"): "not a listen address",
             ("--peers", "localhost"): "not host:port",

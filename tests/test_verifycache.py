@@ -78,6 +78,17 @@ class TransferCacheTests(unittest.TestCase):
         self.assertEqual((verify.calls, cache.misses, cache.hits, len(cache)), (2, 2, 0, 0))
         self.assertNotIn(bad, cache)
 
+    def test_the_key_frames_the_whole_signed_transfer(self):
+        # Transaction.signed_hash (made once a transfer) is the framed sha256 it always was.
+        import struct
+
+        from archivas.chain.encoding import sha256
+        from archivas.chain.verifycache import transfer_key
+
+        tx = transfer()
+        parts = (tx.signing_bytes(), tx.public_key, tx.signature)
+        self.assertEqual(transfer_key(tx), sha256(*(struct.pack(">I", len(p)) + p for p in parts)))
+
     def test_keyed_by_the_signature_too(self):
         cache = VerifiedTransfers()
         tx = transfer()

@@ -223,8 +223,12 @@ class Chain:
             raise BlockRejected("invalid_ancestor", "parent unknown")
         return check_standalone(block, parent, self.params)
 
-    def add_block(self, block: Block, now_ms: int, score: Optional[int] = None) -> AddResult:
-        """Validate and store `block`; `score` from an earlier check_standalone skips it."""
+    def add_block(self, block: Block, now_ms: int, score: Optional[int] = None,
+                  index_later: bool = False) -> AddResult:
+        """Validate and store `block`; `score` from an earlier check_standalone skips it.
+        `index_later`: the transfer indexes are left behind (catch_up_index writes the
+        blocks' rows, or an index read: Storage._current_index), so that a gossiped
+        block is relayed sooner."""
         s = self.storage
         if s.has_block(block.hash):
             return AddResult(KNOWN)
@@ -254,7 +258,7 @@ class Chain:
         try:
             with s.transaction():
                 s.put_block(block, weight, score)
-                return self._switch_to(candidate, tip, block)
+                return self._switch_to(candidate, tip, block, index_later)
         except _BranchInvalid as bad:
             with s.transaction():
                 s.put_block(block, weight, score)
@@ -262,7 +266,8 @@ class Chain:
                     s.mark_invalid(h)
             raise bad.rejection from None
 
-    def _switch_to(self, new_tip: BlockMeta, old_tip: BlockMeta, new_block: Block) -> AddResult:
+    def _switch_to(self, new_tip: BlockMeta, old_tip: BlockMeta, new_block: Block,
+                   index_later: bool = False) -> AddResult:
         """Roll back to the fork point and apply the new branch, inside the caller's
         transaction. Raises _BranchInvalid (the transaction then rolls back)."""
         s = self.storage
@@ -310,7 +315,7 @@ class Chain:
             s.set_accounts(dict(delta.changes))
             s.put_undo(meta.hash, delta.before)
             s.set_main(meta.height, meta.hash)
-            self._index_connected(block)
+            self._index_connected(block, later=index_later)
             result.connected.append(block)
         if s.index_behind() == new_tip.height:
             s.set_index_behind(None)
@@ -321,39 +326,25 @@ class Chain:
         return result
 
 
-    def _index_connected(self, block: Block) -> None:
+    def _index_connected(self, block: Block, later: bool = False) -> None:
         """A block joins the main chain: its transfers are indexed now, unless a run is
-        open (a sync: the indexes wait, catch_up_index) or they lag behind already."""
+        open (a sync: the indexes wait for catch_up_index), `later` asks it (a gossiped
+        block: the node catches up a moment later), or they lag behind already."""
         s = self.storage
         behind = s.index_behind()
-        if behind is None and not s.in_run:
+        now = not later and not s.in_run
+        if behind is None and now:
             s.index_block(block)
         elif behind is None:
             s.set_index_behind(block.height - 1)
-        elif behind == block.height - 1 and not s.in_run:
+        elif behind == block.height - 1 and now:
             s.index_block(block)
             s.set_index_behind(block.height)
 
     def catch_up_index(self, limit: int) -> int:
         """Index up to `limit` main-chain blocks the transfer indexes lag behind, in one
         transaction (not inside a run); how many. 0 when they hold the whole main chain."""
-        s = self.storage
-        behind = s.index_behind()
-        if behind is None or s.in_run:
-            return 0
-        top = self.tip.height
-        end = min(top, behind + limit)
-        with s.transaction():
-            blocks = []
-            for height in range(behind + 1, end + 1):
-                block_hash = s.main_hash(height)
-                block = s.block(block_hash) if block_hash is not None else None
-                if block is None:
-                    raise s.error(f"main-chain block at height {height} is missing")
-                blocks.append(block)
-            s.index_blocks(blocks)
-            s.set_index_behind(None if end >= top else end)
-        return end - behind
+        return self.storage.catch_up_index(limit, self.tip.height)
 
 
 class _BranchInvalid(Exception):

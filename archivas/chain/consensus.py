@@ -20,7 +20,7 @@ import time
 from typing import Optional, Protocol, Sequence
 
 from archivas.chain import iterations, keys, pos, vdf
-from archivas.chain.block import BLOCK_VERSION, Block, Header, child_seed, tx_root
+from archivas.chain.block import BLOCK_VERSION, Block, Header, child_seed
 from archivas.chain.difficulty import median_time, next_difficulty
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, check_stateless, verify_signature
@@ -101,7 +101,7 @@ def bind_body(block: Block, params: NetworkParams) -> None:
     size = len(block.encode())
     if size > params.max_block_bytes:
         raise BlockRejected("too_large", f"{size} bytes > {params.max_block_bytes}")
-    if tx_root(block.transactions) != header.tx_root:
+    if block.tx_root != header.tx_root:
         raise BlockRejected("bad_tx_root", "transaction root does not match")
 
 

@@ -128,6 +128,7 @@ class Mempool:
         if replaced is not None:
             self._revalidate_sender(tx.sender, lookup)
         self._maybe_compact()
+        tx.encode()  # its canonical JSON made now, not when a block that carries it is encoded (Block.encode)
 
     def _make_room(self, incoming: Transaction) -> None:
         # Never the incoming sender's own earlier transfers: that would leave a gap. They

@@ -1,11 +1,14 @@
 """SQLite storage under the `--db` directory: blocks, the main chain, accounts, undo data,
 and the indexes of main-chain transfers (by hash and by address).
 
-WAL mode with synchronous=FULL, and every block commit (with its state changes, undo
-record, index rows and the new tip) inside one SQLite transaction: a process killed at any
-instant reopens at the last committed tip, and a commit that returned is on disk. Sync
-imports a run of blocks in one transaction (`begin_run`/`end_run`): one fsync a run, and a
-crash reopens at a run boundary. A transaction opened inside another is a SAVEPOINT, so a
+WAL mode, and every block commit (with its state changes, undo record, index rows and the
+new tip) inside one SQLite transaction: a process killed at any instant reopens at the
+last committed tip. With synchronous=NORMAL (the default, `sync="normal"`) a commit is in
+the WAL file, not fsynced: a power loss or OS crash may lose the last commits, never
+corrupt the database (a node fetches the lost blocks from its peers again); `sync="full"`
+fsyncs every commit (docs/storage.md has the trade). Sync imports a run of blocks in one
+transaction (`begin_run`/`end_run`): one commit a run, and a crash reopens at a run
+boundary. A transaction opened inside another is a SAVEPOINT, so a
 block refused inside a run leaves nothing of itself and keeps the run's earlier blocks.
 
 Accounts, block metadata and meta values are cached in memory. Account writes are kept
@@ -41,11 +44,16 @@ LOCK_FILE = "LOCK"
 CHAIN_TABLES = frozenset({"meta", "blocks", "main_chain", "accounts", "undo"})
 INDEX_TABLES = frozenset({"tx_index", "address_index"})
 INDEX_BEHIND_META = "index_behind"  # while the transfer indexes lag the main chain: the last height they hold
+READ_CATCH_UP_BLOCKS = 32  # a lag an index read catches up first (_current_index)
 # Memory the caches may hold between commits: accounts (about 200 B each) beyond this are
 # dropped at a commit (a run can exceed it by the accounts it touches: 64 blocks of at
 # most 2,000 transfers, 256,000 accounts); block metas (about 300 B) are dropped oldest first.
 ACCOUNT_CACHE = 200_000
 META_CACHE = 16_384
+# SQLite's synchronous setting under WAL (`--db-sync`): "normal" writes each commit to the
+# WAL without an fsync (SQLite fsyncs at checkpoints); "full" fsyncs the WAL at every commit.
+SYNC_MODES = ("normal", "full")
+DEFAULT_SYNC = "normal"
 _MISSING: Any = object()
 WHAT_TO_DO = "restore it from a backup, or move it away and let the node sync again into an empty --db directory"
 
@@ -161,8 +169,12 @@ class Storage:
         self,
         directory: str | os.PathLike[str],
         connect: Callable[..., sqlite3.Connection] = sqlite3.connect,
+        sync: str = DEFAULT_SYNC,
     ) -> None:
+        if sync not in SYNC_MODES:
+            raise ValueError(f"sync must be one of {', '.join(SYNC_MODES)}, not {sync!r}")
         self.directory = Path(directory)
+        self.sync = sync
         self._lock: Optional[int] = None
         self.db: sqlite3.Connection = None  # type: ignore[assignment]
         self._depth = 0  # 0: no transaction; 1: in one; n > 1: in n - 1 savepoints
@@ -189,7 +201,7 @@ class Storage:
         try:
             self.db = connect(path, isolation_level=None, check_same_thread=False)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=FULL")
+            self.db.execute(f"PRAGMA synchronous={sync.upper()}")
             self.db.execute("PRAGMA foreign_keys=OFF")
             tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             # A new database gets its tables in the same transaction as its genesis block
@@ -321,7 +333,7 @@ class Storage:
         self._runs += 1
 
     def end_run(self) -> None:
-        """End a begin_run; the last one commits what the runs added (one fsync)."""
+        """End a begin_run; the last one commits what the runs added (one commit)."""
         if self._runs == 0 or self.db is None:  # (closed meanwhile: close committed it)
             return
         self._runs -= 1
@@ -582,6 +594,37 @@ class Storage:
         """Index a block's transfers as it joins the main chain."""
         self._index(block.hash, block.height, block.transactions)
 
+    def catch_up_index(self, limit: int, top: int) -> int:
+        """Index up to `limit` main-chain blocks the transfer indexes lag behind (up to
+        height `top`, the tip's), in one transaction and one sorted write (not inside a
+        run); how many. 0 when they hold the whole main chain."""
+        behind = self.index_behind()
+        if behind is None or self._runs:
+            return 0
+        end = min(top, behind + limit)
+        with self.transaction():
+            blocks = []
+            for height in range(behind + 1, end + 1):
+                block_hash = self.main_hash(height)
+                block = self.block(block_hash) if block_hash is not None else None
+                if block is None:
+                    raise self.error(f"main-chain block at height {height} is missing")
+                blocks.append(block)
+            self.index_blocks(blocks)
+            self.set_index_behind(None if end >= top else end)
+        return end - behind
+
+    def _current_index(self) -> None:
+        """Before an index read: a lag of a few blocks (gossiped blocks whose rows wait, as
+        Node.receive_block stores them) is written first, so reads never miss them; a
+        longer one (a sync's) is left to the node's catch-up (GET /status: indexHeight)."""
+        behind = self.index_behind()
+        if behind is None or self._runs:
+            return
+        top = self.main_height()
+        if top - behind <= READ_CATCH_UP_BLOCKS:
+            self.catch_up_index(READ_CATCH_UP_BLOCKS, top)
+
     def index_blocks(self, blocks: Iterable[Block]) -> None:
         """Index main-chain blocks the indexes lag behind (catching up), in one sorted write."""
         rows: list[tuple] = []
@@ -648,6 +691,7 @@ class Storage:
         self.db.executemany("DELETE FROM address_index WHERE address=? AND height=? AND position=?", addresses)
 
     def transfer(self, tx_hash: bytes) -> Optional[IndexedTransfer]:
+        self._current_index()
         self._flush_index()
         row = self.db.execute(f"SELECT {_TRANSFER_COLUMNS} FROM tx_index t JOIN blocks b ON b.hash = t.block "
                               "WHERE t.hash=?", (tx_hash,)).fetchone()
@@ -658,6 +702,7 @@ class Storage:
         """The address's transfers, sent and received, newest first, from blocks below
         height `before` (all when None): `limit` of them, then the rest of the last one's
         block (a page never splits a block), and whether older ones remain."""
+        self._current_index()
         self._flush_index()
         below = 2**62 if before is None else before
         query = (f"SELECT {_TRANSFER_COLUMNS} FROM address_index a JOIN tx_index t ON t.hash = a.hash "
@@ -674,6 +719,7 @@ class Storage:
         return page, more
 
     def transfer_count(self) -> int:
+        self._current_index()
         self._flush_index()
         return self.db.execute("SELECT COUNT(*) FROM tx_index").fetchone()[0]
 

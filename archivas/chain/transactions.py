@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
+import struct
 from typing import Any, Optional
 
 from archivas.chain import keys
@@ -75,6 +76,23 @@ class Transaction:
 
     def to_json(self) -> dict[str, Any]:
         return {**self.unsigned_json(), "signature": self.signature.hex()}
+
+    def encode(self) -> bytes:
+        """canonical_json(self.to_json()), made once (a block is encoded from its
+        transfers' bytes: Block.encode)."""
+        return self._encoded
+
+    @functools.cached_property
+    def _encoded(self) -> bytes:
+        return canonical_json(self.to_json())
+
+    @functools.cached_property
+    def signed_hash(self) -> bytes:
+        """sha256 over the signing bytes, the public key and the signature, each with its
+        length in front: the whole signed transfer, as `hash` (which leaves the signature
+        out) is not. The verified-signature cache's key (chain/verifycache.py), made once."""
+        return sha256(*(struct.pack(">I", len(p)) + p for p in (self.signing_bytes(), self.public_key,
+                                                                 self.signature)))
 
     @classmethod
     def from_json(cls, obj: Any) -> "Transaction":

@@ -44,8 +44,9 @@ def _framed(*parts: bytes) -> bytes:
 
 def transfer_key(tx: Transaction) -> bytes:
     """The whole signed transfer: the signing bytes (which hold the public key) and the
-    signature. Not `tx.hash`, which leaves the signature out."""
-    return _framed(tx.signing_bytes(), tx.public_key, tx.signature)
+    signature (`Transaction.signed_hash`: made once a transfer, so the block that carries a
+    gossiped transfer finds it computed). Not `tx.hash`, which leaves the signature out."""
+    return tx.signed_hash
 
 
 def segment_key(seed: bytes, start: bytes, segment: Segment, bits: int, iterations: int) -> bytes:

@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 
 import attrs
 
-from archivas.chain.block import Block, Header, tx_root
+from archivas.chain.block import Block, Header
 from archivas.chain.transactions import Transaction
 from archivas.protocols import wire
 
@@ -69,10 +69,10 @@ class PartialBlock:
         transaction root; None otherwise (a collision, or a lie: fetch it whole)."""
         if any(tx is None for tx in self.slots):
             return None
-        txs = tuple(tx for tx in self.slots if tx is not None)
-        if tx_root(txs) != self.header.tx_root:
+        block = Block(self.header, tuple(tx for tx in self.slots if tx is not None))
+        if block.tx_root != self.header.tx_root:  # (kept on the block: bind_body reads it again)
             return None
-        return Block(self.header, txs)
+        return block
 
 
 def rebuild(message: wire.CmpctBlock, pool: Iterable[Transaction]) -> PartialBlock:
