@@ -1087,7 +1087,7 @@ class Node:
             assert info is not None
             if info.block_relay_only:
                 continue
-            if info.can("inv"):
+            if "inv" in info.capabilities:  # (info.can, inline: once per peer per transfer)
                 # Queued; whether it knows the id already is asked when its INV leaves
                 # (_not_known_to): by then it may have announced it to us.
                 announce_to.append(proto)

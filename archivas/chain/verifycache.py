@@ -44,8 +44,14 @@ def _framed(*parts: bytes) -> bytes:
 
 def transfer_key(tx: Transaction) -> bytes:
     """The whole signed transfer: the signing bytes (which hold the public key) and the
-    signature. Not `tx.hash`, which leaves the signature out."""
-    return _framed(tx.signing_bytes(), tx.public_key, tx.signature)
+    signature. Not `tx.hash`, which leaves the signature out. Kept on the transfer (it is
+    immutable) the first time: a node asks for it at admission, again for each block that
+    carries it and for each compact block rebuilt with it."""
+    key = tx.__dict__.get("_transfer_key")
+    if key is None:
+        key = _framed(tx.signing_bytes(), tx.public_key, tx.signature)
+        object.__setattr__(tx, "_transfer_key", key)
+    return key
 
 
 def segment_key(seed: bytes, start: bytes, segment: Segment, bits: int, iterations: int) -> bytes:

@@ -43,6 +43,7 @@ PAUSED_INPUT_BYTES = 64 * 1024  # unserved input held from a paused peer before 
 SEND_BYTES_PER_SECOND = 4 * 1024 * 1024
 SEND_BURST_BYTES = 64 * 1024 * 1024
 KNOWN_CACHE = 4096  # block or transfer ids remembered per peer (to relay each only once)
+_MESSAGES = wire.MESSAGES
 
 
 class PeerState(enum.Enum):
@@ -247,10 +248,10 @@ class PeerProtocol(LineReceiver):
             producer.pauseProducing()
 
     def lineReceived(self, line: bytes) -> None:
-        if not self._open():
+        info = self.info
+        if info is None or info.state is PeerState.CLOSED:
             return
-        assert self.info is not None
-        if not line.strip():  # blank lines carry nothing, but are not free to send
+        if line[:1] != b"{" and not line.strip():  # blank lines carry nothing, but are not free to send
             refused = self.limiter.check(ratelimit.OTHER, len(line) + 1)
             if refused is not None:
                 self.manager.misbehaved(self, "rate_limit", refused)
@@ -278,15 +279,16 @@ class PeerProtocol(LineReceiver):
             refused = None if hinted is not None else self.limiter.check(ratelimit.OTHER, len(line))
             self.manager.misbehaved(self, "rate_limit" if refused else e.reason, refused or str(e))
             return
-        kind = wire.type_name(envelope.type)
+        cls = _MESSAGES.get(envelope.type)
+        kind = cls.NAME if cls is not None else wire.type_name(envelope.type)
         if hinted is None:
             refused = self.limiter.check(kind, len(line))
             if refused is not None:
                 self.manager.misbehaved(self, "rate_limit", refused)
                 return
-        self.info.last_seen = self.reactor.seconds()
-        self.info.messages_in[kind] += 1
-        self.info.bytes_in[kind] += len(line) + 1
+        info.last_seen = self.reactor.seconds()
+        info.messages_in[kind] += 1
+        info.bytes_in[kind] += len(line) + 1
         self.manager.envelope_received(self, envelope)
 
     def lineLengthExceeded(self, line: bytes) -> None:

@@ -82,8 +82,12 @@ class TxRelay:
     # announcing
 
     def announce(self, tx_id: bytes, peers: Iterable[Any]) -> None:
+        queues = self._queues
         for peer in peers:
-            queue = self._queues.setdefault(peer, [])
+            queue = queues.get(peer)
+            if queue is None:
+                queues[peer] = [tx_id]
+                continue
             if len(queue) >= MAX_QUEUED_PER_PEER:
                 del queue[0]
                 self.dropped += 1
