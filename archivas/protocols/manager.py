@@ -13,6 +13,7 @@ docs/protocol.md; every time comes from the injected reactor.
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import json
 import os
@@ -139,6 +140,7 @@ def normal_host(host: str) -> str:
     return str(ip) if ip is not None else host
 
 
+@functools.lru_cache(maxsize=16384)  # pure; asked for every address of every GOSSIP_PEERS
 def gossip_acceptable(address: str, source_host: str) -> bool:
     """Whether an address heard in peer exchange may enter the book (as Bitcoin Core's
     IsRoutable): an IP literal, never a name (names come from configuration only), never

@@ -212,6 +212,31 @@ class PeerProtocol(LineReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self._partial
+        if not buffer and not self.paused and type(data) is bytes:
+            # Nothing waiting (the common case): lines are cut from `data` itself, one copy
+            # each, and only an unfinished last line goes to the buffer.
+            start = 0
+            while self._open() and not self.paused:
+                end = data.find(b"\n", start)
+                if end < 0:
+                    break
+                line = data[start:end]
+                start = end + 1
+                if len(line) > self.line_cap:
+                    self.lineLengthExceeded(line)
+                    break
+                self.lineReceived(line)
+            if not self._open():
+                return
+            if start < len(data):
+                buffer += data[start:]
+            if self.paused:
+                self._hold_input()
+                return
+            if len(buffer) > self.line_cap:
+                buffer.clear()
+                self.lineLengthExceeded(b"")
+            return
         searched = 0 if not data else len(buffer)  # (after a pause, lines may wait in the buffer)
         buffer += data
         if self.paused:
