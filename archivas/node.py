@@ -1014,15 +1014,11 @@ class Node:
         info = proto.info
         if info is None or info.state is PeerState.CLOSED:
             return []
-        out = [tx_id for tx_id in ids if tx_id not in info.known_txs]
-        for tx_id in out:
-            info.known_txs.add(tx_id)
-        return out
+        return info.known_txs.add_unknown(ids)
 
     def _on_inv(self, proto: PeerProtocol, message: wire.Inv) -> None:
         assert proto.info is not None
-        for inv in message.ids:
-            proto.info.known_txs.add(inv)
+        proto.info.known_txs.add_all(message.ids)
         self.txrelay.inv_received(proto, message.ids)
 
     def _on_req(self, proto: PeerProtocol, message: wire.Req) -> None:
@@ -1147,7 +1143,7 @@ class Node:
             assert info is not None
             if info.block_relay_only:
                 continue
-            if info.can("inv"):
+            if "inv" in info.capabilities:  # (info.can, inline: once per peer per transfer)
                 # Queued; whether it knows the id already is asked when its INV leaves
                 # (_not_known_to): by then it may have announced it to us.
                 announce_to.append(proto)

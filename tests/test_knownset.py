@@ -188,3 +188,37 @@ class DropInTest(unittest.TestCase):
         self.assertRaises(ValueError, RollingKnownSet, 0)
         self.assertRaises(ValueError, RollingKnownSet, 100, 0.0)
         self.assertRaises(ValueError, RollingKnownSet, 100, 1.0)
+
+
+class BatchTest(unittest.TestCase):
+    """add_all and add_unknown are add and `in` one id at a time, rotations included."""
+
+    def test_add_unknown_matches_one_at_a_time(self):
+        capacity = 101  # rotations every 51 adds, inside the batches
+        one, batch = RollingKnownSet(capacity, tweak=TWEAK), RollingKnownSet(capacity, tweak=TWEAK)
+        pool = ids(20, 300)
+        rng = random.Random(21)
+        for _ in range(200):
+            chunk = [rng.choice(pool) for _ in range(rng.randrange(0, 12))]
+            expected = []
+            for item in chunk:
+                if item not in one:
+                    one.add(item)
+                    expected.append(item)
+            self.assertEqual(batch.add_unknown(chunk), expected)
+            self.assertEqual(batch._counts, one._counts)
+            self.assertEqual(batch._current, one._current)
+        self.assertEqual([i in batch for i in pool], [i in one for i in pool])
+
+    def test_add_all_matches_add(self):
+        capacity = 101
+        one, batch = RollingKnownSet(capacity, tweak=TWEAK), RollingKnownSet(capacity, tweak=TWEAK)
+        pool = ids(22, 300)
+        rng = random.Random(23)
+        for _ in range(200):
+            chunk = [rng.choice(pool) for _ in range(rng.randrange(0, 12))]
+            for item in chunk:
+                one.add(item)
+            batch.add_all(chunk)
+            self.assertEqual((batch._counts, batch._current), (one._counts, one._current))
+        self.assertEqual([i in batch for i in pool], [i in one for i in pool])

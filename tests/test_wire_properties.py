@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from archivas.chain.encoding import strict_loads
+from archivas.chain.encoding import canonical_json, strict_loads
 from archivas.protocols import wire
 from tests.common import builder
 
@@ -129,3 +129,17 @@ class Refusals(unittest.TestCase):
         tx = b.transfer(b.farmers[0][0], b.farmers[1][0].address, 5, 0)
         line = json.dumps({"type": 12, "payload": {"txHash": "00" * 32, "txData": tx.to_json()}}).encode()
         self.refused(line, "bad_payload")
+
+
+class PayloadJsonProperties(unittest.TestCase):
+    """A message's payload_json (INV's and REQ's written directly) is canonical_json of its
+    payload, byte for byte."""
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.lists(st.binary(min_size=wire.INV_ID_BYTES, max_size=wire.INV_ID_BYTES), min_size=1, max_size=40),
+           st.sampled_from([wire.Inv, wire.Req]))
+    def test_inventory(self, ids, cls):
+        message = cls(tuple(ids))
+        for style in (wire.HEX, wire.ARRAY):
+            self.assertEqual(message.payload_json(style), canonical_json(message.payload(style)))
+        self.assertEqual(wire.decode(wire.encode(message)), message)

@@ -160,12 +160,17 @@ class Chain:
             return header
         header = self.storage.header(block_hash)
         if header is not None:
-            self._headers[block_hash] = header
-            self._header_bytes += _header_bytes(header)
-            while len(self._headers) > HEADER_CACHE or self._header_bytes > HEADER_CACHE_BYTES:
-                _, old = self._headers.popitem(last=False)
-                self._header_bytes -= _header_bytes(old)
+            self._remember_header(block_hash, header)
         return header
+
+    def _remember_header(self, block_hash: bytes, header: Header) -> None:
+        if block_hash in self._headers:
+            return
+        self._headers[block_hash] = header
+        self._header_bytes += _header_bytes(header)
+        while len(self._headers) > HEADER_CACHE or self._header_bytes > HEADER_CACHE_BYTES:
+            _, old = self._headers.popitem(last=False)
+            self._header_bytes -= _header_bytes(old)
 
     def ancestors(self, block_hash: bytes, count: int) -> list[BlockMeta]:
         """Up to `count` stored blocks ending at `block_hash`, oldest first (no decoding:
@@ -254,11 +259,16 @@ class Chain:
         if not forkchoice.is_better(candidate, tip):
             with s.transaction():
                 s.put_block(block, weight, score)
+            self._remember_header(block.hash, header)
             return AddResult(ADDED_SIDE)
         try:
             with s.transaction():
                 s.put_block(block, weight, score)
-                return self._switch_to(candidate, tip, block, index_later)
+                result = self._switch_to(candidate, tip, block, index_later)
+            # Its header is asked for next (the VDF on it, its child's check): from memory,
+            # not a decode of the whole stored block.
+            self._remember_header(block.hash, header)
+            return result
         except _BranchInvalid as bad:
             with s.transaction():
                 s.put_block(block, weight, score)

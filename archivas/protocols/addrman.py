@@ -29,6 +29,7 @@ no I/O (the caller writes `to_json()` to disk and hands `from_json()` what it re
 from __future__ import annotations
 
 import collections
+import functools
 import hashlib
 import ipaddress
 import math
@@ -147,6 +148,13 @@ def parse_address(text: object) -> tuple[str, int]:
     Raises ValueError saying what is wrong."""
     if not isinstance(text, str):
         raise ValueError(f"address must be a string, not {type(text).__name__}")
+    return _parse_address(text)
+
+
+# Every gossiped address is parsed where it arrives, and the same addresses arrive from
+# many peers: the answers for recent ones are kept (a ValueError is raised again each time).
+@functools.lru_cache(maxsize=16384)
+def _parse_address(text: str) -> tuple[str, int]:
     if not text:
         raise ValueError("empty address")
     if len(text) > MAX_ADDRESS_LENGTH:

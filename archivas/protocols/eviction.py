@@ -60,6 +60,7 @@ and :func:`select_to_evict` returns ``None``. With fewer groups, step 1 protects
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import ipaddress
 import math
@@ -334,6 +335,9 @@ def _prefix_bytes(addr: ipaddress.IPv4Address | ipaddress.IPv6Address, bits: int
     return masked.to_bytes(addr.max_prefixlen // 8, "big")[: (bits + 7) // 8]
 
 
+# A pure function of its arguments, asked for every address a peer gossips (the book files
+# each by its group): the answers for recent hosts are kept (ValueErrors are not).
+@functools.lru_cache(maxsize=16384)
 def address_group(host: str, ipv4_prefix: int = IPV4_GROUP_PREFIX, ipv6_prefix: int = IPV6_GROUP_PREFIX) -> bytes:
     """The network group of ``host``, for :attr:`Candidate.group`.
 

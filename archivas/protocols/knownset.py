@@ -36,7 +36,7 @@ Non-hash inputs (short or structured bytes) would fill the filter unevenly: don'
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Iterable, Optional
 
 from rbloom import Bloom
 
@@ -117,6 +117,45 @@ class RollingKnownSet:
                 return True
             index = (index - 1) % GENERATIONS
         return False
+
+    def add_all(self, items: Iterable[bytes]) -> None:
+        """`add` for each of `items`, in order (one call: a peer's INV holds several)."""
+        tweak = self._tweak
+        for item in items:
+            key = int.from_bytes(item[:16], "big", signed=True) ^ tweak
+            current = self._filters[self._current]
+            if key in current:
+                continue
+            if self._counts[self._current] >= self._per_generation:
+                self._current = (self._current + 1) % GENERATIONS
+                current = self._filters[self._current]
+                current.clear()
+                self._counts[self._current] = 0
+            current.add(key)
+            self._counts[self._current] += 1
+
+    def add_unknown(self, items: Iterable[bytes]) -> list[bytes]:
+        """Those of `items` not in the set, each added as it is found: the same as
+        `[x for x in items if x not in s and not s.add(x)]`, with one key per item."""
+        tweak = self._tweak
+        filters, counts = self._filters, self._counts
+        out = []
+        for item in items:
+            key = int.from_bytes(item[:16], "big", signed=True) ^ tweak
+            index = self._current
+            for _ in range(GENERATIONS):
+                if counts[index] and key in filters[index]:
+                    break
+                index = (index - 1) % GENERATIONS
+            else:
+                if counts[self._current] >= self._per_generation:
+                    self._current = (self._current + 1) % GENERATIONS
+                    filters[self._current].clear()
+                    counts[self._current] = 0
+                filters[self._current].add(key)
+                counts[self._current] += 1
+                out.append(item)
+        return out
 
     def __len__(self) -> int:
         """Ids added to the live generations: about capacity to 1.5 * capacity once full.

@@ -13,6 +13,7 @@ docs/protocol.md; every time comes from the injected reactor.
 from __future__ import annotations
 
 import collections
+import functools
 import ipaddress
 import json
 import os
@@ -139,6 +140,7 @@ def normal_host(host: str) -> str:
     return str(ip) if ip is not None else host
 
 
+@functools.lru_cache(maxsize=16384)  # pure; asked for every address of every GOSSIP_PEERS
 def gossip_acceptable(address: str, source_host: str) -> bool:
     """Whether an address heard in peer exchange may enter the book (as Bitcoin Core's
     IsRoutable): an IP literal, never a name (names come from configuration only), never
@@ -410,7 +412,8 @@ class PeerManager:
     # views
 
     def ready_peers(self) -> list[PeerProtocol]:
-        return [p for p in self.peers if p.info is not None and p.info.state is PeerState.READY]
+        ready = PeerState.READY
+        return [p for p in self.peers if p.info is not None and p.info.state is ready]
 
     def count(self, direction: str) -> int:
         return sum(1 for p in self.peers if p.info is not None and p.info.direction == direction)
@@ -550,10 +553,10 @@ class PeerManager:
         kind = envelope.type
         info = proto.info
         assert info is not None
-        if kind not in wire.MESSAGES and kind not in wire.RESERVED_TYPES:
+        cls = wire.MESSAGES.get(kind)
+        if cls is None and kind not in wire.RESERVED_TYPES:
             self.misbehaved(proto, "unknown_type", wire.type_name(kind))
             return
-        cls = wire.MESSAGES.get(kind)
         if cls is None or cls not in states.accepted(info):
             self.dropped_counts[wire.type_name(kind)] += 1
             log.debug("[p2p] ignored {kind} from {peer} in state {state}", kind=wire.type_name(kind),

@@ -43,6 +43,7 @@ PAUSED_INPUT_BYTES = 64 * 1024  # unserved input held from a paused peer before 
 SEND_BYTES_PER_SECOND = 4 * 1024 * 1024
 SEND_BURST_BYTES = 64 * 1024 * 1024
 KNOWN_CACHE = 4096  # block or transfer ids remembered per peer (to relay each only once)
+_MESSAGES = wire.MESSAGES
 
 
 class PeerState(enum.Enum):
@@ -211,6 +212,31 @@ class PeerProtocol(LineReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self._partial
+        if not buffer and not self.paused and type(data) is bytes:
+            # Nothing waiting (the common case): lines are cut from `data` itself, one copy
+            # each, and only an unfinished last line goes to the buffer.
+            start = 0
+            while self._open() and not self.paused:
+                end = data.find(b"\n", start)
+                if end < 0:
+                    break
+                line = data[start:end]
+                start = end + 1
+                if len(line) > self.line_cap:
+                    self.lineLengthExceeded(line)
+                    break
+                self.lineReceived(line)
+            if not self._open():
+                return
+            if start < len(data):
+                buffer += data[start:]
+            if self.paused:
+                self._hold_input()
+                return
+            if len(buffer) > self.line_cap:
+                buffer.clear()
+                self.lineLengthExceeded(b"")
+            return
         searched = 0 if not data else len(buffer)  # (after a pause, lines may wait in the buffer)
         buffer += data
         if self.paused:
@@ -247,10 +273,10 @@ class PeerProtocol(LineReceiver):
             producer.pauseProducing()
 
     def lineReceived(self, line: bytes) -> None:
-        if not self._open():
+        info = self.info
+        if info is None or info.state is PeerState.CLOSED:
             return
-        assert self.info is not None
-        if not line.strip():  # blank lines carry nothing, but are not free to send
+        if line[:1] != b"{" and not line.strip():  # blank lines carry nothing, but are not free to send
             refused = self.limiter.check(ratelimit.OTHER, len(line) + 1)
             if refused is not None:
                 self.manager.misbehaved(self, "rate_limit", refused)
@@ -278,15 +304,16 @@ class PeerProtocol(LineReceiver):
             refused = None if hinted is not None else self.limiter.check(ratelimit.OTHER, len(line))
             self.manager.misbehaved(self, "rate_limit" if refused else e.reason, refused or str(e))
             return
-        kind = wire.type_name(envelope.type)
+        cls = _MESSAGES.get(envelope.type)
+        kind = cls.NAME if cls is not None else wire.type_name(envelope.type)
         if hinted is None:
             refused = self.limiter.check(kind, len(line))
             if refused is not None:
                 self.manager.misbehaved(self, "rate_limit", refused)
                 return
-        self.info.last_seen = self.reactor.seconds()
-        self.info.messages_in[kind] += 1
-        self.info.bytes_in[kind] += len(line) + 1
+        info.last_seen = self.reactor.seconds()
+        info.messages_in[kind] += 1
+        info.bytes_in[kind] += len(line) + 1
         self.manager.envelope_received(self, envelope)
 
     def lineLengthExceeded(self, line: bytes) -> None:

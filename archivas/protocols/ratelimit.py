@@ -189,21 +189,29 @@ class RateLimiter:
         """None if a message `name` of `nbytes` is allowed now (it is counted), else why not."""
         if nbytes < 0:
             raise ValueError("nbytes must not be negative")
-        label = self.key(name)
-        bucket = self._buckets[label]
+        bucket = self._buckets.get(name)
+        label = name
+        if bucket is None:
+            label = OTHER
+            bucket = self._buckets[OTHER]
+        total = self._total
         if nbytes > bucket.limit.max_bytes:
             return f"{label}: {nbytes} bytes > {bucket.limit.max_bytes}"
-        if nbytes > self._total.limit.max_bytes:
-            return f"total: {nbytes} bytes > {self._total.limit.max_bytes}"
+        if nbytes > total.limit.max_bytes:
+            return f"total: {nbytes} bytes > {total.limit.max_bytes}"
         now = self._now()
-        bucket.refill(now)
-        self._total.refill(now)
-        reason = bucket.refusal(label, nbytes) or self._total.refusal("total", nbytes)
-        if reason is not None:
-            return reason
-        bucket.take(nbytes)
-        self._total.take(nbytes)
-        return None
+        # (every message passes here: the common case, both buckets full enough, inline)
+        if now > bucket.stamp:
+            bucket.refill(now)
+        if now > total.stamp:
+            total.refill(now)
+        if bucket.messages >= 1 and bucket.bytes >= nbytes and total.messages >= 1 and total.bytes >= nbytes:
+            bucket.messages -= 1
+            bucket.bytes -= nbytes
+            total.messages -= 1
+            total.bytes -= nbytes
+            return None
+        return bucket.refusal(label, nbytes) or total.refusal("total", nbytes)
 
 
 def _size(n: int) -> str:

@@ -37,6 +37,8 @@ def name(info: PeerInfo) -> str:
 
 def accepted(info: PeerInfo) -> frozenset[type[wire.Message]]:
     """The message types this connection may send us now."""
+    if info.state is PeerState.READY and info.node_id is not None:  # (most messages: first)
+        return _ready(info.capabilities, info.block_relay_only)
     state = name(info)
     if state == CLOSED:
         return frozenset()

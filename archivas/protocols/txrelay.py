@@ -75,12 +75,19 @@ class TxRelay:
         self._outstanding: dict[Any, collections.deque[list[bytes]]] = {}
         self.dropped = 0  # ids not queued or tracked for a bound
         self.timeouts = 0
+        # No deadline or delay among the tracked ids ends before this: check_timeouts has
+        # nothing to do until then (ids leave without lowering it; they only make it early).
+        self._next_due = float("inf")
 
     # announcing
 
     def announce(self, tx_id: bytes, peers: Iterable[Any]) -> None:
+        queues = self._queues
         for peer in peers:
-            queue = self._queues.setdefault(peer, [])
+            queue = queues.get(peer)
+            if queue is None:
+                queues[peer] = [tx_id]
+                continue
             if len(queue) >= MAX_QUEUED_PER_PEER:
                 del queue[0]
                 self.dropped += 1
@@ -115,6 +122,8 @@ class TxRelay:
                     self.dropped += 1
                     continue
                 wanted = self._wanted[tx_id] = _Wanted(not_before=now + NONPREFERRED_DELAY)
+                if now + NONPREFERRED_DELAY < self._next_due:
+                    self._next_due = now + NONPREFERRED_DELAY
             if peer not in wanted.announcers and len(wanted.announcers) < MAX_ANNOUNCERS:
                 if preferred:
                     first_other = next((i for i, p in enumerate(wanted.announcers) if not self.preferred(p)),
@@ -125,6 +134,8 @@ class TxRelay:
             if (wanted.asked is None and (preferred or wanted.not_before <= now)
                     and self._in_flight[peer] < MAX_IN_FLIGHT_PER_PEER):
                 wanted.asked, wanted.deadline = peer, now + REQUEST_TIMEOUT
+                if wanted.deadline < self._next_due:
+                    self._next_due = wanted.deadline
                 self._in_flight[peer] += 1
                 ask.append(tx_id)
         self._request(peer, ask)
@@ -177,10 +188,17 @@ class TxRelay:
         non-preferred peers announced are asked once their delay is over (call every
         second or so)."""
         now = self.clock.seconds()
+        if now < self._next_due:
+            return
         late = [tx_id for tx_id, w in self._wanted.items() if w.asked is not None and w.deadline <= now]
         due = [tx_id for tx_id, w in self._wanted.items() if w.asked is None and w.not_before <= now]
         self.timeouts += len(late)
-        self._retry(late + due)
+        self._next_due = float("inf")
+        self._retry(late + due)  # (sets the deadlines of the ids it asks again)
+        for w in self._wanted.values():
+            when = w.deadline if w.asked is not None else w.not_before
+            if when < self._next_due:
+                self._next_due = when
 
     def _retry(self, ids: list[bytes]) -> None:
         batches: dict[Any, list[bytes]] = {}
@@ -198,6 +216,8 @@ class TxRelay:
                 del self._wanted[tx_id]  # nobody else announced it: it may come again
                 continue
             wanted.asked, wanted.deadline = nxt, now + REQUEST_TIMEOUT
+            if wanted.deadline < self._next_due:
+                self._next_due = wanted.deadline
             self._in_flight[nxt] += 1
             batches.setdefault(nxt, []).append(tx_id)
         for peer, batch in batches.items():

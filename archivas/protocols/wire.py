@@ -126,6 +126,10 @@ class Message:
     def payload(self, style: str = HEX) -> dict[str, Any]:
         return {}
 
+    def payload_json(self, style: str = HEX) -> bytes:
+        """The payload's canonical JSON (what encode writes)."""
+        return canonical_json(self.payload(style))
+
     @classmethod
     def parse(cls, payload: dict[str, Any], limits: Limits) -> "Message":
         return cls()
@@ -726,6 +730,11 @@ class _InvIds(Message):
     def payload(self, style: str = HEX) -> dict[str, Any]:
         return {"txs": _pack(self.ids)}
 
+    def payload_json(self, style: str = HEX) -> bytes:
+        # canonical_json of the payload, written directly (one key; base64 needs no
+        # escaping): INV and REQ are most of what a node sends.
+        return b'{"txs":"%s"}' % base64.b64encode(b"".join(self.ids))
+
     @classmethod
     def parse(cls, payload: dict[str, Any], limits: Limits) -> "_InvIds":
         ids = _packed(payload, "txs", INV_ID_BYTES, MAX_INV)
@@ -930,7 +939,7 @@ def encode(message: Message, style: str = HEX) -> bytes:
         cached = message.__dict__.get("_line")
         if cached is not None:
             return cached
-    line = b'{"type":%d,"payload":%s}' % (message.TYPE, canonical_json(message.payload(style)))
+    line = b'{"type":%d,"payload":%s}' % (message.TYPE, message.payload_json(style))
     if style == HEX:
         object.__setattr__(message, "_line", line)
     return line
