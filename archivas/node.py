@@ -78,7 +78,7 @@ RECENT_BLOCKS = 16  # decoded recent blocks (and their compact forms) kept to an
 # index read writes them at once (Storage._current_index).
 INDEX_WRITE_DELAY = 1.0
 MAX_VDF_AHEAD = 64  # VDF segments held that came before the ones they follow
-INDEX_STEP_BLOCKS = 32  # blocks indexed a reactor turn while they catch up (docs/storage.md)
+INDEX_STEP_BLOCKS = 8  # blocks indexed a reactor turn while they catch up (docs/storage.md)
 
 
 @attrs.define(eq=False)
