@@ -152,7 +152,7 @@ class IndexCatchUpTests(unittest.TestCase):
 
         b = builder()
         blocks, parent = [], b.genesis
-        for nonce in range(3 * node_module.INDEX_STEP_BLOCKS):
+        for nonce in range(5 * node_module.INDEX_STEP_BLOCKS):  # more than a read catches up (32)
             parent = b.make_block(parent, transactions=[b.transfer(ALICE, BOB.address, 1, nonce)])
             blocks.append(parent)
         h = Harness(self)
@@ -164,7 +164,7 @@ class IndexCatchUpTests(unittest.TestCase):
             h.clock.advance(0)
         self.assertEqual(self.successResultOf(d), len(blocks))
         self.assertEqual(storage.index_behind(), 0)  # nothing indexed: the sync did not wait on it
-        self.assertIsNone(storage.transfer(blocks[0].transactions[0].hash))
+        self.assertIsNone(storage.transfer(blocks[0].transactions[0].hash))  # (too far behind for a read)
         api = LocalNodeAPI(h.node)
         self.assertEqual(api.status()["indexHeight"], 0)
         h.node.sync.active = True  # a sync round is on: the indexes wait
@@ -188,7 +188,7 @@ class IndexCatchUpTests(unittest.TestCase):
         h.node.sync.active = False
         h.node.sync_ended()  # the rest, a reactor turn a step
         h.clock.advance(0)
-        self.assertEqual(steps, [node_module.INDEX_STEP_BLOCKS] * 3)
+        self.assertEqual(steps, [node_module.INDEX_STEP_BLOCKS] * 5)
         self.assertIsNone(storage.index_behind())
         self.assertEqual(api.status()["indexHeight"], len(blocks))
         found = storage.transfer(blocks[0].transactions[0].hash)
