@@ -44,7 +44,7 @@ MAX_BODIES_IN_FLIGHT = 8
 # The bodies a request asks for are expected to take about this much (from the bodies seen
 # so far this round): a reply is decoded and its transaction roots checked on the reactor,
 # and 32 bodies of 50 transfers held it for 30-60 ms.
-BODY_BATCH_BYTES = 128 * 1024
+BODY_BATCH_BYTES = 64 * 1024
 MIN_BODIES_PER_REQUEST = 4
 DOWNLOAD_WINDOW = 1024  # heights past the stored chain whose bodies may be fetched
 MAX_HELD_BYTES = 64 * 1024 * 1024  # bodies received and not yet stored
