@@ -302,9 +302,9 @@ class BodyBatchTests(unittest.TestCase):
             return hf.HeadersFirstRound.bodies_per_request(SimpleNamespace(body_bytes=body_bytes))
 
         self.assertEqual(per_request(300), hf.BODIES_PER_REQUEST)  # empty blocks: 32
-        fifty = 256 + 512 * 50  # a body of 50 transfers, as estimated
-        self.assertEqual(per_request(fifty), hf.BODY_BATCH_BYTES // fifty)
-        self.assertLessEqual(per_request(fifty) * fifty, hf.BODY_BATCH_BYTES)
+        twenty = 256 + 512 * 20  # a body of 20 transfers, as estimated
+        self.assertEqual(per_request(twenty), hf.BODY_BATCH_BYTES // twenty)
+        self.assertLessEqual(per_request(twenty) * twenty, hf.BODY_BATCH_BYTES)
         self.assertEqual(per_request(10**7), hf.MIN_BODIES_PER_REQUEST)
         in_flight = hf.HeadersFirstRound.bodies_in_flight
         self.assertEqual(in_flight(None, 32), hf.BODIES_IN_FLIGHT)
