@@ -262,9 +262,11 @@ class Node:
             except Exception:  # (a disk error: the next block, read or restart tries again)
                 log.failure("[storage] writing the transfer index failed")
             return None
-        self._indexing = defer.ensureDeferred(self._index_steps(behind))
-        self._indexing.addErrback(lambda f: log.failure("[storage] indexing failed", f))
-        return self._indexing
+        d = defer.ensureDeferred(self._index_steps(behind))
+        if not d.called:  # (done at once, or failed at its first step: nothing to wait on)
+            self._indexing = d
+        d.addErrback(lambda f: log.failure("[storage] indexing failed", f))
+        return d
 
     async def _index_steps(self, behind: int) -> None:
         started, top = self.reactor.seconds(), self.chain.tip.height

@@ -195,3 +195,36 @@ class IndexCatchUpTests(unittest.TestCase):
         self.assertIsNotNone(found)
         self.assertEqual(found.height, 1)
         self.assertEqual(storage.transfer_count(), len(blocks))
+
+    def test_a_failed_step_does_not_stop_later_catch_ups(self):
+        from archivas import node as node_module
+
+        b = builder()
+        blocks, parent = [], b.genesis
+        for nonce in range(5 * node_module.INDEX_STEP_BLOCKS):
+            parent = b.make_block(parent, transactions=[b.transfer(ALICE, BOB.address, 1, nonce)])
+            blocks.append(parent)
+        h = Harness(self)
+        d = defer.ensureDeferred(h.node.import_batch(blocks))
+        for _ in range(500):
+            if d.called:
+                break
+            h.clock.advance(0)
+        self.successResultOf(d)
+        catch_up = h.node.chain.catch_up_index
+        failures = []
+
+        def full_disk(limit):
+            if not failures:
+                failures.append(limit)
+                raise OSError("disk full")
+            return catch_up(limit)
+
+        h.node.chain.catch_up_index = full_disk
+        h.node.sync_ended()  # the first step fails (logged) ...
+        h.clock.advance(0)
+        self.assertEqual(len(self.flushLoggedErrors(OSError)), 1)
+        self.assertEqual(h.node.chain.storage.index_behind(), 0)
+        h.node.sync_ended()  # ... and the next round's end catches up all the same
+        h.clock.advance(0)
+        self.assertIsNone(h.node.chain.storage.index_behind())

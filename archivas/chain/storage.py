@@ -616,8 +616,9 @@ class Storage:
 
     def _current_index(self) -> None:
         """Before an index read: a lag of a few blocks (gossiped blocks whose rows wait, as
-        Node.receive_block stores them) is written first, so reads never miss them; a
-        longer one (a sync's) is left to the node's catch-up (GET /status: indexHeight)."""
+        Node.receive_block stores them) is written first, so reads do not miss them; a
+        longer one (a sync's), or any while a sync's run is open, is left to the node's
+        catch-up (GET /status: indexHeight)."""
         behind = self.index_behind()
         if behind is None or self._runs:
             return
