@@ -468,8 +468,6 @@ class HeadersFirstRound:
             self._drop(sender)  # another copy may be fine: fetch it again from someone else
             for i in range(added, len(blocks)):
                 self._discard(blocks[i].height)
-            for height in [h for h, held in self.received.items() if held[1] is sender]:
-                self._discard(height)  # the rest it served is fetched from others too
         self.syncer.progress(self.next - 1, run.last.height)
         if self._room is not None and run.wants_headers():
             room, self._room = self._room, None
