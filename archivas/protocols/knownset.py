@@ -92,18 +92,19 @@ class RollingKnownSet:
 
     def add(self, item: bytes) -> None:
         key = int.from_bytes(item[:16], "big", signed=True) ^ self._tweak
-        current = self._filters[self._current]
-        if key in current:
-            # Already in the newest generation (or a false positive of it, which is then
-            # reported present exactly as long as a real entry would be): don't spend room.
-            return
+        if key not in self._filters[self._current]:
+            # (Already in the newest generation, or a false positive of it, which is then
+            # reported present exactly as long as a real entry would be: don't spend room.)
+            self._insert(key)
+
+    def _insert(self, key: int) -> None:
+        """Put `key` in the newest generation; a full one makes the oldest the newest,
+        its bits reused (the two others, both full, stay live)."""
         if self._counts[self._current] >= self._per_generation:
-            # Reuse the oldest generation's bits: the two others, both full, stay live.
             self._current = (self._current + 1) % GENERATIONS
-            current = self._filters[self._current]
-            current.clear()
+            self._filters[self._current].clear()
             self._counts[self._current] = 0
-        current.add(key)
+        self._filters[self._current].add(key)
         self._counts[self._current] += 1
 
     def __contains__(self, item: object) -> bool:
@@ -123,16 +124,8 @@ class RollingKnownSet:
         tweak = self._tweak
         for item in items:
             key = int.from_bytes(item[:16], "big", signed=True) ^ tweak
-            current = self._filters[self._current]
-            if key in current:
-                continue
-            if self._counts[self._current] >= self._per_generation:
-                self._current = (self._current + 1) % GENERATIONS
-                current = self._filters[self._current]
-                current.clear()
-                self._counts[self._current] = 0
-            current.add(key)
-            self._counts[self._current] += 1
+            if key not in self._filters[self._current]:
+                self._insert(key)
 
     def add_unknown(self, items: Iterable[bytes]) -> list[bytes]:
         """Those of `items` not in the set, each added as it is found: the same as
@@ -148,12 +141,7 @@ class RollingKnownSet:
                     break
                 index = (index - 1) % GENERATIONS
             else:
-                if counts[self._current] >= self._per_generation:
-                    self._current = (self._current + 1) % GENERATIONS
-                    filters[self._current].clear()
-                    counts[self._current] = 0
-                filters[self._current].add(key)
-                counts[self._current] += 1
+                self._insert(key)
                 out.append(item)
         return out
 
