@@ -187,10 +187,6 @@ class Storage:
         self._dirty: dict[str, Optional[Account]] = {}  # written since the commit; None deletes
         self._metas: dict[bytes, BlockMeta] = {}
         self._kv: dict[str, Optional[str]] = {}
-        # Index rows of a run's blocks, written sorted at its commit (or before anything
-        # reads or deletes index rows): a B-tree takes sorted inserts 1.6x faster.
-        self._pending_txs: list[tuple] = []
-        self._pending_addresses: list[tuple] = []
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -354,7 +350,6 @@ class Storage:
             self._rollback()
             raise StorageError(f"database {self.path}: the transaction was lost (disk full or an I/O error?)")
         try:
-            self._flush_index()
             self._write_back()
             self.db.execute("COMMIT")
         except BaseException:
@@ -378,8 +373,6 @@ class Storage:
             self._dirty.clear()
             self._metas.clear()
             self._kv.clear()
-            self._pending_txs = []
-            self._pending_addresses = []
 
     def _journal(self, undo: Callable[[], None]) -> None:
         """Remember how to undo a cache change if the savepoint it was made in rolls back."""
@@ -591,8 +584,9 @@ class Storage:
     # the transfer indexes (main chain only)
 
     def index_block(self, block: Block) -> None:
-        """Index a block's transfers as it joins the main chain."""
-        self._index(block.hash, block.height, block.transactions)
+        """Index a block's transfers as it joins the main chain (outside a run: a run's
+        blocks leave the indexes behind, Chain._index_connected)."""
+        self.index_blocks((block,))
 
     def catch_up_index(self, limit: int, top: int) -> int:
         """Index up to `limit` main-chain blocks the transfer indexes lag behind (up to
@@ -634,18 +628,6 @@ class Storage:
             _index_rows(block.hash, block.height, block.transactions, rows, addresses)
         self._write_index(rows, addresses)
 
-    def _index(self, block_hash: bytes, height: int, txs: Iterable[Transaction]) -> None:
-        rows: list[tuple] = []
-        addresses: list[tuple] = []
-        _index_rows(block_hash, height, txs, rows, addresses)
-        if self._runs:  # kept for the run's commit (_flush_index)
-            self._journal(functools.partial(self._truncate_pending, len(self._pending_txs),
-                                            len(self._pending_addresses)))
-            self._pending_txs += rows
-            self._pending_addresses += addresses
-            return
-        self._write_index(rows, addresses)
-
     @staticmethod
     def _tx_key(row: tuple) -> bytes:
         return row[0]
@@ -663,25 +645,8 @@ class Storage:
         self.db.executemany("INSERT OR REPLACE INTO tx_index VALUES (?,?,?,?,?,?,?,?,?)", by_hash)
         self.db.executemany("INSERT OR REPLACE INTO address_index VALUES (?,?,?,?)", by_address)
 
-    def _flush_index(self) -> None:
-        """Write the run's pending index rows now (inside the open transaction)."""
-        if not self._pending_txs and not self._pending_addresses:
-            return
-        rows, addresses = self._pending_txs, self._pending_addresses
-        self._pending_txs, self._pending_addresses = [], []
-        self._journal(functools.partial(self._restore_pending, rows, addresses))  # the rows go back if rolled back
-        self._write_index(rows, addresses)
-
-    def _truncate_pending(self, txs: int, addresses: int) -> None:
-        del self._pending_txs[txs:]
-        del self._pending_addresses[addresses:]
-
-    def _restore_pending(self, rows: list[tuple], addresses: list[tuple]) -> None:
-        self._pending_txs, self._pending_addresses = rows, addresses
-
     def unindex_block(self, block: Block) -> None:
         """Drop a block's transfers as it leaves the main chain."""
-        self._flush_index()
         height = block.height
         rows: list[tuple] = []
         addresses: list[tuple] = []
@@ -693,7 +658,6 @@ class Storage:
 
     def transfer(self, tx_hash: bytes) -> Optional[IndexedTransfer]:
         self._current_index()
-        self._flush_index()
         row = self.db.execute(f"SELECT {_TRANSFER_COLUMNS} FROM tx_index t JOIN blocks b ON b.hash = t.block "
                               "WHERE t.hash=?", (tx_hash,)).fetchone()
         return _transfer(row) if row else None
@@ -704,7 +668,6 @@ class Storage:
         height `before` (all when None): `limit` of them, then the rest of the last one's
         block (a page never splits a block), and whether older ones remain."""
         self._current_index()
-        self._flush_index()
         below = 2**62 if before is None else before
         query = (f"SELECT {_TRANSFER_COLUMNS} FROM address_index a JOIN tx_index t ON t.hash = a.hash "
                  "JOIN blocks b ON b.hash = t.block WHERE a.address = ? AND ")
@@ -721,7 +684,6 @@ class Storage:
 
     def transfer_count(self) -> int:
         self._current_index()
-        self._flush_index()
         return self.db.execute("SELECT COUNT(*) FROM tx_index").fetchone()[0]
 
     def undo(self, block_hash: bytes) -> dict[str, Optional[Account]]:
