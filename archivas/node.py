@@ -55,6 +55,7 @@ MAX_PENDING_PER_PEER = 8  # blocks or VDF segments from one peer under check at 
 MAX_EARLY_PENDING = 64  # early blocks waiting for their time at once (each holds a block and a timer)
 MAX_BLOCKS_REPLY_BYTES = 2 * 1024 * 1024  # blocks (or bodies) in one reply, at least one
 MAX_HEADERS_REPLY_BYTES = 1024 * 1024  # headers in one reply (a 1,024-segment header is ~410 KB)
+HEADER_PREFIX_BYTES = 8192  # read of each stored block to serve its header (~16 VDF segments fit)
 MAX_VERIFIED_HEADERS = 16384  # headers proved (by sync or a block) whose proofs are not checked again
 LOCATOR_DENSE = 10  # a locator lists the last 10 main-chain hashes, then steps that double
 MAX_INVALID_REMEMBERED = 4096
@@ -461,12 +462,18 @@ class Node:
                 break
         headers: list[bytes] = []  # cut from the stored bytes: nothing decoded or encoded again
         if start is not None:
-            size = 0
-            for height in range(start, min(start + message.count, tip.height + 1)):
-                raw = self.chain.block_bytes_at(height)
-                if raw is None:
+            size, count = 0, max(0, min(message.count, tip.height + 1 - start))
+            # One query for the range, each block's first bytes only (most headers fit).
+            rows = storage.main_block_prefixes(start, count, HEADER_PREFIX_BYTES)
+            for expected, (height, block_hash, prefix) in enumerate(rows, start):
+                if height != expected:  # (below a snapshot's base the main chain has no blocks)
                     break
-                header = wire.split_stored_block(raw)[0]
+                header = wire.stored_header(prefix)
+                if header is None:  # a header of many VDF segments: the block whole
+                    raw = storage.block_bytes(block_hash)
+                    if raw is None:
+                        break
+                    header = wire.split_stored_block(raw)[0]
                 size += len(header)
                 if headers and size > MAX_HEADERS_REPLY_BYTES:
                     break

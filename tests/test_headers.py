@@ -7,6 +7,7 @@ import dataclasses
 
 from twisted.trial import unittest
 
+from archivas import node as node_module
 from archivas.chain.block import genesis_block
 from archivas.chain.consensus import BlockRejected, check_header
 from archivas.chain.headerchain import RECORD, HeaderMismatch, HeaderRun, Point
@@ -123,6 +124,39 @@ class ReplySizeTests(unittest.TestCase):
         transport.clear()
         feed(proto, wire.GetHeaders((b"\x05" * 32,), 10))
         self.assertEqual(wire.decode(transport.value().strip()).headers, ())
+
+
+    def test_headers_are_served_from_block_prefixes_and_whole_blocks_alike(self):
+        """The reply is cut from the first HEADER_PREFIX_BYTES of each stored block; a header
+        longer than that comes from the whole block. Either way it is the stored header,
+        byte for byte, in height order from the locator's block on."""
+        blocks = fixture_blocks(40)
+        h = Harness(self)
+        for block in blocks:
+            h.node.chain.add_block(block, 2**62, score=0)
+        expected = [wire.split_stored_block(block.encode())[0] for block in blocks[10:30]]
+        lengths = sorted(len(x) for x in expected)
+        replies = []
+        proto, transport = h.connect()
+        handshake(proto, genesis=h.node.genesis_hash)
+        # every header in the prefix; the prefix cutting through some headers; through all
+        for prefix in (node_module.HEADER_PREFIX_BYTES, lengths[len(lengths) // 2] + len(b'{"header":'), 64):
+            self.patch(node_module, "HEADER_PREFIX_BYTES", prefix)
+            transport.clear()
+            feed(proto, wire.GetHeaders((blocks[9].hash, h.node.genesis_hash), 20))
+            line = transport.value().strip()
+            self.assertEqual(line, wire.headers_line(expected, 40, h.node.chain.tip.weight).line)
+            replies.append(wire.decode(line))
+        self.assertEqual([x.height for x in replies[0].headers], list(range(11, 31)))
+        self.assertEqual(replies[0].headers[0], blocks[10].header)
+
+    def test_a_prefix_that_ends_inside_the_header_gives_none(self):
+        raw = fixture_blocks(2)[1].encode()
+        header, _ = wire.split_stored_block(raw)
+        self.assertIsNone(wire.stored_header(raw[:len(header)]))
+        self.assertEqual(wire.stored_header(raw[:len(header) + 40]), header)
+        with self.assertRaises(ValueError):
+            wire.stored_header(b'{"transactions":[]}')
 
 
 class VerifyQueueTests(unittest.TestCase):

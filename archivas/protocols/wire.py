@@ -983,6 +983,17 @@ def split_stored_block(raw_block: bytes) -> tuple[bytes, bytes]:
     return raw_block[len(_HEADER_KEY):cut], raw_block[cut + len(_TXS_KEY):-1]
 
 
+def stored_header(prefix: bytes) -> Optional[bytes]:
+    """The header's JSON from the first bytes of a stored block (split_stored_block's
+    header), or None when `prefix` ends before the header does. The first `,"transactions":`
+    is the block's own key: a header holds no such key, and its strings (hex, addresses)
+    no quote."""
+    if not prefix.startswith(_HEADER_KEY):
+        raise ValueError("not a stored block's canonical JSON")
+    cut = prefix.find(_TXS_KEY)
+    return None if cut < 0 else prefix[len(_HEADER_KEY):cut]
+
+
 def headers_line(raw_headers: list[bytes], tip_height: int, tip_weight: int) -> Encoded:
     """HEADERS from headers cut out of stored blocks (split_stored_block)."""
     return Encoded(Headers.NAME, b'{"type":%d,"payload":{"headers":[%s],"tipHeight":%d,"tipWeight":%d}}'
