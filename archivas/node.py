@@ -21,6 +21,7 @@ import attrs
 from twisted.internet import defer, task, threads
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
+from twisted.python import failure
 from twisted.python.threadpool import ThreadPool
 
 from archivas.chain import assumed, keys, vdf
@@ -80,6 +81,7 @@ RECENT_BLOCKS = 16  # decoded recent blocks (and their compact forms) kept to an
 INDEX_WRITE_DELAY = 1.0
 MAX_VDF_AHEAD = 64  # VDF segments held that came before the ones they follow
 INDEX_STEP_BLOCKS = 8  # blocks indexed a reactor turn while they catch up (docs/storage.md)
+CHECKPOINT_SECONDS = 1.0  # between passive WAL checkpoints in a thread (docs/storage.md)
 
 
 @attrs.define(eq=False)
@@ -224,6 +226,7 @@ class Node:
         self.stopped = False
         self._indexing: Optional[defer.Deferred] = None  # the transfer indexes catching up (catch_up_index)
         self._index_call: Any = None  # the pending catch_up_index of gossiped blocks (INDEX_WRITE_DELAY)
+        self._checkpointing: Optional[defer.Deferred] = None  # a WAL checkpoint in its thread
         self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
 
     def start(self) -> None:
@@ -245,6 +248,27 @@ class Node:
             loop.start(seconds, now=False).addErrback(lambda f: log.failure("[p2p] transfer relay failed", f))
             self._loops.append(loop)
         self.reactor.callLater(0, self.catch_up_index)  # what a sync killed before the end left behind
+        if self.threaded and self.checker is None:  # the WAL checkpoints leave the reactor
+            self.chain.storage.checkpoint_in_background()
+            loop = LoopingCall(self._checkpoint)
+            loop.clock = self.reactor
+            loop.start(CHECKPOINT_SECONDS, now=False).addErrback(
+                lambda f: log.failure("[storage] checkpoint loop failed", f))
+            self._loops.append(loop)
+
+    def _checkpoint(self) -> None:
+        """A passive WAL checkpoint in a thread (Storage.checkpoint), unless one is running."""
+        if self._checkpointing is not None:
+            return
+        d = self._checkpointing = threads.deferToThreadPool(self.reactor, self.reactor.getThreadPool(),
+                                                            self.chain.storage.checkpoint)
+
+        def done(result: Any) -> None:
+            self._checkpointing = None
+            if isinstance(result, failure.Failure):
+                log.failure("[storage] WAL checkpoint failed", result)
+
+        d.addBoth(done)
 
     def sync_ended(self) -> None:
         self.reactor.callLater(0, self.catch_up_index)
@@ -314,6 +338,9 @@ class Node:
         d = self.peers.stop()
         if self.threaded:
             d.addBoth(lambda _: self.threadpool.stop())
+        checkpointing = self._checkpointing
+        if checkpointing is not None:  # the storage may be closed next: let it finish first
+            d.addBoth(lambda result: _after(checkpointing, result))
         return d
 
     # the ChainView the peer layer reads
@@ -1243,6 +1270,14 @@ def _outbound(proto: PeerProtocol) -> bool:
 def _inv_interval(proto: PeerProtocol) -> float:
     outbound = proto.info is not None and proto.info.direction == "outbound"
     return txrelay.OUTBOUND_INTERVAL if outbound else txrelay.INBOUND_INTERVAL
+
+
+def _after(d: defer.Deferred, result: Any) -> defer.Deferred:
+    """`result` once `d` has fired (a Deferred whose errbacks `d`'s owner has added)."""
+    waiting: defer.Deferred = defer.Deferred()
+    d.addBoth(lambda _: waiting.callback(None))
+    waiting.addCallback(lambda _: result)
+    return waiting
 
 
 def _body_then(block: Block, params: Any, score: int, timings: Optional[dict[str, float]] = None,

@@ -3,12 +3,14 @@
 import os
 import sqlite3
 
+from twisted.internet import task
 from twisted.trial import unittest
 
 from archivas.chain import params as network_params
 from archivas.chain import storage
 from archivas.chain.blockchain import Chain
 from archivas.chain.storage import DB_FILE, Storage, StorageError
+from archivas.node import CHECKPOINT_SECONDS, Node
 from tests.common import PARAMS, builder, now_ms, open_chain
 
 
@@ -149,3 +151,101 @@ class LostTransactionTests(unittest.TestCase):
         self.assertEqual(s.db.execute("SELECT * FROM accounts").fetchall(), [])
         self.assertIsNone(s.get_account("alice"))
         self.assertEqual(s.get_meta("tip"), "genesis")
+
+
+class BackgroundCheckpointTests(unittest.TestCase):
+    """checkpoint_in_background: commits stop copying the WAL into the database file (that
+    was 13-26 ms of a committing call on the reactor); checkpoint() does it, from any thread."""
+
+    def _write(self, s: Storage, transactions: int) -> None:
+        for i in range(transactions):
+            with s.transaction():  # 100 KiB each: about 25 pages
+                s.db.execute("INSERT OR REPLACE INTO undo VALUES (?, ?)", (b"%d" % i, "u" * 100_000))
+
+    def _wal_pages(self, s: Storage) -> int:
+        return s.db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()[1]
+
+    def test_commits_leave_the_wal_to_checkpoint(self):
+        auto = open_chain(self).storage
+        self._write(auto, 60)  # past SQLite's 1,000-page automatic checkpoint
+        self.assertLess(self._wal_pages(auto), 1000)  # the commits checkpointed it
+        self.assertIsNone(auto.checkpoint())  # not in background mode
+
+        s = open_chain(self).storage
+        s.checkpoint_in_background()
+        self._write(s, 60)
+        pages, done = s.checkpoint()
+        self.assertGreater(pages, 1400)  # every transaction's pages still in the WAL
+        self.assertEqual(done, pages)  # and now all of them in the database file
+        self.assertEqual(s.db.execute("SELECT COUNT(*) FROM undo").fetchone()[0], 60)
+
+    def test_after_close_there_is_nothing_to_checkpoint_and_no_wal_left(self):
+        chain = Chain.open(self.mktemp(), PARAMS)
+        s = chain.storage
+        s.checkpoint_in_background()
+        self._write(s, 10)
+        wal = str(s.path) + "-wal"
+        self.assertTrue(os.path.exists(wal))
+        chain.close()  # the last connection's close checkpoints and removes the WAL
+        self.assertIsNone(s.checkpoint())
+        self.assertFalse(os.path.exists(wal))
+        reopened = open_chain(self, str(s.directory))
+        self.assertEqual(reopened.storage.db.execute("SELECT COUNT(*) FROM undo").fetchone()[0], 10)
+
+
+class _Pool:
+    """A reactor thread pool that runs each job when the test says."""
+
+    def __init__(self) -> None:
+        self.jobs: list = []
+
+    def callInThreadWithCallback(self, on_result, f, *args, **kwargs):
+        self.jobs.append((on_result, f, args, kwargs))
+
+    def run_one(self) -> None:
+        on_result, f, args, kwargs = self.jobs.pop(0)
+        on_result(True, f(*args, **kwargs))
+
+
+class _ThreadedClock(task.Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = _Pool()
+
+    def getThreadPool(self) -> _Pool:
+        return self.pool
+
+    def callFromThread(self, f, *args, **kwargs) -> None:
+        f(*args, **kwargs)
+
+
+class NodeCheckpointTests(unittest.TestCase):
+    def test_a_threaded_node_checkpoints_in_a_thread_one_at_a_time_and_stops_after_it(self):
+        chain = open_chain(self)
+        clock = _ThreadedClock()
+        node = Node(chain, clock)
+        node.start()
+        self.assertEqual(chain.storage.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], 0)
+        clock.advance(0)
+        self.assertEqual(clock.pool.jobs, [])
+        clock.advance(CHECKPOINT_SECONDS)
+        self.assertEqual([job[1] for job in clock.pool.jobs], [chain.storage.checkpoint])
+        clock.advance(CHECKPOINT_SECONDS * 3)  # still running: no second one queued
+        self.assertEqual(len(clock.pool.jobs), 1)
+        clock.pool.run_one()
+        clock.advance(CHECKPOINT_SECONDS)
+        self.assertEqual(len(clock.pool.jobs), 1)
+        stopped = node.stop()  # with a checkpoint in its thread: stop waits for it
+        clock.advance(1)
+        self.assertNoResult(stopped)
+        clock.pool.run_one()
+        self.successResultOf(stopped)
+        clock.advance(CHECKPOINT_SECONDS * 5)  # none after the stop
+        self.assertEqual(clock.pool.jobs, [])
+
+    def test_an_unthreaded_node_leaves_checkpoints_to_sqlite(self):
+        chain = open_chain(self)
+        node = Node(chain, task.Clock(), threaded=False)
+        node.start()
+        self.assertEqual(chain.storage.db.execute("PRAGMA wal_autocheckpoint").fetchone()[0], 1000)
+        self.successResultOf(node.stop())
