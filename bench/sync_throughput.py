@@ -116,15 +116,16 @@ async def sync_once(reactor: Any, w: vt.Workload, sources: Sequence[Source],
         chain = Chain.open(directory, w.params)
         node = Node(chain, reactor)
         received = {s.node.node_id: 0 for s in sources}
-        fetch_range = node.sync.fetch_range
+        import_batch = node.import_batch
 
-        async def counted(proto: PeerProtocol, start: int, count: int) -> list:
-            blocks = await fetch_range(proto, start, count)
-            if proto.info is not None and proto.info.node_id in received:
-                received[proto.info.node_id] += len(blocks)
-            return blocks
+        def counted(blocks: list[Any], senders: Optional[Sequence[Optional[PeerProtocol]]] = None,
+                    *a: Any, **kw: Any) -> Any:
+            for sender in senders or ():  # the blocks handed to storage, by the source that sent each
+                if sender is not None and sender.info is not None and sender.info.node_id in received:
+                    received[sender.info.node_id] += 1
+            return import_batch(blocks, senders, *a, **kw)
 
-        node.sync.fetch_range = counted  # type: ignore[method-assign]
+        node.import_batch = counted  # type: ignore[method-assign,assignment]
         add_block, in_add_block = chain.add_block, [0.0]
 
         def timed_add_block(*a: Any, **kw: Any) -> Any:
