@@ -51,6 +51,11 @@ READ_CATCH_UP_BLOCKS = 32  # a lag an index read catches up first (_current_inde
 # most 2,000 transfers, 256,000 accounts); block metas (about 300 B) are dropped oldest first.
 ACCOUNT_CACHE = 200_000
 META_CACHE = 16_384
+# With checkpoints in the background (checkpoint_in_background), the WAL size at which a
+# commit checkpoints anyway, as SQLite's rule does at 1,000 pages: 8,192 pages of 4 KiB,
+# 32 MiB. A node's background checkpoints keep the WAL far below it (a sync writes about
+# 4 MiB a second); only a writer they cannot keep up with reaches it.
+CHECKPOINT_VALVE_PAGES = 8192
 # SQLite's synchronous setting under WAL (`--db-sync`): "normal" writes each commit to the
 # WAL without an fsync (SQLite fsyncs at checkpoints); "full" fsyncs the WAL at every commit.
 SYNC_MODES = ("normal", "full")
@@ -267,7 +272,10 @@ class Storage:
         """Stop SQLite from checkpointing the WAL inside commits: the commit that takes the
         WAL past 1,000 pages copies them into the database file there and then (13-26 ms of
         the committing call in a sync, every few runs, on the reactor). From here on the
-        owner calls checkpoint() from another thread instead (Node does, every second)."""
+        owner calls checkpoint() from another thread instead (Node does, every second).
+        Commits still checkpoint past CHECKPOINT_VALVE_PAGES: a writer faster than the
+        background checkpoints (they never catch up, so SQLite never restarts the WAL) would
+        otherwise grow the WAL without bound."""
         with self._checkpoint_lock:
             if self._checkpointer is None:
                 try:
@@ -275,7 +283,7 @@ class Storage:
                     self._checkpointer.execute(f"PRAGMA synchronous={self.sync.upper()}")
                 except sqlite3.DatabaseError as e:
                     raise self.error(f"cannot open a checkpoint connection: {e}") from None
-        self.db.execute("PRAGMA wal_autocheckpoint=0")
+        self.db.execute(f"PRAGMA wal_autocheckpoint={CHECKPOINT_VALVE_PAGES}")
 
     def checkpoint(self) -> Optional[tuple[int, int]]:
         """A passive checkpoint on checkpoint_in_background's connection: the committed WAL
