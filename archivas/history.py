@@ -36,6 +36,7 @@ SCRATCH_DIR = "history-check"
 BATCH = 32  # blocks asked at once
 RETRY_SECONDS = 5.0  # how often a verifier without a peer looks again
 PROGRESS_SECONDS = 10.0  # between progress lines
+KEEP_BATCH = 16  # validated blocks copied into the node's database a transaction
 
 
 class HistoryVerifier(service.Service):
@@ -177,6 +178,8 @@ class HistoryVerifier(service.Service):
             state_hash = await self._work(check.finish)
             if self.finished:
                 return
+            if not await self._keep_history(check):
+                return
         except HistoryMismatch as e:
             self._failed(str(e))
             return
@@ -202,6 +205,27 @@ class HistoryVerifier(service.Service):
         finally:
             self.busy = False
         self._validated(state_hash)
+
+    async def _keep_history(self, check: HistoryCheck) -> bool:
+        """The validated blocks below those the node holds become its own, so it serves its
+        whole history (GET_BLOCKS, GET_HEADERS, GET /block): KEEP_BATCH blocks a transaction
+        on the reactor, read in the history thread. False if stopped meanwhile (a restart
+        validates again from the scratch chain's tip and keeps the rest: rows already kept
+        are left as they are)."""
+        storage = self.node.chain.storage
+        held = min(self._own_chain(), default=self.manifest.height + 1)
+        kept = 0
+        for start in range(1, held, KEEP_BATCH):
+            rows = await self._work(check.history_rows, start, min(KEEP_BATCH, held - start))
+            if self.finished:
+                return False
+            with storage.transaction():
+                storage.put_history(rows)
+            kept += len(rows)
+        if kept:
+            log.info("[history] kept the {n} validated blocks below the snapshot's own {m}: "
+                     "this node serves its whole history", n=kept, m=self.manifest.height - held + 1)
+        return True
 
     def _own_chain(self) -> dict[int, bytes]:
         """The snapshot's main chain as this node holds it (the blocks the file carried)."""

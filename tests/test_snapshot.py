@@ -6,6 +6,7 @@ not reproduce the state. On a task.Clock with scripted peers (tests/test_sync.py
 import hashlib
 import json
 import os
+import sqlite3
 from pathlib import Path
 from unittest import mock
 
@@ -177,6 +178,56 @@ class SnapshotTests(unittest.TestCase):
         self.assertFalse(os.path.exists(verifier.directory))  # the scratch database is gone
         requested = [m for m in peer.requests if isinstance(m, wire.GetBlocks)]
         self.assertEqual((requested[0].start, requested[-1].start + requested[-1].count - 1), (1, H))
+        # The validated history is the node's own now: it serves all of it.
+        self.assertEqual([node.chain.storage.main_hash(h) for h in range(1, TIP + 1)],
+                         [b.hash for b in self.blocks[:TIP]])
+        self.assertEqual(api.block(3)["header"]["height"], 3)
+        peer.transport.clear()
+        feed(peer.proto, wire.GetBlocks(3, 5))
+        feed(peer.proto, wire.GetHeaders((node.genesis_hash,), 10))
+        replies = sent(peer.transport)
+        self.assertEqual([b.hash for m in replies if isinstance(m, wire.Blocks) for b in m.blocks],
+                         [b.hash for b in self.blocks[2:7]])
+        self.assertEqual([x.height for m in replies if isinstance(m, wire.Headers) for x in m.headers],
+                         list(range(1, 11)))
+        self.assertEqual(node.chain.accounts(), self.source_accounts)  # the state untouched
+        self.assertEqual(node.chain.snapshot_base, H)  # and still nothing reorganises below H
+
+    def test_keeping_the_history_after_a_failed_write_is_whole_on_the_next_try(self):
+        """The validated blocks are copied a few a transaction; a write that fails (a disk
+        error) leaves nothing half-done, and the next try keeps every block."""
+        from archivas import history as history_module
+        from archivas.chain import storage as storage_module
+
+        self.patch(history_module, "KEEP_BATCH", 2)
+        h = _LoadedHarness(self, self.load())
+        node = h.node
+        peer = ScriptedPeer(h, "10.0.0.1", self.blocks, b"\x01" * 16)
+        put, calls = storage_module.Storage.put_history, []
+
+        def failing_once(storage, rows):
+            calls.append(len(rows))
+            if len(calls) == 2:
+                raise sqlite3.OperationalError("disk I/O error")
+            put(storage, rows)
+
+        self.patch(storage_module.Storage, "put_history", failing_once)
+        verifier, outcome = self.verify_history(node, [peer], clock=h.clock)
+        self.assertNoResult(outcome)
+        # the first transaction's blocks (heights 1 and 2) only; the second's rolled back
+        self.assertEqual([node.chain.storage.main_hash(x) for x in (1, 2, 3, 4)],
+                         [self.blocks[0].hash, self.blocks[1].hash, None, None])
+        self.assertFalse(node.chain.storage.has_block(self.blocks[2].hash))
+        self.assertIn("disk I/O error", verifier.last_error)
+        for _ in range(10):
+            if outcome.called:
+                break
+            h.clock.advance(history_module.RETRY_SECONDS)
+            peer.answer()
+        self.assertEqual(self.successResultOf(outcome), self.manifest.state_hash)
+        self.assertEqual([node.chain.storage.main_hash(x) for x in range(1, H + 1)],
+                         [b.hash for b in self.blocks[:H]])
+        self.assertEqual(api_status_history(node), {"snapshotHeight": H, "validated": True})
 
     def test_a_loaded_node_syncs_from_a_peer_without_headers_and_skips_a_peer_serving_a_bad_history(self):
         import dataclasses
@@ -562,3 +613,9 @@ class OperatorWalkThrough(unittest.TestCase):
         out, err, code = yield defer.ensureDeferred(run("archivas-node", *d.args))
         self.assertEqual((code, err.count("\n")), (1, 1), err)
         self.assertIn("whose history was refused (history does not reproduce the snapshot", err)
+
+
+def api_status_history(node):
+    from archivas.nodeapi import LocalNodeAPI
+
+    return LocalNodeAPI(node).status()["history"]

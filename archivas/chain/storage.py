@@ -30,7 +30,7 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 from archivas.chain.block import Block, Header
 from archivas.chain.encoding import DecodeError
@@ -563,6 +563,26 @@ class Storage:
             "SELECT m.height, m.hash, substr(b.data, 1, ?) FROM main_chain m JOIN blocks b ON b.hash = m.hash "
             "WHERE m.height >= ? ORDER BY m.height LIMIT ?", (prefix, start, count)).fetchall()
         return [(height, bytes(h), bytes(data)) for height, h, data in rows]
+
+    def main_block_rows(self, start: int, count: int) -> list[tuple]:
+        """The stored rows (every column, the block's bytes last) of the main-chain blocks at
+        heights start..start+count-1, in height order: what put_history writes into another
+        database."""
+        columns = ", ".join("b." + c.strip() for c in _META_COLUMNS.split(","))
+        return self.db.execute(
+            f"SELECT {columns}, b.data FROM main_chain m JOIN blocks b ON b.hash = m.hash "
+            "WHERE m.height >= ? AND m.height < ? ORDER BY m.height", (start, start + count)).fetchall()
+
+    def put_history(self, rows: Sequence[tuple]) -> None:
+        """Main-chain blocks (main_block_rows of a database that validated them) below those
+        this one holds, and their main-chain rows, inside the caller's transaction: a snapshot
+        database's history once verify-history has validated it (docs/snapshots.md). A block
+        or height already here is left as it is. No undo records: nothing reorganises below a
+        snapshot."""
+        self.db.executemany(f"INSERT OR IGNORE INTO blocks({_META_COLUMNS}, data) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                            rows)
+        self.db.executemany("INSERT OR IGNORE INTO main_chain(height, hash) VALUES (?, ?)",
+                            [(row[1], row[0]) for row in rows])
 
     def set_main(self, height: int, block_hash: bytes) -> None:
         self.db.execute("INSERT OR REPLACE INTO main_chain(height, hash) VALUES (?, ?)", (height, block_hash))
