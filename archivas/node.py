@@ -227,6 +227,7 @@ class Node:
         self._indexing: Optional[defer.Deferred] = None  # the transfer indexes catching up (catch_up_index)
         self._index_call: Any = None  # the pending catch_up_index of gossiped blocks (INDEX_WRITE_DELAY)
         self._checkpointing: Optional[defer.Deferred] = None  # a WAL checkpoint in its thread
+        self._checkpoint_failures = 0  # in a row
         self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
 
     def start(self) -> None:
@@ -265,8 +266,15 @@ class Node:
 
         def done(result: Any) -> None:
             self._checkpointing = None
-            if isinstance(result, failure.Failure):
-                log.failure("[storage] WAL checkpoint failed", result)
+            if not isinstance(result, failure.Failure):
+                self._checkpoint_failures = 0
+                return
+            self._checkpoint_failures += 1  # the first with its traceback; then a line a minute
+            if self._checkpoint_failures == 1:
+                log.failure("[storage] WAL checkpoint failed (tried again every second)", result)
+            elif self._checkpoint_failures % 60 == 0:
+                log.warn("[storage] WAL checkpoint still failing ({n} times): {e}", n=self._checkpoint_failures,
+                         e=result.getErrorMessage())
 
         d.addBoth(done)
 
@@ -490,7 +498,8 @@ class Node:
         headers: list[bytes] = []  # cut from the stored bytes: nothing decoded or encoded again
         if start is not None:
             size, count = 0, max(0, min(message.count, tip.height + 1 - start))
-            # One query for the range, each block's first bytes only (most headers fit).
+            # One query for the range, read as far as the reply goes, each block's first
+            # bytes only (most headers fit).
             rows = storage.main_block_prefixes(start, count, HEADER_PREFIX_BYTES)
             for expected, (height, block_hash, prefix) in enumerate(rows, start):
                 if height != expected:  # (below a snapshot's base the main chain has no blocks)

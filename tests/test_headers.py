@@ -110,11 +110,21 @@ class ReplySizeTests(unittest.TestCase):
         proto, transport = h.connect()
         handshake(proto, genesis=h.node.genesis_hash)
         transport.clear()
+        storage, read = h.node.chain.storage, []
+        prefixes = storage.main_block_prefixes
+
+        def counted(*args):
+            for row in prefixes(*args):
+                read.append(row[0])
+                yield row
+
+        self.patch(storage, "main_block_prefixes", counted)
         feed(proto, wire.GetHeaders((h.node.genesis_hash,), wire.MAX_HEADERS))
         line = transport.value().strip()
         reply = wire.decode(line)
         self.assertIsInstance(reply, wire.Headers)
         self.assertLess(len(reply.headers), 1200)  # 1,200 fastnet headers are over 1 MiB
+        self.assertEqual(len(read), len(reply.headers) + 1)  # the blocks read stop at the byte limit
         self.assertGreater(len(reply.headers), 500)
         self.assertLessEqual(len(line), MAX_HEADERS_REPLY_BYTES + 64 * 1024)
         self.assertLess(len(line), MAX_LINE_BYTES)

@@ -4,6 +4,7 @@ import os
 import sqlite3
 
 from twisted.internet import task
+from twisted.python import failure
 from twisted.trial import unittest
 
 from archivas.chain import params as network_params
@@ -190,6 +191,38 @@ class BackgroundCheckpointTests(unittest.TestCase):
         self.assertLess(self._wal_pages(s), 200 + 60)
         self.assertLess(os.path.getsize(str(s.path) + "-wal"), (200 + 60) * 4096 + 64 * 1024)
 
+    def test_checkpoints_in_a_thread_beside_commits_and_a_close(self):
+        """Real threads: checkpoints in a loop while this thread commits, then close while
+        they still run (close waits under the lock); every row is there afterwards."""
+        import threading
+
+        directory = self.mktemp()
+        chain = Chain.open(directory, PARAMS)
+        s = chain.storage
+        s.checkpoint_in_background()
+        errors, results = [], []
+
+        def loop():
+            try:
+                while True:
+                    result = s.checkpoint()
+                    if result is None:  # closed
+                        return
+                    results.append(result)
+            except Exception as e:  # pragma: no cover - what the test looks for
+                errors.append(e)
+
+        worker = threading.Thread(target=loop)
+        worker.start()
+        self._write(s, 40)
+        chain.close()
+        worker.join(10)
+        self.assertFalse(worker.is_alive())
+        self.assertEqual(errors, [])
+        self.assertTrue(results)
+        reopened = open_chain(self, directory)
+        self.assertEqual(reopened.storage.db.execute("SELECT COUNT(*) FROM undo").fetchone()[0], 40)
+
     def test_after_close_there_is_nothing_to_checkpoint_and_no_wal_left(self):
         chain = Chain.open(self.mktemp(), PARAMS)
         s = chain.storage
@@ -215,7 +248,12 @@ class _Pool:
 
     def run_one(self) -> None:
         on_result, f, args, kwargs = self.jobs.pop(0)
-        on_result(True, f(*args, **kwargs))
+        try:
+            result = f(*args, **kwargs)
+        except Exception:
+            on_result(False, failure.Failure())
+        else:
+            on_result(True, result)
 
 
 class _ThreadedClock(task.Clock):
@@ -254,6 +292,32 @@ class NodeCheckpointTests(unittest.TestCase):
         self.successResultOf(stopped)
         clock.advance(CHECKPOINT_SECONDS * 5)  # none after the stop
         self.assertEqual(clock.pool.jobs, [])
+
+    def test_a_failing_checkpoint_is_logged_once_and_tried_again(self):
+        from twisted.logger import globalLogPublisher
+
+        chain = open_chain(self)
+        clock = _ThreadedClock()
+        node = Node(chain, clock)
+        node.start()
+        events: list = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        calls = []
+
+        def failing():
+            calls.append(1)
+            raise sqlite3.OperationalError("disk I/O error")
+
+        self.patch(chain.storage, "checkpoint", failing)
+        for _ in range(3):
+            clock.advance(CHECKPOINT_SECONDS)
+            clock.pool.run_one()
+        self.assertEqual(len(calls), 3)  # tried every second
+        logged = [e for e in events if "checkpoint" in str(e.get("log_format", ""))]
+        self.assertEqual(len(logged), 1)  # one traceback, not one a second
+        self.assertEqual(len(self.flushLoggedErrors(sqlite3.OperationalError)), 1)
+        self.successResultOf(node.stop())
 
     def test_an_unthreaded_node_leaves_checkpoints_to_sqlite(self):
         chain = open_chain(self)

@@ -554,15 +554,16 @@ class Storage:
         row = self.db.execute("SELECT hash FROM main_chain WHERE height=?", (height,)).fetchone()
         return bytes(row[0]) if row else None
 
-    def main_block_prefixes(self, start: int, count: int, prefix: int) -> list[tuple[int, bytes, bytes]]:
+    def main_block_prefixes(self, start: int, count: int, prefix: int) -> Iterator[tuple[int, bytes, bytes]]:
         """(height, hash, the stored block's first `prefix` bytes) of the main-chain blocks
-        from `start`, at most `count`, in height order: one query, and SQLite copies only
-        the prefix of each block (serving 512 headers of 50-transfer blocks: 5.5 ms, against
-        16 ms reading the blocks whole, two statements each)."""
-        rows = self.db.execute(
+        at heights start..start+count-1 that are stored, in height order: one query, stepped
+        only as far as the caller reads (use it before the next write), and only the prefix
+        of each block copied out (serving 512 headers of 50-transfer blocks: 5.5 ms, against
+        16 ms copying the blocks whole, two statements each)."""
+        cursor = self.db.execute(
             "SELECT m.height, m.hash, substr(b.data, 1, ?) FROM main_chain m JOIN blocks b ON b.hash = m.hash "
-            "WHERE m.height >= ? ORDER BY m.height LIMIT ?", (prefix, start, count)).fetchall()
-        return [(height, bytes(h), bytes(data)) for height, h, data in rows]
+            "WHERE m.height >= ? AND m.height < ? ORDER BY m.height", (prefix, start, start + count))
+        return ((height, bytes(h), bytes(data)) for height, h, data in cursor)
 
     def main_block_rows(self, start: int, count: int) -> list[tuple]:
         """The stored rows (every column, the block's bytes last) of the main-chain blocks at
