@@ -36,7 +36,7 @@ SCRATCH_DIR = "history-check"
 BATCH = 32  # blocks asked at once
 RETRY_SECONDS = 5.0  # how often a verifier without a peer looks again
 PROGRESS_SECONDS = 10.0  # between progress lines
-KEEP_BATCH = 16  # validated blocks copied into the node's database a transaction
+KEEP_BATCH = 8  # validated blocks copied into the node's database (and its indexes) a transaction
 
 
 class HistoryVerifier(service.Service):
@@ -216,12 +216,17 @@ class HistoryVerifier(service.Service):
         held = min(self._own_chain(), default=self.manifest.height + 1)
         kept = 0
         for start in range(1, held, KEEP_BATCH):
-            rows = await self._work(check.history_rows, start, min(KEEP_BATCH, held - start))
+            rows, blocks = await self._work(check.history_rows, start, min(KEEP_BATCH, held - start))
             if self.finished:
                 return False
             with storage.transaction():
                 storage.put_history(rows)
+                storage.index_blocks(blocks)  # their transfers in /tx and /address too
             kept += len(rows)
+        # The snapshot's own blocks (H-n+1..H, at most 34, which the load did not index).
+        own = [self.node.chain.block_at(h) for h in range(held, self.manifest.height + 1)]
+        with storage.transaction():
+            storage.index_blocks([b for b in own if b is not None])
         if kept:
             log.info("[history] kept the {n} validated blocks below the snapshot's own {m}: "
                      "this node serves its whole history", n=kept, m=self.manifest.height - held + 1)

@@ -201,6 +201,12 @@ class SnapshotTests(unittest.TestCase):
                          list(range(1, 11)))
         self.assertEqual(node.chain.accounts(), self.source_accounts)  # the state untouched
         self.assertEqual(node.chain.snapshot_base, H)  # and still nothing reorganises below H
+        # Its transfers are indexed: the history's (block 10) and the snapshot's own (block 30).
+        for height in (10, 20, 30):
+            tx = self.blocks[height - 1].transactions[0]
+            found = node.chain.storage.transfer(tx.hash)
+            self.assertIsNotNone(found, height)
+            self.assertEqual(found.height, height)
 
     def test_keeping_the_history_after_a_failed_write_is_whole_on_the_next_try(self):
         """The validated blocks are copied a few a transaction; a write that fails (a disk

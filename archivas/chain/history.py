@@ -95,10 +95,13 @@ class HistoryCheck:
                 f"{tip.hash.hex()[:16]}) its state hash is {got.hex()}, the snapshot's is {m.state_hash.hex()}")
         return got
 
-    def history_rows(self, start: int, count: int) -> list[tuple]:
-        """The validated main-chain blocks at heights start..start+count-1 as stored rows,
-        for the node's database (Storage.put_history)."""
-        return self.chain.storage.main_block_rows(start, count)
+    def history_rows(self, start: int, count: int) -> tuple[list[tuple], list[Block]]:
+        """The validated main-chain blocks at heights start..start+count-1, as stored rows
+        for the node's database (Storage.put_history) and decoded (for its transfer
+        indexes, Storage.index_blocks)."""
+        rows = self.chain.storage.main_block_rows(start, count)
+        blocks = [self.chain.storage.block(bytes(row[0])) for row in rows]
+        return rows, [b for b in blocks if b is not None]
 
     def close(self, remove: bool = False) -> None:
         self.chain.close()
