@@ -72,3 +72,15 @@ def open_chain(case: unittest.TestCase, directory: Optional[str] = None) -> Chai
 def snapshot(chain: Chain) -> tuple:
     """Everything a rejected block must leave as it was."""
     return chain.tip, chain.accounts(), chain.storage.block_count()
+
+
+def counted_rows(rows_of, read: list):
+    """`rows_of` (a function returning an iterator of rows, row[0] first) wrapped so that
+    each row the caller takes is appended to `read`: how far a lazy query was stepped."""
+
+    def counted(*args):
+        for row in rows_of(*args):
+            read.append(row[0])
+            yield row
+
+    return counted

@@ -14,7 +14,7 @@ from archivas.chain.headerchain import RECORD, HeaderMismatch, HeaderRun, Point
 from archivas.node import MAX_HEADERS_REPLY_BYTES
 from archivas.protocols import wire
 from archivas.protocols.peer import MAX_LINE_BYTES
-from tests.common import PARAMS, fixture_blocks, weight_of
+from tests.common import PARAMS, counted_rows, fixture_blocks, weight_of
 from tests.test_protocol import Harness, feed, handshake, sent
 
 
@@ -111,14 +111,7 @@ class ReplySizeTests(unittest.TestCase):
         handshake(proto, genesis=h.node.genesis_hash)
         transport.clear()
         storage, read = h.node.chain.storage, []
-        prefixes = storage.main_block_prefixes
-
-        def counted(*args):
-            for row in prefixes(*args):
-                read.append(row[0])
-                yield row
-
-        self.patch(storage, "main_block_prefixes", counted)
+        self.patch(storage, "main_block_prefixes", counted_rows(storage.main_block_prefixes, read))
         feed(proto, wire.GetHeaders((h.node.genesis_hash,), wire.MAX_HEADERS))
         line = transport.value().strip()
         reply = wire.decode(line)

@@ -23,7 +23,7 @@ from archivas.history import HistoryVerifier
 from archivas.node import Node
 from archivas.nodeapi import LocalNodeAPI
 from archivas.protocols import wire
-from tests.common import ALICE, BOB, FASTNET, PARAMS, fixture_blocks, now_ms, open_chain
+from tests.common import ALICE, BOB, FASTNET, PARAMS, counted_rows, fixture_blocks, now_ms, open_chain
 from tests.test_protocol import Harness, feed, sent
 from tests.test_sync import ScriptedPeer
 
@@ -166,13 +166,8 @@ class SnapshotTests(unittest.TestCase):
         self.assertRaises(ApiError, api.block, 3)  # absent below the snapshot: 404, not a crash
         feed(peer.proto, wire.GetBlock(3))
         feed(peer.proto, wire.GetBlocks(3, 5))
-        prefixes, read = node.chain.storage.main_block_prefixes, []
-
-        def counted(*args):
-            for row in prefixes(*args):
-                read.append(row[0])
-                yield row
-
+        read: list = []
+        counted = counted_rows(node.chain.storage.main_block_prefixes, read)
         with mock.patch.object(node.chain.storage, "main_block_prefixes", counted):
             feed(peer.proto, wire.GetHeaders((node.genesis_hash,), 2000))  # a node syncing from genesis
         self.assertEqual(len(read), 1)  # the snapshot's first block: not consecutive from 1, the end

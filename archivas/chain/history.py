@@ -17,6 +17,7 @@ from archivas.chain.block import Block
 from archivas.chain.blockchain import ADDED_TIP, KNOWN, Chain
 from archivas.chain.params import NetworkParams
 from archivas.chain.snapshot import Manifest, state_hash_at_tip
+from archivas.chain.storage import decode_stored
 
 
 class HistoryMismatch(Exception):
@@ -100,8 +101,7 @@ class HistoryCheck:
         for the node's database (Storage.put_history) and decoded (for its transfer
         indexes, Storage.index_blocks)."""
         rows = self.chain.storage.main_block_rows(start, count)
-        blocks = [self.chain.storage.block(bytes(row[0])) for row in rows]
-        return rows, [b for b in blocks if b is not None]
+        return rows, [decode_stored(bytes(row[0]), row[-1]) for row in rows]  # (hash first, bytes last)
 
     def close(self, remove: bool = False) -> None:
         self.chain.close()

@@ -110,7 +110,9 @@ class RollingKnownSet:
     def __contains__(self, item: object) -> bool:
         if not isinstance(item, bytes):
             return False
-        key = int.from_bytes(item[:16], "big", signed=True) ^ self._tweak
+        return self._has(int.from_bytes(item[:16], "big", signed=True) ^ self._tweak)
+
+    def _has(self, key: int) -> bool:
         # Newest first: recent ids are the likely hits. Empty generations can't match.
         index = self._current
         for _ in range(GENERATIONS):
@@ -131,16 +133,10 @@ class RollingKnownSet:
         """Those of `items` not in the set, each added as it is found: the same as
         `[x for x in items if x not in s and not s.add(x)]`, with one key per item."""
         tweak = self._tweak
-        filters, counts = self._filters, self._counts
         out = []
         for item in items:
             key = int.from_bytes(item[:16], "big", signed=True) ^ tweak
-            index = self._current
-            for _ in range(GENERATIONS):
-                if counts[index] and key in filters[index]:
-                    break
-                index = (index - 1) % GENERATIONS
-            else:
+            if not self._has(key):
                 self._insert(key)
                 out.append(item)
         return out
