@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))  # tests.*: the test network, its fixture chain, t
 import chiavdf  # noqa: E402
 from twisted.internet import task  # noqa: E402
 
-from archivas.chain import assumed, keys, vdf  # noqa: E402
+from archivas.chain import assumed, forkchoice, keys, vdf  # noqa: E402
 from archivas.chain import params as network_params  # noqa: E402
 from archivas.chain.block import Block, Header, ProofOfSpace, genesis_block, sign_header, tx_root, vdf_origin  # noqa: E402
 from archivas.chain.blockchain import Chain  # noqa: E402
@@ -155,7 +155,8 @@ def sync_seconds(params: NetworkParams, blocks: Sequence[Block], option: str) ->
                 return Real.connect(self, direction, host)  # type: ignore[arg-type]
 
         h = Harness()
-        weight = params.initial_difficulty + sum(b.header.difficulty for b in blocks)
+        weight = sum(forkchoice.block_weight(b.header.difficulty, b.header.vdf_iterations)
+                     for b in [genesis_block(params), *blocks])
         peer = Peer(h, list(blocks), weight)
         vdf.discriminant.cache_clear()
         started = time.perf_counter()
