@@ -1236,9 +1236,8 @@ class Node:
         if source is not None:
             self._pending[id(source)] += 1
         try:
-            seed, start = self.chain.vdf_origin(parent_hash)
-            if self.vdf_segments:
-                start = self.vdf_segments[-1].output
+            seed = self.chain.seed_for_child(parent_hash)
+            start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
             ok = await self._in_thread(verify_segment, seed, start, segment, self.params.discriminant_bits,
                                        self.vdf_iterations, cache=self.verified_segments)
         finally:

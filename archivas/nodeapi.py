@@ -344,7 +344,7 @@ class LocalNodeAPI:
         """Challenges for a child of the tip: one per VDF segment the node holds."""
         node = self.node
         parent = node.vdf_parent
-        seed, _ = self.chain.vdf_origin(parent)
+        seed = self.chain.seed_for_child(parent)
         points = [{"index": i + 1, "challenge": vdf.signage_challenge(seed, s.output).hex()}
                   for i, s in enumerate(node.vdf_segments)]
         return {
@@ -383,7 +383,6 @@ class LocalNodeAPI:
             timestamp=timestamp,
             difficulty=self.chain.next_difficulty(parent),
             vdf_iterations=node.vdf_iterations,
-            vdf_seed=self.chain.vdf_origin(parent)[0],
             vdf=tuple(node.vdf_segments[:index]),
             proof_of_space=proof,
             reward_address=reward_address,
@@ -417,14 +416,14 @@ class LocalNodeAPI:
 
     def vdf_job(self) -> dict[str, Any]:
         node = self.node
-        seed, start = self.chain.vdf_origin(node.vdf_parent)
+        last: Optional[vdf.Segment] = node.vdf_segments[-1] if node.vdf_segments else None
         return {
             "parentHash": node.vdf_parent.hex(),
-            "seed": seed.hex(),
+            "seed": self.chain.seed_for_child(node.vdf_parent).hex(),
             "discriminantBits": node.params.discriminant_bits,
             "iterations": node.vdf_iterations,
             "segments": len(node.vdf_segments),
-            "lastOutput": (node.vdf_segments[-1].output if node.vdf_segments else start).hex(),
+            "lastOutput": (last.output if last else vdf.GENERATOR).hex(),
         }
 
     async def vdf_output(self, doc: Any) -> dict[str, Any]:

@@ -77,7 +77,7 @@ SCHEMAS: dict[str, Any] = {
                           "proof": _hex(max_bytes=MAX_PROOF_BYTES)}),
     "Segment": _obj({"output": _hex(FORM_SIZE), "proof": _hex(FORM_SIZE)}),
     "Header": _obj({"version": INT, "height": INT, "parentHash": HASH, "timestamp": INT, "difficulty": INT,
-                    "vdfIterations": INT, "vdfSeed": HASH,
+                    "vdfIterations": INT,
                     "vdf": {"type": "array", "items": _ref("Segment"), "maxItems": MAX_SEGMENTS},
                     "proofOfSpace": _null(_ref("ProofOfSpace")), "rewardAddress": STRING, "reward": INT,
                     "txRoot": HASH, "farmerSignature": _hex(max_bytes=64)}),

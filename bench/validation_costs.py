@@ -52,7 +52,7 @@ import chiavdf
 
 from archivas.chain import keys, pos, vdf
 from archivas.chain import params as network_params
-from archivas.chain.block import Block, Header, genesis_seed, tx_root, vdf_origin
+from archivas.chain.block import Block, Header, child_seed, genesis_seed, tx_root
 from archivas.chain.encoding import strict_loads
 from archivas.chain.iterations import bounds
 from archivas.chain.keys import PrivateKey
@@ -143,7 +143,7 @@ def proof_of_space_check(params: NetworkParams) -> Callable[[tuple[Header, Heade
         header, parent = pair
         proof = header.proof_of_space
         assert proof is not None
-        challenge = vdf.signage_challenge(vdf_origin(parent, params)[0], header.vdf[-1].output)
+        challenge = vdf.signage_challenge(child_seed(parent, params), header.vdf[-1].output)
         pid = pos.plot_id(proof.farmer_public_key, proof.plot_nonce)
         if not pos.passes_filter(pid, challenge, params.plot_filter_bits):
             raise AssertionError("a real block's plot fails the filter")
@@ -153,13 +153,11 @@ def proof_of_space_check(params: NetworkParams) -> Callable[[tuple[Header, Heade
     return check
 
 
-def devnet_block_vdf(devnet: NetworkParams, mode: Mode, discriminant: Figure) -> list[Figure]:
-    """A devnet block's whole VDF check at equilibrium, targetVdfSegments chained segments:
-    for a block that starts an epoch (its discriminant not yet made), and for the average
-    block (the segments, and the epoch's discriminant shared by its vdfEpochBlocks blocks:
-    `discriminant`'s samples over E). They are proved at the iterations' floor to keep the
-    run short: a Wesolowski check costs about the same at any iteration count."""
-    bits, count, epoch = devnet.discriminant_bits, devnet.target_vdf_segments, devnet.vdf_epoch_blocks
+def devnet_block_vdf(devnet: NetworkParams, mode: Mode) -> Figure:
+    """A devnet block's whole VDF check at equilibrium: its discriminant (not yet made) and
+    targetVdfSegments chained segments. They are proved at the iterations' floor to keep
+    the run short: a Wesolowski check costs about the same at any iteration count."""
+    bits, count = devnet.discriminant_bits, devnet.target_vdf_segments
     iterations = bounds(devnet.vdf_iterations)[0]
     seed = b"cost-devnet-block"
     segments, start = [], vdf.GENERATOR
@@ -168,13 +166,8 @@ def devnet_block_vdf(devnet: NetworkParams, mode: Mode, discriminant: Figure) ->
         start = segments[-1].output
     check = lambda: vdf.verify_chain(seed, segments, bits, iterations)  # noqa: E731
     assert check() == -1
-    cold = measure(check, 1, mode, setup=vdf.discriminant.cache_clear, loops=1)
-    warm = measure(check, 1, mode)
-    shared = [w + d / epoch for w, d in zip(warm, discriminant.samples)]
-    return [Figure("devnet_block_vdf_first", f"devnet block VDF, epoch's first (discriminant + {count} segments)",
-                   "block", cold, in_json=False),
-            Figure("devnet_block_vdf", f"devnet block VDF at equilibrium ({count} segments + discriminant / {epoch})",
-                   "block", shared, in_json=False)]
+    return Figure("devnet_block_vdf", f"devnet block VDF at equilibrium (discriminant + {count} segments)",
+                  "block", measure(check, 1, mode, setup=vdf.discriminant.cache_clear, loops=1), in_json=False)
 
 
 def run(mode: Mode) -> list[Figure]:
@@ -205,12 +198,12 @@ def run(mode: Mode) -> list[Figure]:
     # VDF: fastnet segments of real blocks (each at its block's iterations, which retarget
     # along the chain; the cost hardly depends on them); one devnet segment proved here.
     bits, iterations = fastnet.discriminant_bits, fastnet.vdf_iterations
-    segments = [(*vdf_origin(p, fastnet), h.vdf[0], h.vdf_iterations) for h, p in pairs]
-    for seed, start, segment, t in segments:
-        assert vdf.verify_segment(seed, start, segment, bits, t)  # discriminant made
+    segments = [(child_seed(p, fastnet), h.vdf[0], h.vdf_iterations) for h, p in pairs]
+    for seed, segment, t in segments:
+        assert vdf.verify_segment(seed, vdf.GENERATOR, segment, bits, t)  # discriminant made
     figures.append(Figure("vdf_segment_fastnet", f"VDF segment, fastnet ({bits} bits, T={iterations:,} retargeting)",
-                          "segment", measure(cycling(segments, lambda s: vdf.verify_segment(*s[:3], bits, s[3])),
-                                             len(segments), mode)))
+                          "segment", measure(cycling(segments, lambda s: vdf.verify_segment(
+                              s[0], vdf.GENERATOR, s[1], bits, s[2])), len(segments), mode)))
     log(f"proving a devnet segment ({devnet.discriminant_bits} bits, T={devnet.vdf_iterations:,})...")
     dseed = genesis_seed(devnet)
     dbits, diterations = devnet.discriminant_bits, devnet.vdf_iterations
@@ -226,7 +219,7 @@ def run(mode: Mode) -> list[Figure]:
 
         figures.append(Figure(f"discriminant_{name}", f"  discriminant, {name} (a seed's first segment)",
                               "seed", measure(cycling(seeds, make), len(seeds), mode), in_json=False))
-    figures.extend(devnet_block_vdf(devnet, mode, figures[-1]))
+    figures.append(devnet_block_vdf(devnet, mode))
 
     # Transfers. `fresh` copies have no cached signing bytes or id, as just decoded.
     held: dict[str, list[Transaction]] = {"txs": txs}

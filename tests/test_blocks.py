@@ -5,16 +5,7 @@ import dataclasses
 from twisted.trial import unittest
 
 from archivas.chain import iterations, pos, vdf
-from archivas.chain.block import (
-    Block,
-    Header,
-    child_seed,
-    genesis_block,
-    sign_header,
-    starts_epoch,
-    tx_root,
-    vdf_origin,
-)
+from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_header, tx_root
 from archivas.chain.blockchain import ADDED_SIDE, ADDED_TIP, KNOWN, ORPHAN
 from archivas.chain.consensus import REASONS, BlockRejected, check_header
 from archivas.chain.encoding import DecodeError
@@ -58,35 +49,8 @@ class RejectionTests(unittest.TestCase):
         self.assertEqual(self.chain.add_block(block, now_ms()).status, KNOWN)
 
     def test_malformed_version(self):
-        for version in (1, 2, 4):
+        for version in (1, 3):
             self.assertRejected(self.tampered(lambda h, v=version: dataclasses.replace(h, version=v)), "malformed")
-
-    def test_bad_vdf_seed_mid_epoch(self):
-        # A block inside an epoch carries its parent's seed and runs on from its parent's
-        # output. One that starts afresh (a new seed, from the generator: the version 2
-        # rule) holds its own proofs but is refused, for good (the id commits to the seed).
-        self.assertFalse(starts_epoch(self.parent.header, PARAMS))
-        fresh = (child_seed(self.parent.header, PARAMS), vdf.GENERATOR)
-        error = self.assertRejected(self.b.make_block(self.parent, origin=fresh), "bad_vdf_seed")
-        self.assertTrue(error.permanent)
-
-    def test_bad_vdf_seed_at_an_epoch_start(self):
-        # A block that starts an epoch takes a fresh seed; carrying on with the old one is
-        # refused (a fresh seed run on from the parent's output cannot even be proved: that
-        # output is a form of the old discriminant).
-        for parent in self.b.extend(self.parent, PARAMS.vdf_epoch_blocks - self.parent.height):
-            self.assertEqual(self.chain.add_block(parent, now_ms()).status, ADDED_TIP)
-        self.assertTrue(starts_epoch(parent.header, PARAMS))
-        carried = (parent.header.vdf_seed, parent.header.vdf[-1].output)
-        self.assertRejected(self.b.make_block(parent, origin=carried), "bad_vdf_seed")
-        self.assertEqual(self.chain.add_block(self.b.make_block(parent), now_ms()).status, ADDED_TIP)
-
-    def test_vdf_not_run_on_from_the_parent(self):
-        # The epoch's seed, but the VDF run from the generator instead of the parent's
-        # last output: its first segment does not verify.
-        seed, _ = vdf_origin(self.parent.header, PARAMS)
-        error = self.assertRejected(self.b.make_block(self.parent, origin=(seed, vdf.GENERATOR)), "bad_vdf")
-        self.assertIn("segment 1", str(error))
 
     def test_bad_vdf_iterations_not_the_retargets(self):
         # Segments really proven at another T (so only the context rule can object).
@@ -126,8 +90,7 @@ class RejectionTests(unittest.TestCase):
         key = b.keys_by_pk[win.proof.farmer_public_key]
         header = Header(height=parent.height + 1, parent_hash=parent.hash,
                         timestamp=parent.header.timestamp + PARAMS.target_block_time_ms, difficulty=difficulty,
-                        vdf_iterations=value, vdf_seed=vdf_origin(parent.header, PARAMS)[0], vdf=tuple(segments),
-                        proof_of_space=win.proof,
+                        vdf_iterations=value, vdf=tuple(segments), proof_of_space=win.proof,
                         reward_address=key.address, reward=PARAMS.block_reward, tx_root=tx_root(()))
         return Block(sign_header(header, key))
 
@@ -242,7 +205,7 @@ class RejectionTests(unittest.TestCase):
         chain.params = dataclasses.replace(PARAMS, plot_filter_bits=8)
         for candidate in self.b.extend(self.b.genesis, 30, timestamp=None):
             header = candidate.header
-            seed = header.vdf_seed
+            seed = child_seed(self.b.blocks[header.parent_hash].header, PARAMS)
             challenge = vdf.signage_challenge(seed, header.vdf[-1].output)
             pid = pos.plot_id(header.proof_of_space.farmer_public_key, header.proof_of_space.plot_nonce)
             if not pos.passes_filter(pid, challenge, 8):
@@ -266,7 +229,8 @@ class RejectionTests(unittest.TestCase):
         self.assertRejected(block, "insufficient_quality", chain)
 
     def _losing_block(self, parent, difficulty):
-        (seed, start), segments = vdf_origin(parent.header, PARAMS), []
+        seed = child_seed(parent.header, PARAMS)
+        start, segments = vdf.GENERATOR, []
         iterations = self.b.iterations_for(parent)
         for _ in range(50):
             segment = vdf.prove_segment(seed, start, PARAMS.discriminant_bits, iterations)
@@ -279,7 +243,7 @@ class RejectionTests(unittest.TestCase):
                         header = Header(
                             height=parent.height + 1, parent_hash=parent.hash,
                             timestamp=parent.header.timestamp + PARAMS.target_block_time_ms,
-                            difficulty=difficulty, vdf_iterations=iterations, vdf_seed=seed, vdf=tuple(segments),
+                            difficulty=difficulty, vdf_iterations=iterations, vdf=tuple(segments),
                             proof_of_space=plot.proof(challenge, index), reward_address=key.address,
                             reward=PARAMS.block_reward, tx_root=tx_root(()),
                         )
@@ -382,22 +346,16 @@ class DecodeTests(unittest.TestCase):
             with self.assertRaises(DecodeError, msg=repr(doc)[:80]):
                 Block.from_json(doc)
 
-    def test_older_versions_are_refused_at_decoding(self):
+    def test_version_1_blocks_are_refused_at_decoding(self):
         import json
 
         good = json.loads(builder().make_block(builder().genesis).encode())
-        v1 = {k: v for k, v in good["header"].items() if k not in ("vdfIterations", "vdfSeed")}
-        v2 = {k: v for k, v in good["header"].items() if k != "vdfSeed"}
-        for version, header in ((1, {**v1, "version": 1}), (2, {**v2, "version": 2}),
-                                (2, {**good["header"], "version": 2})):
-            with self.assertRaisesRegex(DecodeError, f"block version {version}, this node reads version 3"):
+        v1 = {k: v for k, v in good["header"].items() if k != "vdfIterations"}
+        for header in ({**v1, "version": 1}, {**good["header"], "version": 1}):
+            with self.assertRaisesRegex(DecodeError, "block version 1, this node reads version 2"):
                 Block.from_json({**good, "header": header})
         with self.assertRaisesRegex(DecodeError, "vdfIterations"):
-            Block.from_json({**good, "header": {**v1, "version": 3}})
-        with self.assertRaisesRegex(DecodeError, "vdfSeed"):
-            Block.from_json({**good, "header": v2})  # a version-3 header must carry it
-        with self.assertRaisesRegex(DecodeError, "vdfSeed"):
-            Block.from_json({**good, "header": {**good["header"], "vdfSeed": "ab" * 31}})
+            Block.from_json({**good, "header": v1})  # a version-2 header must carry it
 
 
 class GenesisTests(unittest.TestCase):
@@ -424,49 +382,3 @@ class GenesisTests(unittest.TestCase):
         side = b.make_block(b.genesis, farmer=1, timestamp=b.genesis.header.timestamp + 1000)
         self.assertEqual(chain.add_block(side, now_ms()).status, ADDED_SIDE)
         self.assertEqual(chain.tip.hash, main[-1].hash)
-
-
-class VdfEpochTests(unittest.TestCase):
-    """Blocks of an epoch share one VDF seed (one discriminant), each running on from its
-    parent's last output; the next epoch starts afresh from the generator."""
-
-    def test_one_discriminant_an_epoch_the_vdf_running_on(self):
-        epoch = PARAMS.vdf_epoch_blocks
-        b = builder()
-        blocks = b.extend(b.genesis, epoch + 8)
-        parents = [b.genesis] + blocks[:-1]
-        first, second = blocks[0].header.vdf_seed, blocks[epoch].header.vdf_seed
-        self.assertEqual({blk.header.vdf_seed for blk in blocks[:epoch]}, {first})
-        self.assertEqual({blk.header.vdf_seed for blk in blocks[epoch:]}, {second})
-        self.assertNotEqual(first, second)
-        self.assertEqual(second, child_seed(blocks[epoch - 1].header, PARAMS))
-        for block, parent in zip(blocks, parents):
-            seed, start = vdf_origin(parent.header, PARAMS)
-            self.assertEqual(start, vdf.GENERATOR if block.height in (1, epoch + 1) else parent.header.vdf[-1].output)
-            self.assertTrue(vdf.verify_segment(seed, start, block.header.vdf[0], PARAMS.discriminant_bits,
-                                               block.header.vdf_iterations))
-        vdf.discriminant.cache_clear()
-        for block, parent in zip(blocks, parents):
-            check_header(block.header, parent.header, PARAMS)
-        self.assertEqual(vdf.discriminant.cache_info().misses, 2)  # one per epoch, not one per block
-
-    def test_an_epoch_of_one_block_is_the_old_rule(self):
-        params = dataclasses.replace(PARAMS, vdf_epoch_blocks=1)
-        parent = builder().extend(builder().genesis, 3)[-1].header
-        self.assertTrue(starts_epoch(parent, params))
-        self.assertEqual(vdf_origin(parent, params), (child_seed(parent, params), vdf.GENERATOR))
-
-    def test_the_epoch_length_is_checked_when_the_network_loads(self):
-        from archivas.chain import params as network_params
-
-        base = network_params.load("devnet")
-        self.assertEqual(base.vdf_epoch_blocks, 32)
-        doc = {"name": "x", "chainId": 1, "genesisMessage": "x", "genesisTimestamp": 0, "genesisAllocation": {},
-               "blockReward": 1, "minFee": 1, "targetBlockTimeMs": 1000, "initialDifficulty": 1,
-               "difficultyWindow": 16, "discriminantBits": 256, "vdfIterations": 100, "targetVdfSegments": 4,
-               "maxVdfSegments": 64, "kMin": 18, "kMax": 32, "plotFilterBits": 0, "maxBlockTransactions": 10,
-               "maxBlockBytes": 100000}
-        self.assertEqual(network_params.from_json(doc).vdf_epoch_blocks, 1)
-        for bad in (0, -1, True, 1.5, "32", network_params.MAX_VDF_EPOCH_BLOCKS + 1):
-            with self.assertRaisesRegex(ValueError, "vdfEpochBlocks"):
-                network_params.from_json({**doc, "vdfEpochBlocks": bad})

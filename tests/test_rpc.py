@@ -515,8 +515,8 @@ class ClientTests(RPCCase):
         self.assertEqual(self.call(self.client.submit_tx(tx.to_json())), {"txHash": tx.hash.hex()})
         self.assertIn(tx.hash, self.node.mempool)
         job = self.call(self.client.vdf_job())
-        segment = vdf.prove_segment(bytes.fromhex(job["seed"]), bytes.fromhex(job["lastOutput"]),
-                                    job["discriminantBits"], job["iterations"])
+        segment = vdf.prove_segment(bytes.fromhex(job["seed"]), vdf.GENERATOR, job["discriminantBits"],
+                                    job["iterations"])
         output = {"parentHash": job["parentHash"], "index": 1, "output": segment.output.hex(),
                   "proof": segment.proof.hex()}
         self.assertEqual(self.call(self.client.vdf_output(output)), {"accepted": True, "segments": 1})

@@ -10,12 +10,10 @@ from archivas.chain import keys
 from archivas.chain.encoding import DecodeError, canonical_json, field, hex_field, sha256, str_field
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, Transaction
-from archivas.chain.vdf import FORM_SIZE, GENERATOR, Segment
+from archivas.chain.vdf import FORM_SIZE, Segment
 
 BLOCK_DOMAIN = b"archivas-block-v1\x00"
-# 2: the header carries its VDF iterations per segment (vdfIterations); 3: its VDF seed
-# (vdfSeed), one per epoch of vdfEpochBlocks blocks, the VDF chained across the epoch
-BLOCK_VERSION = 3
+BLOCK_VERSION = 2  # 2: the header carries its VDF iterations per segment (vdfIterations)
 ZERO_HASH = b"\x00" * 32
 MAX_PROOF_BYTES = 8 * 64  # 8k bytes of proof for k <= 64
 
@@ -52,7 +50,6 @@ class Header:
     timestamp: int  # Unix milliseconds
     difficulty: int
     vdf_iterations: int  # T: iterations in each of this block's VDF segments
-    vdf_seed: bytes  # its VDF's seed (the discriminant's, and the signage points'): vdf_origin's
     vdf: tuple[Segment, ...]
     proof_of_space: Optional[ProofOfSpace]  # None only in genesis
     reward_address: str
@@ -69,7 +66,6 @@ class Header:
             "timestamp": self.timestamp,
             "difficulty": self.difficulty,
             "vdfIterations": self.vdf_iterations,
-            "vdfSeed": self.vdf_seed.hex(),
             "vdf": [{"output": s.output.hex(), "proof": s.proof.hex()} for s in self.vdf],
             "proofOfSpace": self.proof_of_space.to_json() if self.proof_of_space else None,
             "rewardAddress": self.reward_address,
@@ -100,7 +96,7 @@ class Header:
         if len(vdf_json) > max_segments:
             raise DecodeError(f"{len(vdf_json)} VDF segments, at most {max_segments}")
         version = field(obj, "version", int)
-        if version != BLOCK_VERSION:  # versions 1 and 2 (no vdfIterations, no vdfSeed) are refused
+        if version != BLOCK_VERSION:  # version 1 (no vdfIterations) is refused, not read
             raise DecodeError(f"block version {version}, this node reads version {BLOCK_VERSION}")
         pos_json = obj.get("proofOfSpace") if isinstance(obj, dict) else None
         return cls(
@@ -110,7 +106,6 @@ class Header:
             timestamp=field(obj, "timestamp", int),
             difficulty=field(obj, "difficulty", int),
             vdf_iterations=field(obj, "vdfIterations", int),
-            vdf_seed=hex_field(obj, "vdfSeed", 32),
             vdf=tuple(
                 Segment(hex_field(s, "output", FORM_SIZE), hex_field(s, "proof", FORM_SIZE))
                 for s in vdf_json
@@ -229,7 +224,6 @@ def genesis_block(params: NetworkParams) -> Block:
         timestamp=params.genesis_timestamp,
         difficulty=params.initial_difficulty,
         vdf_iterations=params.vdf_iterations,
-        vdf_seed=ZERO_HASH,  # (genesis has no VDF; its child starts an epoch)
         vdf=(),
         proof_of_space=None,
         reward_address="",
@@ -240,28 +234,10 @@ def genesis_block(params: NetworkParams) -> Block:
 
 
 def child_seed(parent: Header, params: NetworkParams) -> bytes:
-    """A fresh VDF seed for a child of `parent`: only the parent's proofs, never its
-    contents. It seeds an epoch (vdf_origin)."""
+    """The VDF seed for a child of `parent`: only the parent's proofs, never its contents."""
     if parent.height == 0 or parent.proof_of_space is None or not parent.vdf:
         return genesis_seed(params)
     return sha256(parent.proof_of_space.proof, parent.vdf[-1].output)
-
-
-def starts_epoch(parent: Header, params: NetworkParams) -> bool:
-    """Whether a child of `parent` starts a VDF epoch: blocks 1, E+1, 2E+1, ... for E =
-    vdfEpochBlocks (docs/consensus.md, "VDF epochs")."""
-    return parent.height % params.vdf_epoch_blocks == 0 or not parent.vdf
-
-
-def vdf_origin(parent: Header, params: NetworkParams) -> tuple[bytes, bytes]:
-    """(seed, start) of a child of `parent`'s VDF. The seed makes the discriminant and,
-    with each segment's output, the signage points' challenges; the start is the form its
-    first segment runs from. A child that starts an epoch takes a fresh seed (child_seed)
-    and runs from the generator; any other carries its parent's seed and runs on from the
-    parent's last output, so one discriminant serves the whole epoch."""
-    if starts_epoch(parent, params):
-        return child_seed(parent, params), GENERATOR
-    return parent.vdf_seed, parent.vdf[-1].output
 
 
 def sign_header(header: Header, key: keys.PrivateKey) -> Header:

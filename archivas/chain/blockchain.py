@@ -19,7 +19,7 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from archivas.chain import forkchoice
-from archivas.chain.block import Block, Header, genesis_block, vdf_origin
+from archivas.chain.block import Block, Header, child_seed, genesis_block
 from archivas.chain.consensus import (
     BlockRejected,
     check_context,
@@ -203,12 +203,11 @@ class Chain:
         block templates and timelord output checks)."""
         return expected_iterations(self.ancestors(parent_hash, self._context_depth()), self.params)
 
-    def vdf_origin(self, parent_hash: bytes) -> tuple[bytes, bytes]:
-        """(seed, start) of the VDF of a child of `parent_hash` (block.vdf_origin)."""
+    def seed_for_child(self, parent_hash: bytes) -> bytes:
         header = self.header(parent_hash)
         if header is None:
             raise KeyError(parent_hash.hex())
-        return vdf_origin(header, self.params)
+        return child_seed(header, self.params)
 
     # writing
 

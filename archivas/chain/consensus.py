@@ -20,7 +20,7 @@ import time
 from typing import Optional, Protocol, Sequence
 
 from archivas.chain import iterations, keys, pos, vdf
-from archivas.chain.block import BLOCK_VERSION, Block, Header, vdf_origin
+from archivas.chain.block import BLOCK_VERSION, Block, Header, child_seed
 from archivas.chain.difficulty import median_time, next_difficulty
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, check_stateless, verify_signature
@@ -70,7 +70,6 @@ REASONS = (
     "timestamp_in_future",  # more than 30 s ahead of this node's clock
     "bad_difficulty",
     "bad_vdf_iterations",  # outside the network's bounds, or not the retarget's value
-    "bad_vdf_seed",  # not its epoch's VDF seed (docs/consensus.md, "VDF epochs")
     "bad_vdf",
     "bad_proof_of_space",
     "plot_filter",
@@ -177,15 +176,13 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
     check_shape(header, params)
     proof = header.proof_of_space
     assert proof is not None  # (check_shape)
-    seed, start = vdf_origin(parent, params)
-    if header.vdf_seed != seed:
-        raise BlockRejected("bad_vdf_seed", f"VDF seed {header.vdf_seed.hex()[:16]}, expected {seed.hex()[:16]}")
 
     started = time.perf_counter()
     if not keys.verify(proof.farmer_public_key, header.signing_bytes, header.farmer_signature):
         raise BlockRejected("bad_farmer_signature", "header not signed by the plot's farmer key")
     started = _spent(timings, "farmer_signature", started)
 
+    seed = child_seed(parent, params)
     challenge = vdf.signage_challenge(seed, header.vdf[-1].output)
     pid = pos.plot_id(proof.farmer_public_key, proof.plot_nonce)
     if not pos.passes_filter(pid, challenge, params.plot_filter_bits):
@@ -198,13 +195,12 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
     started = _spent(timings, "proof_of_space", started)
 
     if segments is None:
-        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, header.vdf_iterations,
-                                  start=start)
+        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, header.vdf_iterations)
         verified = failed + 1 if failed >= 0 else header.segments
     else:
         counted = _CountedSegments(segments)
         failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, header.vdf_iterations,
-                                  cache=counted, start=start)
+                                  cache=counted)
         verified = counted.verified
     _spent(timings, "vdf", started)
     _counted(timings, "vdf_segments_checked", verified)

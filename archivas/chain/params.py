@@ -8,9 +8,6 @@ from importlib import resources
 from typing import Any, Mapping, Optional
 
 COIN = 100_000_000  # 1 RCHV in base units (8 decimals)
-# A discriminant in use longer than about Chia's sub-slot is a longer target for whoever
-# would compute its class group's order (docs/consensus.md, "VDF epochs")
-MAX_VDF_EPOCH_BLOCKS = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,9 +31,6 @@ class NetworkParams:
     plot_filter_bits: int
     max_block_transactions: int
     max_block_bytes: int
-    # VDF epoch (docs/consensus.md, "VDF epochs"): blocks that share one discriminant, the
-    # VDF running on from block to block; 1: each block its own
-    vdf_epoch_blocks: int = 1
     median_time_blocks: int = 11
     max_future_ms: int = 30_000
     # Headers-first sync stores nothing of a peer's chain until its headers prove at least
@@ -99,10 +93,6 @@ def from_json(data: Mapping[str, Any]) -> NetworkParams:
     if not isinstance(bootstrap, list) or not all(isinstance(p, str) for p in bootstrap):
         raise ValueError("bootstrapPeers must be a list of host:port strings")
     values["bootstrap_peers"] = tuple(bootstrap)
-    epoch = data.get("vdfEpochBlocks", 1)
-    if isinstance(epoch, bool) or not isinstance(epoch, int) or not 1 <= epoch <= MAX_VDF_EPOCH_BLOCKS:
-        raise ValueError(f"vdfEpochBlocks must be an integer from 1 to {MAX_VDF_EPOCH_BLOCKS}")
-    values["vdf_epoch_blocks"] = epoch
     min_weight = data.get("minChainWeight", 0)
     if isinstance(min_weight, bool) or not isinstance(min_weight, int) or min_weight < 0:
         raise ValueError("minChainWeight must be a non-negative integer")

@@ -1,12 +1,9 @@
-"""Proof of time: chiavdf Wesolowski segments, chained across an epoch of blocks.
+"""Proof of time: chiavdf Wesolowski segments chained from the class-group generator.
 
-For a block on parent P the VDF has a seed and a start (block.vdf_origin): a block that
-starts an epoch of vdfEpochBlocks blocks takes a fresh seed (sha256 of P's proof of space
-and P's last VDF output; a fixed per-network string for block 1) and starts from the
-class-group generator; any other carries P's seed and starts from P's last output. The
-seed makes the discriminant. Segment i runs T iterations from the output of segment i-1
-(segment 1 from the start) and yields y_i with a proof; signage point i has challenge
-c_i = sha256(seed || y_i).
+For a block on parent P the VDF starts from `seed` (sha256 of P's proof of space and P's
+last VDF output; a fixed per-network string for genesis). Segment i runs T iterations from
+the output of segment i-1 (segment 1 from the generator) and yields y_i with a proof;
+signage point i has challenge c_i = sha256(seed || y_i).
 """
 
 from __future__ import annotations
@@ -65,11 +62,11 @@ class SegmentCache(Protocol):
 
 
 def verify_chain(seed: bytes, segments: list[Segment], bits: int, iterations: int,
-                 cache: Optional[SegmentCache] = None, start: bytes = GENERATOR) -> int:
-    """Index of the first segment that fails, or -1 when all verify, the first running
-    from `start` (block.vdf_origin's). With `cache`, each segment is checked through it
-    (`cache.check`) instead of verified outright."""
+                 cache: Optional[SegmentCache] = None) -> int:
+    """Index of the first segment that fails, or -1 when all verify. With `cache`, each
+    segment is checked through it (`cache.check`) instead of verified outright."""
     check = verify_segment if cache is None else cache.check
+    start = GENERATOR
     for i, segment in enumerate(segments):
         if not check(seed, start, segment, bits, iterations):
             return i

@@ -25,7 +25,7 @@ import attrs
 from twisted.internet import defer
 
 from archivas.chain import consensus, transactions, vdf
-from archivas.chain.block import Block, Header, vdf_origin
+from archivas.chain.block import Block, Header, child_seed
 from archivas.chain.encoding import canonical_json
 from archivas.chain.verifycache import VerifiedSegments, VerifiedTransfers, segment_key, transfer_key
 
@@ -205,7 +205,8 @@ class SimChecker:
     def _segments_cost(self, header: Header, parent: Header, node: Any, segments: Optional[VerifiedSegments]) -> float:
         if segments is None:
             return self.costs.vdf_segment * len(header.vdf)
-        (seed, start), misses = vdf_origin(parent, node.params), 0
+        seed = child_seed(parent, node.params)
+        start, misses = vdf.GENERATOR, 0
         bits, iterations = node.params.discriminant_bits, header.vdf_iterations
         for segment in header.vdf:
             if (seed, start, segment, bits, iterations) not in segments:
@@ -226,7 +227,8 @@ class SimChecker:
                   segments: Optional[VerifiedSegments], transfers: Optional[VerifiedTransfers]) -> None:
         """What the node's own check would have left in its caches (only what verified)."""
         if segments is not None and parent is not None:
-            seed, start = vdf_origin(parent, node.params)
+            seed = child_seed(parent, node.params)
+            start = vdf.GENERATOR
             bits, iterations = node.params.discriminant_bits, header.vdf_iterations
             for segment in header.vdf:
                 if not self.truth.segment(seed, start, segment, bits, iterations):

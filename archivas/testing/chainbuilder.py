@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 from archivas.chain import vdf
-from archivas.chain.block import Block, Header, genesis_block, sign_header, tx_root, vdf_origin
+from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_header, tx_root
 from archivas.chain.consensus import expected_difficulty, expected_iterations
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import NetworkParams
@@ -86,13 +86,13 @@ class ChainBuilder:
             self.ancestors(parent.hash, max(params.difficulty_window + 1, params.median_time_blocks) + 1), params)
 
     def find_win(
-        self, parent: Header, difficulty: int, plots: Sequence[Plot], iterations: int,
-        origin: Optional[tuple[bytes, bytes]] = None,
+        self, parent: Header, difficulty: int, plots: Sequence[Plot], iterations: int
     ) -> tuple[list[vdf.Segment], Win]:
-        """Run the VDF (`iterations` per segment) from the parent's origin (seed and start;
-        `origin` instead, for tests of rejections) until a signage point one of `plots` wins."""
-        seed, start = origin or vdf_origin(parent, self.params)
+        """Run the VDF (`iterations` per segment) from the parent's seed until a signage
+        point one of `plots` wins."""
+        seed = child_seed(parent, self.params)
         segments: list[vdf.Segment] = []
+        start = vdf.GENERATOR
         while len(segments) < self.params.max_vdf_segments:
             segment = self._segment(seed, start, iterations)
             segments.append(segment)
@@ -111,20 +111,18 @@ class ChainBuilder:
         farmer: Optional[int] = None,
         reward_address: Optional[str] = None,
         tamper: Optional[Callable[[Header], Header]] = None,
-        origin: Optional[tuple[bytes, bytes]] = None,
     ) -> Block:
         """A valid child of `parent` (and remembered as a possible parent).
 
         `farmer` limits the search to that test farmer's plot; `tamper` edits the header
-        before signing, and `origin` (seed, start) replaces the VDF's (tests of rejections)."""
+        before signing (tests of rejections)."""
         params = self.params
         txs = tuple(transactions)
         ancestors = self.ancestors(parent.hash, max(params.difficulty_window + 1, params.median_time_blocks) + 1)
         difficulty = expected_difficulty(ancestors, params)
         iterations = expected_iterations(ancestors, params)
         plots = [p for _, p in self.farmers] if farmer is None else [self.farmers[farmer][1]]
-        origin = origin or vdf_origin(parent.header, params)
-        segments, win = self.find_win(parent.header, difficulty, plots, iterations, origin)
+        segments, win = self.find_win(parent.header, difficulty, plots, iterations)
         key = self.keys_by_pk[win.proof.farmer_public_key]
         header = Header(
             height=parent.height + 1,
@@ -132,7 +130,6 @@ class ChainBuilder:
             timestamp=timestamp if timestamp is not None else parent.header.timestamp + params.target_block_time_ms,
             difficulty=difficulty,
             vdf_iterations=iterations,
-            vdf_seed=origin[0],
             vdf=tuple(segments),
             proof_of_space=win.proof,
             reward_address=reward_address or key.address,
