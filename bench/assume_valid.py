@@ -47,14 +47,19 @@ from archivas.chain import assumed, forkchoice, keys, vdf  # noqa: E402
 from archivas.chain import params as network_params  # noqa: E402
 from archivas.chain.block import Block, Header, ProofOfSpace, genesis_block, sign_header, tx_root  # noqa: E402
 from archivas.chain.blockchain import Chain  # noqa: E402
-from archivas.chain.consensus import check_standalone, expected_difficulty  # noqa: E402
+from archivas.chain.consensus import (  # noqa: E402
+    check_standalone,
+    context_depth,
+    expected_difficulty,
+    expected_iterations,
+)
 from archivas.chain.keys import PrivateKey  # noqa: E402
 from archivas.chain.params import COIN, NetworkParams  # noqa: E402
 from archivas.chain.transactions import sign_transfer  # noqa: E402
 from archivas.node import Node  # noqa: E402
 from archivas.protocols import wire  # noqa: E402
 
-DEVNET_SEGMENTS = 14  # a devnet block carries 12.7-16 with this machine as timelord (issue 12)
+DEVNET_SEGMENTS = 4  # devnet's targetVdfSegments: what a block carries once the iterations retarget
 PROJECT_BLOCKS = 100_000
 RUN = 64  # blocks a sync imports in one storage transaction (headersfirst.IMPORT_RUN)
 START = 1_800_000_000.0  # the node's clock (seconds): after every block's timestamp
@@ -190,11 +195,11 @@ def devnet_like(count: int, transfers: int) -> tuple[NetworkParams, list[Block]]
         for _ in range(transfers):
             txs.append(sign_transfer(sender, params, farmer.address, COIN, params.min_fee, nonce))
             nonce += 1
-        window = headers[-(params.difficulty_window + 2):]
+        window = headers[-context_depth(params):]
         header = Header(
             height=height, parent_hash=headers[-1].hash,
             timestamp=params.genesis_timestamp + height * params.target_block_time_ms,
-            difficulty=expected_difficulty(window, params),
+            difficulty=expected_difficulty(window, params), vdf_iterations=expected_iterations(window, params),
             vdf=tuple(vdf.Segment(rng(vdf.FORM_SIZE), rng(vdf.FORM_SIZE)) for _ in range(DEVNET_SEGMENTS)),
             proof_of_space=ProofOfSpace(18, rng(32), farmer.public_key, rng(8 * 18)),
             reward_address=farmer.address, reward=params.block_reward + sum(tx.fee for tx in txs),

@@ -21,9 +21,17 @@ import statistics
 from twisted.trial import unittest
 
 from archivas.chain import params as network_params
-from archivas.chain.consensus import expected_difficulty, expected_iterations
+from archivas.chain.consensus import context_depth, expected_difficulty, expected_iterations
 from archivas.chain.forkchoice import block_weight
-from archivas.chain.iterations import CEILING_FACTOR, FLOOR_DIVISOR, STEP_DIVISOR, bounds, next_iterations
+from archivas.chain.iterations import (
+    CEILING_FACTOR,
+    EPOCH_BLOCKS,
+    EPOCH_FACTOR,
+    FLOOR_DIVISOR,
+    anchor_height,
+    bounds,
+    next_iterations,
+)
 
 # network: (plots, propagation in ms: each block's timestamp comes up to this late)
 CASES = {"devnet": (20, 500), "fastnet": (4, 20)}
@@ -46,7 +54,7 @@ def assumed_speed(params) -> float:
 
 
 def depth(params) -> int:
-    return max(params.difficulty_window + 1, params.median_time_blocks) + 1
+    return context_depth(params)
 
 
 def win_probability(difficulty: int, plots: int) -> float:
@@ -85,7 +93,8 @@ class ConvergenceTests(unittest.TestCase):
                     with self.subTest(network=name, speed=f"{factor}x", seed=seed):
                         chain = simulate(params, plots, speed, 200, seed, latency)
                         # The last 150 of 200 blocks: at 20x the iterations climb 20x first
-                        # (at most 1/8 a block: ~26 blocks), the difficulty following them.
+                        # (from block 17, at most 4x an epoch of 8: ~40 blocks), the
+                        # difficulty following them.
                         settled = chain[50:]
                         mean = statistics.mean(b.segments for b in settled)
                         self.assertLess(abs(mean - target) / target, 0.15,
@@ -144,13 +153,11 @@ class RuleTests(unittest.TestCase):
         window = [(t, s, it) for t, (_, s, it) in zip(times, window)]
         self.assertEqual(next_iterations(window, 1000, 4, 5000, 5000), 5000)
 
-    def test_each_block_moves_at_most_an_eighth(self):
+    def test_each_epoch_moves_at_most_a_factor_two(self):
         fast = [(i, 4, 8000) for i in range(33)]  # 1 ms blocks: a very fast timelord
-        self.assertEqual(next_iterations(fast, 1000, 4, 5000, 8000), 8000 + 8000 // STEP_DIVISOR)
+        self.assertEqual(next_iterations(fast, 1000, 4, 5000, 8000), 8000 * EPOCH_FACTOR)
         slow = [(i * 10**9, 4, 8000) for i in range(33)]
-        self.assertEqual(next_iterations(slow, 1000, 4, 5000, 8000), 8000 - 8000 // STEP_DIVISOR)
-        # at least one iteration either way, even from a small parent value
-        self.assertEqual(next_iterations([(i, 4, 7) for i in range(33)], 1000, 4, 7, 7), 8)
+        self.assertEqual(next_iterations(slow, 1000, 4, 5000, 8000), 8000 // EPOCH_FACTOR)
 
     def test_floor_and_ceiling(self):
         floor, ceiling = bounds(5000)
@@ -163,12 +170,59 @@ class RuleTests(unittest.TestCase):
 
     def test_genesis_and_integers(self):
         params = network_params.load("fastnet")
-        chain = [Sim(0, 0, 1, 0, params.vdf_iterations), Sim(1, 10**12, 1, 1, params.vdf_iterations),
-                 Sim(2, 10**12 + 500, 1, params.target_vdf_segments, params.vdf_iterations)]
-        # genesis's timestamp (long before block 1) is not in the window: 8 segments in 500 ms is on target
-        self.assertEqual(expected_iterations(chain, params), params.vdf_iterations)
+        t0, n = params.vdf_iterations, params.target_vdf_segments
+        chain = [Sim(0, 0, 1, 0, t0)] + [Sim(h, 10**12 + (h - 1) * params.target_block_time_ms, 1, n, t0)
+                                         for h in range(1, 2 * EPOCH_BLOCKS + 1)]
+        # genesis's timestamp (long before block 1) is not in the window: n segments a target is on target
+        self.assertEqual(anchor_height(2 * EPOCH_BLOCKS + 1), EPOCH_BLOCKS)
+        self.assertEqual(expected_iterations(chain, params), t0)
         huge = [(i * 3, 1024, 2**50) for i in range(33)]
         self.assertIsInstance(next_iterations(huge, 1000, 4, 2**40, 2**50), int)
+
+
+class GrindingTests(unittest.TestCase):
+    """A block's iterations set its signage challenges (y_1 = x^(2^T)): whoever dates the
+    blocks the rule reads must not be able to pick them for a block whose seed he knows."""
+
+    def chain(self, params, blocks, seed=7):
+        rng = random.Random(seed)
+        out = [Sim(0, 0, params.initial_difficulty, 0, params.vdf_iterations)]
+        for height in range(1, blocks + 1):
+            iterations = expected_iterations(out[-depth(params):], params)
+            out.append(Sim(height, out[-1].timestamp + rng.randint(1, 3 * params.target_block_time_ms),
+                           params.initial_difficulty, rng.randint(1, 3 * params.target_vdf_segments), iterations))
+        return out
+
+    def test_one_value_an_epoch_blind_to_the_last_epochs_timestamps(self):
+        for name in ("devnet", "fastnet"):
+            params = network_params.load(name)
+            chain = self.chain(params, 6 * EPOCH_BLOCKS)
+            values = [b.vdf_iterations for b in chain[1:]]
+            epochs = [values[i:i + EPOCH_BLOCKS] for i in range(0, len(values), EPOCH_BLOCKS)]
+            self.assertEqual([len(set(e)) for e in epochs], [1] * len(epochs), name)  # one value an epoch
+            self.assertGreater(len({e[0] for e in epochs}), 2, name)  # and it does retarget
+            # A child of block 40 (epoch 5: its window ends at block 32): redating any block
+            # after the anchor, the parent first of all, leaves its iterations as they were.
+            parent = 5 * EPOCH_BLOCKS
+            chain = chain[:parent + 1]
+            anchor = anchor_height(parent + 1)
+            want = expected_iterations(chain[-depth(params):], params)
+            for height in range(anchor + 1, parent + 1):
+                for shift in (1, 7_000, params.max_future_ms):
+                    redated = [dataclasses.replace(b, timestamp=b.timestamp + shift) if b.height >= height else b
+                               for b in chain]
+                    self.assertEqual(expected_iterations(redated[-depth(params):], params), want,
+                                     f"{name}: redating block {height} by {shift} ms")
+            # ... while the anchor's own timestamp is read (the rule is not constant).
+            redated = [dataclasses.replace(b, timestamp=b.timestamp + 7_000) if b.height == anchor else b
+                       for b in chain]
+            self.assertNotEqual(expected_iterations(redated[-depth(params):], params), want, name)
+
+    def test_too_few_ancestors_is_an_error_not_a_guess(self):
+        params = network_params.load("fastnet")
+        chain = self.chain(params, 5 * EPOCH_BLOCKS)
+        with self.assertRaisesRegex(ValueError, "above the anchor"):
+            expected_iterations(chain[-EPOCH_BLOCKS:], params)
 
 
 class WeightTests(unittest.TestCase):
@@ -254,3 +308,32 @@ class WeightTests(unittest.TestCase):
                         segments, iterations)
             chain.append(block)
             out.append(block)
+
+
+class TimestampGrindingTests(unittest.TestCase):
+    """The attack a review ran against the first version 2 rule, on a real chain: the
+    farmer of block B tries every timestamp B may carry (the median + 1 up to 30 s ahead)
+    for one that makes his own plot win B's child at signage point 1. Each timestamp gave
+    the child another T, so another challenge: he won 25 rounds in 30 against 3. Now every
+    timestamp gives the child the same T, so the same challenge. (What the timestamp still
+    moves is the child's difficulty: docs/consensus.md.)"""
+
+    def test_every_timestamp_of_the_parent_gives_its_child_one_t_and_one_challenge(self):
+        from archivas.chain.block import child_seed
+        from archivas.chain.difficulty import median_time
+        from tests.common import PARAMS, builder
+
+        b = builder()
+        tip = b.extend(b.genesis, 3 * EPOCH_BLOCKS - 3)[-1]  # B in the middle of epoch 2, its child too
+        block = b.make_block(tip, farmer=0)
+        ancestors = b.ancestors(tip.hash, context_depth(PARAMS))
+        floor = median_time([h.timestamp for h in ancestors[-PARAMS.median_time_blocks:]])
+        values, challenges = set(), set()
+        for timestamp in range(floor + 1, block.header.timestamp + PARAMS.max_future_ms, 97):
+            header = dataclasses.replace(block.header, timestamp=timestamp)
+            values.add(expected_iterations([*ancestors, header], PARAMS))
+            # The child's first challenge is a function of its seed (the proofs', not the
+            # timestamp's) and its T: c_1 = sha256(seed || x^(2^T)).
+            challenges.add((child_seed(header, PARAMS), expected_iterations([*ancestors, header], PARAMS)))
+        self.assertEqual(len(values), 1)
+        self.assertEqual(len(challenges), 1)

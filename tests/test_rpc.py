@@ -17,6 +17,7 @@ from zope.interface import implementer
 from archivas import __version__
 from archivas.chain import vdf
 from archivas.chain.block import Block, child_seed, sign_header
+from archivas.chain.iterations import EPOCH_BLOCKS
 from archivas.chain.params import COIN
 from archivas.chain.transactions import sign_transfer
 from archivas.client import HttpNodeAPI
@@ -306,7 +307,7 @@ class TimelordTests(RPCCase):
 
 
 class RetargetedIterationsTests(RPCCase):
-    preload = 2  # block 3 is the first whose iterations retarget
+    preload = 2 * EPOCH_BLOCKS  # block 17 is the first whose iterations retarget
 
     def test_job_output_and_template_use_the_tips_iterations(self):
         want = self.node.chain.next_iterations(self.node.chain.tip.hash)

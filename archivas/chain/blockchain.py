@@ -24,6 +24,7 @@ from archivas.chain.consensus import (
     BlockRejected,
     check_context,
     check_standalone,
+    context_depth,
     expected_difficulty,
     expected_iterations,
 )
@@ -193,7 +194,7 @@ class Chain:
         return int(stored) if stored and stored.isdigit() else 0
 
     def _context_depth(self) -> int:
-        return max(self.params.difficulty_window + 1, self.params.median_time_blocks) + 1
+        return context_depth(self.params)
 
     def next_difficulty(self, parent_hash: bytes) -> int:
         return expected_difficulty(self.ancestors(parent_hash, self._context_depth()), self.params)

@@ -271,12 +271,31 @@ def expected_difficulty(ancestors: Sequence[Ancestor], params: NetworkParams) ->
     )
 
 
+def context_depth(params: NetworkParams) -> int:
+    """Ancestors (the parent last) the context rules read: the median time's and the
+    difficulty's windows, and the iterations' window, which ends up to two iteration
+    epochs before the parent (iterations.anchor_height)."""
+    return max(params.difficulty_window + 1, params.median_time_blocks) + 1 + 2 * iterations.EPOCH_BLOCKS
+
+
 def expected_iterations(ancestors: Sequence[Ancestor], params: NetworkParams) -> int:
-    """VDF iterations per segment of a child of ancestors[-1] (oldest first, genesis allowed)."""
-    window = [(h.timestamp, h.segments, h.vdf_iterations) for h in ancestors if h.height > 0]
+    """VDF iterations per segment of a child of ancestors[-1]: `ancestors` oldest first,
+    consecutive, genesis allowed, context_depth of them when the chain has that many. One
+    value per iteration epoch, measured on the window ending at the anchor, two epochs
+    back; the epoch before's value bounds the step (iterations.py)."""
+    height = ancestors[-1].height + 1
+    anchor = iterations.anchor_height(height)
+    if anchor < 1:
+        return params.vdf_iterations
+    base = ancestors[0].height
+    if base > anchor:
+        raise ValueError(f"the ancestors start at height {base}, above the anchor {anchor}")
+    # The previous epoch's value: its last block's (an ancestor of every block of this epoch).
+    previous = ancestors[anchor + iterations.EPOCH_BLOCKS - base].vdf_iterations
+    window = [(h.timestamp, h.segments, h.vdf_iterations) for h in ancestors[:anchor - base + 1] if h.height > 0]
     window = window[-(params.difficulty_window + 1):]
     return iterations.next_iterations(window, params.target_block_time_ms, params.target_vdf_segments,
-                                      params.vdf_iterations, ancestors[-1].vdf_iterations)
+                                      params.vdf_iterations, previous)
 
 
 def check_context(

@@ -24,7 +24,7 @@ import os
 from typing import Optional, Sequence
 
 from archivas.chain.block import Header
-from archivas.chain.consensus import Ancestor, BlockRejected, check_context
+from archivas.chain.consensus import Ancestor, BlockRejected, check_context, context_depth
 from archivas.chain.encoding import sha256
 from archivas.chain.forkchoice import block_weight
 from archivas.chain.params import NetworkParams
@@ -67,7 +67,7 @@ class HeaderRun:
         self.params = params
         self.fork = fork
         self.threshold = threshold
-        self.depth = max(params.difficulty_window + 1, params.median_time_blocks) + 1
+        self.depth = context_depth(params)
         self.window: collections.deque[Entry] = collections.deque()  # kept whole, oldest first
         self.window_bytes = 0
         self.max_window_headers = window_headers

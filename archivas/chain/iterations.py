@@ -8,12 +8,22 @@ iterations per segment) and when (the timestamps), so it measures the timelords'
     rate = sum(segments * iterations) / timespan              iterations per ms
     next = rate * target_block_time / target_segments
 
-over the same window as the difficulty (up to `window + 1` blocks ending at the parent,
-genesis excluded: the work of the blocks after the first, over the time from the first to
-the last). A block's time is its VDF's time plus a little propagation, so the ratio needs
-no correction for randomness: it is exact when block times are proportional to the work.
-The result is rounded, moves at most 1/STEP_DIVISOR of the parent's iterations per block
-(at least 1), and stays within [floor, ceiling] of the network's initial iterations.
+over the same window as the difficulty (up to `window + 1` blocks, genesis excluded: the
+work of the blocks after the first, over the time from the first to the last). A block's
+time is its VDF's time plus a little propagation, so the ratio needs no correction for
+randomness: it is exact when block times are proportional to the work.
+
+The iterations change once per epoch of EPOCH_BLOCKS blocks, never inside one, and an
+epoch's value is measured on a window that ends two epochs back (`anchor_height`). That is
+against grinding: a child's signage challenges depend on its iterations (y_1 = x^(2^T)),
+and when T came from a window ending at the parent, the parent's farmer could pick his
+timestamp, and with it one of tens of thousands of T values, until one of his own plots
+won the child's first signage point, block after block. Now whoever dates a block that
+the rule reads cannot know the seeds of the blocks whose T it sets (those depend on proofs
+of space found at least EPOCH_BLOCKS blocks later). docs/consensus.md has the argument.
+
+The result is rounded, moves by at most a factor EPOCH_FACTOR from the previous epoch's
+iterations, and stays within [floor, ceiling] of the network's initial iterations.
 Integer arithmetic only: every node computes the same value.
 """
 
@@ -21,7 +31,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-STEP_DIVISOR = 8  # one block moves the iterations by at most 1/8 of its parent's
+EPOCH_BLOCKS = 8  # blocks 1-8, 9-16, ...: one iteration count each
+EPOCH_FACTOR = 4  # an epoch's iterations are within [previous / 4, previous * 4]
 FLOOR_DIVISOR = 64  # never below initial / 64 (at least 1)
 CEILING_FACTOR = 4096  # never above initial * 4096
 
@@ -31,10 +42,22 @@ def bounds(initial: int) -> tuple[int, int]:
     return max(1, initial // FLOOR_DIVISOR), initial * CEILING_FACTOR
 
 
+def epoch(height: int) -> int:
+    """The iteration epoch of the block at `height` (blocks 1..EPOCH_BLOCKS are epoch 0)."""
+    return (height - 1) // EPOCH_BLOCKS
+
+
+def anchor_height(height: int) -> int:
+    """Where the window that sets the iterations of the block at `height` ends: the last
+    block of the epoch before the previous one (<= 0: none yet, the initial iterations)."""
+    return (epoch(height) - 1) * EPOCH_BLOCKS
+
+
 def next_iterations(window: Sequence[tuple[int, int, int]], target_ms: int, target_segments: int,
-                    initial: int, parent_iterations: int) -> int:
+                    initial: int, previous: int) -> int:
     """`window`: (timestamp, segments, iterations) of up to window+1 blocks ending at the
-    parent, oldest first, genesis excluded (its timestamp is fixed long before any block)."""
+    anchor (anchor_height), oldest first, genesis excluded (its timestamp is fixed long
+    before any block); `previous`: the iterations of the epoch before."""
     n = len(window) - 1
     if n < 1:
         return initial
@@ -43,7 +66,6 @@ def next_iterations(window: Sequence[tuple[int, int, int]], target_ms: int, targ
     num = work * target_ms
     den = timespan * target_segments
     value = (2 * num + den) // (2 * den)
-    step = max(1, parent_iterations // STEP_DIVISOR)
-    value = max(parent_iterations - step, min(parent_iterations + step, value))
+    value = max(previous // EPOCH_FACTOR, min(previous * EPOCH_FACTOR, value))
     floor, ceiling = bounds(initial)
     return max(floor, min(ceiling, value))

@@ -38,7 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Optional
 
-from archivas.chain import forkchoice
+from archivas.chain import consensus, forkchoice
 from archivas.chain.block import Block, genesis_block
 from archivas.chain.consensus import BlockRejected, bind_body, check_header
 from archivas.chain.encoding import MAX_INT, DecodeError, canonical_json, strict_hex, strict_loads
@@ -71,7 +71,7 @@ class SnapshotError(Exception):
 
 def context_depth(params: NetworkParams) -> int:
     """Blocks a snapshot carries (ending at H): what the context rules of block H+1 read."""
-    return max(params.difficulty_window + 1, params.median_time_blocks) + 1
+    return consensus.context_depth(params)
 
 
 @dataclasses.dataclass(frozen=True)

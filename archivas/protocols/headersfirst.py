@@ -27,7 +27,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from archivas.chain.block import Block, Header
-from archivas.chain.consensus import BlockRejected
+from archivas.chain.consensus import BlockRejected, context_depth
 from archivas.chain.headerchain import HeaderMismatch, HeaderRun, Point, header_size
 from archivas.protocols import assumevalid, wire
 from archivas.protocols.peer import PeerProtocol
@@ -115,7 +115,7 @@ class HeadersFirstRound:
         if fork is None or fork_header is None:
             raise Failed("its headers do not start on a block we have")
         threshold = max(self.view.params.min_chain_weight, self.view.tip().weight + 1)
-        depth = max(self.view.params.difficulty_window + 1, self.view.params.median_time_blocks) + 1
+        depth = context_depth(self.view.params)
         self.run = HeaderRun(self.view.params, Point(fork.hash, fork.height, fork.weight, fork_header),
                              self.view.ancestors(fork.hash, depth), threshold)
         self.next = fork.height + 1

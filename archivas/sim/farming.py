@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from archivas.chain.block import Block, Header, sign_header, tx_root
-from archivas.chain.consensus import expected_difficulty, expected_iterations
+from archivas.chain.consensus import context_depth, expected_difficulty, expected_iterations
 from archivas.chain.forkchoice import block_weight
 from archivas.chain.params import NetworkParams
 from archivas.farmer.plots import Plot
@@ -79,7 +79,7 @@ class BlockMaker:
         iterations per segment))."""
         params = self.params
         parent = chain.header(parent_hash)
-        depth = max(params.difficulty_window + 1, params.median_time_blocks) + 1
+        depth = context_depth(params)
         ancestors = chain.ancestors(parent_hash, depth)
         difficulty, iterations = expected_difficulty(ancestors, params), expected_iterations(ancestors, params)
         segments, win = self._builder.find_win(parent, difficulty, self.plots, iterations)

@@ -4,7 +4,7 @@ Blocks are spaced exactly one target block time apart. On fastnet (initial diffi
 the difficulty then stays 1: the first signage point with a quality wins, about one VDF
 segment per block. Elsewhere the retarget's (n-1)/n correction lets it drift somewhat
 below the initial value. About one segment per block time reads as a slow timelord, so
-the VDF iterations per segment fall (1/8 a block) to the network's floor: long test
+the VDF iterations per segment fall (4x an epoch of 8 blocks) to the network's floor: long test
 chains are cheap to make. Competing forks come from building on any earlier block; a
 branch differs from its sibling by its timestamp, farmer or transactions.
 """
@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from archivas.chain import vdf
 from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_header, tx_root
-from archivas.chain.consensus import expected_difficulty, expected_iterations
+from archivas.chain.consensus import context_depth, expected_difficulty, expected_iterations
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import Transaction, sign_transfer
@@ -83,7 +83,7 @@ class ChainBuilder:
         """The VDF iterations per segment a child of `parent` must use."""
         params = self.params
         return expected_iterations(
-            self.ancestors(parent.hash, max(params.difficulty_window + 1, params.median_time_blocks) + 1), params)
+            self.ancestors(parent.hash, context_depth(params)), params)
 
     def find_win(
         self, parent: Header, difficulty: int, plots: Sequence[Plot], iterations: int
@@ -118,7 +118,7 @@ class ChainBuilder:
         before signing (tests of rejections)."""
         params = self.params
         txs = tuple(transactions)
-        ancestors = self.ancestors(parent.hash, max(params.difficulty_window + 1, params.median_time_blocks) + 1)
+        ancestors = self.ancestors(parent.hash, context_depth(params))
         difficulty = expected_difficulty(ancestors, params)
         iterations = expected_iterations(ancestors, params)
         plots = [p for _, p in self.farmers] if farmer is None else [self.farmers[farmer][1]]
