@@ -49,7 +49,7 @@ class RejectionTests(unittest.TestCase):
         self.assertEqual(self.chain.add_block(block, now_ms()).status, KNOWN)
 
     def test_malformed_version(self):
-        for version in (1, 3):
+        for version in (1, 2, 4):
             self.assertRejected(self.tampered(lambda h, v=version: dataclasses.replace(h, version=v)), "malformed")
 
     def test_bad_vdf_iterations_not_the_retargets(self):
@@ -346,16 +346,18 @@ class DecodeTests(unittest.TestCase):
             with self.assertRaises(DecodeError, msg=repr(doc)[:80]):
                 Block.from_json(doc)
 
-    def test_version_1_blocks_are_refused_at_decoding(self):
+    def test_older_versions_are_refused_at_decoding(self):
         import json
 
         good = json.loads(builder().make_block(builder().genesis).encode())
         v1 = {k: v for k, v in good["header"].items() if k != "vdfIterations"}
-        for header in ({**v1, "version": 1}, {**good["header"], "version": 1}):
-            with self.assertRaisesRegex(DecodeError, "block version 1, this node reads version 2"):
+        # Version 2 had the same fields and other iteration rules: refused by its number.
+        for version, header in ((1, {**v1, "version": 1}), (1, {**good["header"], "version": 1}),
+                                (2, {**good["header"], "version": 2})):
+            with self.assertRaisesRegex(DecodeError, f"block version {version}, this node reads version 3"):
                 Block.from_json({**good, "header": header})
         with self.assertRaisesRegex(DecodeError, "vdfIterations"):
-            Block.from_json({**good, "header": v1})  # a version-2 header must carry it
+            Block.from_json({**good, "header": v1})  # a version-3 header must carry it
 
 
 class GenesisTests(unittest.TestCase):

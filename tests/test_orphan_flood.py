@@ -323,7 +323,7 @@ class Garbage:
                   "fee": 2**62, "publicKey": self._hex(32), "signature": self._hex(64)}
             block = {
                 "header": {
-                    "version": 2, "height": "@H", "parentHash": self.PARENT.decode(), "timestamp": 1767225600500,
+                    "version": 3, "height": "@H", "parentHash": self.PARENT.decode(), "timestamp": 1767225600500,
                     "difficulty": 1, "vdfIterations": 5000,
                     "vdf": [{"output": self._hex(100), "proof": self._hex(100)} for _ in range(segments)],
                     "proofOfSpace": {"k": 18, "plotNonce": self._hex(32), "farmerPublicKey": self._hex(32),

@@ -13,7 +13,9 @@ from archivas.chain.transactions import InvalidTransaction, Transaction
 from archivas.chain.vdf import FORM_SIZE, Segment
 
 BLOCK_DOMAIN = b"archivas-block-v1\x00"
-BLOCK_VERSION = 2  # 2: the header carries its VDF iterations per segment (vdfIterations)
+# 2: the header carries its VDF iterations per segment (vdfIterations); 3: they retarget
+# once per iteration epoch, from a window two epochs back (chain/iterations.py): no new field
+BLOCK_VERSION = 3
 ZERO_HASH = b"\x00" * 32
 MAX_PROOF_BYTES = 8 * 64  # 8k bytes of proof for k <= 64
 
@@ -96,7 +98,7 @@ class Header:
         if len(vdf_json) > max_segments:
             raise DecodeError(f"{len(vdf_json)} VDF segments, at most {max_segments}")
         version = field(obj, "version", int)
-        if version != BLOCK_VERSION:  # version 1 (no vdfIterations) is refused, not read
+        if version != BLOCK_VERSION:  # versions 1 (no vdfIterations) and 2 are refused, not read
             raise DecodeError(f"block version {version}, this node reads version {BLOCK_VERSION}")
         pos_json = obj.get("proofOfSpace") if isinstance(obj, dict) else None
         return cls(
