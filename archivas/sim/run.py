@@ -36,6 +36,7 @@ from archivas.protocols.identity import NodeIdentity
 from archivas.sim.actors import HostileNode, SilentFactory
 from archivas.sim.checker import STORE_BLOCK, Costs, SimChecker, Truth, TruthSegments, TruthTransfers
 from archivas.sim.clock import HeapClock
+from archivas.sim.codec import SharedDecoder
 from archivas.sim.farming import BlockMaker, Farming, sim_plots
 from archivas.sim.network import SimNetwork
 from archivas.sim.traffic import FUNDS, Traffic, accounts
@@ -169,6 +170,7 @@ class Simulation:
         self.net = SimNetwork(clock, random.Random(rng.getrandbits(64)), latency_ms=c.latency_ms,
                               bandwidth_mbit=c.bandwidth_mbit, loss=c.loss)
         self.truth = Truth()
+        self.codec = SharedDecoder()
         self.costs = Costs.load(params.discriminant_bits)
         self.maker = BlockMaker(params, sim_plots())
         kinds = self._kinds(rng)
@@ -262,7 +264,7 @@ class Simulation:
             node_identity=identity, listen_port=PORT, threaded=False,
             checker=SimChecker(self.clock, self.truth, self.costs), max_outbound=c.outbound,
             ping_interval=PING_INTERVAL, peer_timeout=PEER_TIMEOUT,
-            endpoint_factory=lambda h, p, t, host=host: host.endpoint(h, p, t),
+            endpoint_factory=lambda h, p, t, host=host: host.endpoint(h, p, t), codec=self.codec,
         )
         if kind == "hostile":
             node: Node = HostileNode(chain, self.clock, rng=random.Random(c.seed * 7919 + i), **options)
