@@ -51,6 +51,10 @@ PREROLL = 1.0  # block times of transfers before farming starts
 # the collector's full passes, which scan everything not frozen, then see only what the
 # last seconds made (cyclic garbage among frozen objects waits for the end of the run).
 FREEZE_EVERY = 20
+# Allocations between young collections during a run (Python's default is 700): a run
+# allocates millions of short-lived objects, and every tenth young pass is followed by
+# an older one. 200 nodes x 4 blocks: 0.75 s in the collector instead of 1.98 s.
+GC_YOUNG = 20_000
 
 
 @dataclasses.dataclass
@@ -153,12 +157,15 @@ class Simulation:
     def run(self) -> Result:
         started = time.monotonic()
         saved_key = eviction._PROCESS_KEY
+        saved_threshold = gc.get_threshold()
         with entropy.seeded(self.config.seed * 1_000_003 + 17) as source:
             eviction._PROCESS_KEY = source.randbytes(32)
+            gc.set_threshold(GC_YOUNG, *saved_threshold[1:])
             try:
                 result = self._run()
             finally:
                 eviction._PROCESS_KEY = saved_key
+                gc.set_threshold(*saved_threshold)
                 gc.unfreeze()
         result.wall_s = round(time.monotonic() - started, 2)
         return result
