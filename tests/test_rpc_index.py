@@ -186,6 +186,18 @@ class LaterIndexTests(unittest.TestCase):
         other.catch_up_index(32)
         self.assertEqual(stored_index(other), expected_index(other))
 
+    def test_catching_up_writes_a_just_stored_block_from_the_object_stored(self):
+        _, blocks = self.blocks()
+        chain = open_chain(self)
+        chain.add_block(blocks[0], now_ms(), index_later=True)
+        chain.add_block(blocks[1], now_ms(), index_later=True)
+        reads = []
+        read = chain.storage.block
+        chain.storage.block = lambda h: reads.append(h) or read(h)
+        self.assertEqual(chain.catch_up_index(32), 2)
+        self.assertEqual(reads, [])  # (neither block decoded again from its row)
+        self.assertEqual(stored_index(chain), expected_index(chain))
+
     def test_a_refused_block_keeps_the_lag_as_it_was(self):
         t1, blocks = self.blocks()
         chain = open_chain(self)

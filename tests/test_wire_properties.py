@@ -143,3 +143,15 @@ class PayloadJsonProperties(unittest.TestCase):
         for style in (wire.HEX, wire.ARRAY):
             self.assertEqual(message.payload_json(style), canonical_json(message.payload(style)))
         self.assertEqual(wire.decode(wire.encode(message)), message)
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.tuples(st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1), st.integers(0, 2**63 - 1)),
+                    min_size=0, max_size=5))
+    def test_res_from_the_transfers_bytes(self, figures):
+        b = builder()
+        txs = tuple(b.transfer(b.farmers[0][0], b.farmers[1][0].address, amount, nonce, fee)
+                    for amount, fee, nonce in figures)
+        message = wire.Res(txs)
+        for style in (wire.HEX, wire.ARRAY):
+            self.assertEqual(message.payload_json(style), canonical_json(message.payload(style)))
+        self.assertEqual(wire.decode(wire.encode(message)), message)

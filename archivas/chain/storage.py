@@ -21,6 +21,7 @@ truncated file, a missing table) is refused at open with one line.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -46,6 +47,7 @@ CHAIN_TABLES = frozenset({"meta", "blocks", "main_chain", "accounts", "undo"})
 INDEX_TABLES = frozenset({"tx_index", "address_index"})
 INDEX_BEHIND_META = "index_behind"  # while the transfer indexes lag the main chain: the last height they hold
 READ_CATCH_UP_BLOCKS = 32  # a lag an index read catches up first (_current_index)
+RECENT_BLOCKS = 16  # the last blocks put kept as objects, for their index rows (catch_up_index)
 # Memory the caches may hold between commits: accounts (about 200 B each) beyond this are
 # dropped at a commit (a run can exceed it by the accounts it touches: 64 blocks of at
 # most 2,000 transfers, 256,000 accounts); block metas (about 300 B) are dropped oldest first.
@@ -193,6 +195,10 @@ class Storage:
         self._dirty: dict[str, Optional[Account]] = {}  # written since the commit; None deletes
         self._metas: dict[bytes, BlockMeta] = {}
         self._kv: dict[str, Optional[str]] = {}
+        # The last blocks put, as given (what their rows decode to): a gossiped block's
+        # index rows are written a moment after it is stored (catch_up_index), from this
+        # object rather than from its row decoded again. Never consulted for anything else.
+        self._recent: collections.OrderedDict[bytes, Block] = collections.OrderedDict()
         self._connect = connect
         # checkpoint_in_background's own connection, used only under its lock (another thread's)
         self._checkpointer: Optional[sqlite3.Connection] = None
@@ -495,6 +501,9 @@ class Storage:
             (h.hash, h.height, h.parent_hash, h.timestamp, h.difficulty, str(weight),
              h.segments, format(score, "x"), h.vdf_iterations, block.encode()),
         )
+        self._recent[h.hash] = block
+        if len(self._recent) > RECENT_BLOCKS:
+            self._recent.popitem(last=False)
 
     def has_block(self, block_hash: bytes) -> bool:
         if block_hash in self._metas:
@@ -671,7 +680,7 @@ class Storage:
             blocks = []
             for height in range(behind + 1, end + 1):
                 block_hash = self.main_hash(height)
-                block = self.block(block_hash) if block_hash is not None else None
+                block = None if block_hash is None else self._recent.get(block_hash) or self.block(block_hash)
                 if block is None:
                     raise self.error(f"main-chain block at height {height} is missing")
                 blocks.append(block)

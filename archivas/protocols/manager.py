@@ -188,6 +188,7 @@ class PeerManager:
         discover: bool = True,
         tls_certificate: Optional[Any] = None,
         endpoint_factory: Optional[Callable[[str, int, float], Any]] = None,
+        codec: Optional[Any] = None,
     ) -> None:
         self.view = view
         self.events = events
@@ -209,6 +210,13 @@ class PeerManager:
         self.tls_certificate = tls_certificate  # for tls:host:port peers (tls.py); made on first need
         # (host, port, timeout) -> a client endpoint, instead of TCP (the simulator's links)
         self.endpoint_factory = endpoint_factory
+        # A line's two decoding steps (wire.decode_envelope, wire.parse), or a `codec`'s with
+        # the same two methods and results: the simulator's decodes a line that many of its
+        # nodes receive once for all of them (sim/codec.py).
+        self.decode_envelope: Callable[[bytes], wire.Envelope] = (
+            wire.decode_envelope if codec is None else codec.decode_envelope)
+        self.parse: Callable[[wire.Envelope, wire.Limits], wire.Message] = (
+            wire.parse if codec is None else codec.parse)
         self._rng = entropy.new_rng()
         self.book = book if book is not None else addrman.AddressBook(reactor.seconds, self._rng, group=group)
         self.book_path = book_path
@@ -563,7 +571,7 @@ class PeerManager:
                       peer=info.address, state=states.name(info))
             return
         try:
-            message = wire.parse(envelope, self.limits)
+            message = self.parse(envelope, self.limits)
         except wire.WireError as e:
             self.misbehaved(proto, e.reason, str(e))
             return

@@ -299,7 +299,7 @@ class PeerProtocol(LineReceiver):
                 self.manager.dropped_counts[wire.type_name(hinted)] += 1
                 return
         try:
-            envelope = wire.decode_envelope(line)
+            envelope = self.manager.decode_envelope(line)
         except wire.WireError as e:
             refused = None if hinted is not None else self.limiter.check(ratelimit.OTHER, len(line))
             self.manager.misbehaved(self, "rate_limit" if refused else e.reason, refused or str(e))

@@ -771,6 +771,12 @@ class Res(Message):
     def payload(self, style: str = HEX) -> dict[str, Any]:
         return {"txs": [tx.to_json() for tx in self.txs]}
 
+    def payload_json(self, style: str = HEX) -> bytes:
+        # canonical_json of the payload from each transfer's own canonical JSON (made once
+        # per Transaction: a node serves one transfer to many peers), joined as the
+        # compact encoder joins a list.
+        return b'{"txs":[%s]}' % b",".join([tx.encode() for tx in self.txs])
+
     @classmethod
     def parse(cls, payload: dict[str, Any], limits: Limits) -> "Res":
         return cls(_transfers(payload, "txs", MAX_RES))
