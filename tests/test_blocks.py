@@ -9,6 +9,7 @@ from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_
 from archivas.chain.blockchain import ADDED_SIDE, ADDED_TIP, KNOWN, ORPHAN
 from archivas.chain.consensus import REASONS, BlockRejected, check_header
 from archivas.chain.encoding import DecodeError
+from archivas.chain.iterations import EPOCH_BLOCKS
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import COIN
 from archivas.chain.transactions import sign_transfer
@@ -220,7 +221,7 @@ class RejectionTests(unittest.TestCase):
         # win at difficulty 1 but not at the expected difficulty is offered.
         chain = open_chain(self)
         parent = self.b.genesis
-        for _ in range(3):
+        for _ in range(2 * EPOCH_BLOCKS + 1):  # (the difficulty is measured two epochs back)
             parent = self.b.make_block(parent, timestamp=parent.header.timestamp + 50)
             chain.add_block(parent, now_ms())
         difficulty = chain.next_difficulty(parent.hash)

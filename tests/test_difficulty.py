@@ -14,7 +14,7 @@ from twisted.trial import unittest
 
 from archivas.chain import params as network_params
 from archivas.chain.block import Header
-from archivas.chain.consensus import expected_difficulty
+from archivas.chain.consensus import context_depth, expected_difficulty
 from archivas.chain.difficulty import MAX_STEP, median_time, next_difficulty
 
 
@@ -26,7 +26,7 @@ def simulate(params, plots, segment_ms, start_difficulty, blocks, seed):
     """Block times (ms) of `blocks` simulated blocks after genesis."""
     rng = random.Random(seed)
     params = dataclasses.replace(params, initial_difficulty=start_difficulty)
-    depth = max(params.difficulty_window + 1, params.median_time_blocks) + 1
+    depth = context_depth(params)
     chain = [header(0, 0, start_difficulty)]
     times = []
     for height in range(1, blocks + 1):

@@ -307,7 +307,7 @@ class TimelordTests(RPCCase):
 
 
 class RetargetedIterationsTests(RPCCase):
-    preload = 2 * EPOCH_BLOCKS  # block 17 is the first whose iterations retarget
+    preload = 2 * EPOCH_BLOCKS  # block 9 is the first whose iterations retarget
 
     def test_job_output_and_template_use_the_tips_iterations(self):
         want = self.node.chain.next_iterations(self.node.chain.tip.hash)

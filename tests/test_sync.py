@@ -129,7 +129,7 @@ class SyncTests(unittest.TestCase):
         b = builder()
         ours = self.blocks[:100]
         h = Harness(self, ours)
-        theirs = self.blocks[:90] + b.extend(self.blocks[89], 70, farmer=1)
+        theirs = self.blocks[:90] + forked(b, self.blocks[89], 70)
         peer = ScriptedPeer(h, "10.0.0.1", theirs, b"\x01" * 16)
         for _ in range(20):
             if not peer.answer():
@@ -142,7 +142,7 @@ class SyncTests(unittest.TestCase):
         b = builder()
         ours = self.blocks[:100]
         h = Harness(self, ours)
-        theirs = self.blocks[:90] + b.extend(self.blocks[89], 70, farmer=1)
+        theirs = self.blocks[:90] + forked(b, self.blocks[89], 70)
         peer = ScriptedPeer(h, "10.0.0.1", theirs, b"\x01" * 16, capabilities=LEGACY)
         for _ in range(20):
             if not peer.answer():
@@ -150,6 +150,13 @@ class SyncTests(unittest.TestCase):
         self.assertEqual(h.node.chain.tip.hash, theirs[-1].hash)
         first_fetch = next(m for m in peer.requests if isinstance(m, wire.GetBlocks))
         self.assertEqual(first_fetch.start, 91)
+
+
+def forked(b, parent, count):
+    """`count` blocks on `parent` that differ from any other child of it from the first
+    (its timestamp is one no other block of the builder's uses)."""
+    first = b.make_block(parent, farmer=1, timestamp=parent.header.timestamp + 777)
+    return [first] + b.extend(first, count - 1, farmer=1)
 
 
 class OrphanTests(unittest.TestCase):

@@ -262,13 +262,33 @@ def check_standalone(block: Block, parent: Header, params: NetworkParams,
     return score
 
 
+def _anchored(ancestors: Sequence[Ancestor], params: NetworkParams
+              ) -> Optional[tuple[Sequence[Ancestor], Ancestor]]:
+    """For a child of ancestors[-1] (`ancestors` oldest first, consecutive, genesis allowed,
+    context_depth of them when the chain has that many): the retarget window (up to
+    difficultyWindow + 1 non-genesis blocks ending at the anchor, two epochs back:
+    iterations.anchor_height) and the previous epoch's last block, whose values bound the
+    step; None in epochs 0 and 1, which keep the initial values."""
+    anchor = iterations.anchor_height(ancestors[-1].height + 1)
+    if anchor < 1:
+        return None
+    base = ancestors[0].height
+    if base > anchor:
+        raise ValueError(f"the ancestors start at height {base}, above the anchor {anchor}")
+    window = [h for h in ancestors[:anchor - base + 1] if h.height > 0][-(params.difficulty_window + 1):]
+    return window, ancestors[anchor + iterations.EPOCH_BLOCKS - base]
+
+
 def expected_difficulty(ancestors: Sequence[Ancestor], params: NetworkParams) -> int:
-    """Difficulty of a child of ancestors[-1]; `ancestors` oldest first, genesis allowed."""
-    window = [(h.timestamp, h.difficulty) for h in ancestors if h.height > 0]
-    window = window[-(params.difficulty_window + 1):]
-    return next_difficulty(
-        window, params.target_block_time_ms, params.initial_difficulty, ancestors[-1].difficulty
-    )
+    """Difficulty of a child of ancestors[-1] (as _anchored): one value per epoch, measured
+    on the window two epochs back, so that no farmer can date his block to lower the
+    difficulty his own child meets."""
+    anchored = _anchored(ancestors, params)
+    if anchored is None:
+        return params.initial_difficulty
+    window, previous = anchored
+    return next_difficulty([(h.timestamp, h.difficulty) for h in window], params.target_block_time_ms,
+                           params.initial_difficulty, previous.difficulty)
 
 
 def context_depth(params: NetworkParams) -> int:
@@ -279,23 +299,16 @@ def context_depth(params: NetworkParams) -> int:
 
 
 def expected_iterations(ancestors: Sequence[Ancestor], params: NetworkParams) -> int:
-    """VDF iterations per segment of a child of ancestors[-1]: `ancestors` oldest first,
-    consecutive, genesis allowed, context_depth of them when the chain has that many. One
-    value per iteration epoch, measured on the window ending at the anchor, two epochs
-    back; the epoch before's value bounds the step (iterations.py)."""
-    height = ancestors[-1].height + 1
-    anchor = iterations.anchor_height(height)
-    if anchor < 1:
+    """VDF iterations per segment of a child of ancestors[-1] (as _anchored): one value per
+    iteration epoch, measured on the window ending at the anchor, two epochs back; the
+    epoch before's value bounds the step (iterations.py)."""
+    anchored = _anchored(ancestors, params)
+    if anchored is None:
         return params.vdf_iterations
-    base = ancestors[0].height
-    if base > anchor:
-        raise ValueError(f"the ancestors start at height {base}, above the anchor {anchor}")
-    # The previous epoch's value: its last block's (an ancestor of every block of this epoch).
-    previous = ancestors[anchor + iterations.EPOCH_BLOCKS - base].vdf_iterations
-    window = [(h.timestamp, h.segments, h.vdf_iterations) for h in ancestors[:anchor - base + 1] if h.height > 0]
-    window = window[-(params.difficulty_window + 1):]
-    return iterations.next_iterations(window, params.target_block_time_ms, params.target_vdf_segments,
-                                      params.vdf_iterations, previous)
+    window, previous = anchored
+    return iterations.next_iterations([(h.timestamp, h.segments, h.vdf_iterations) for h in window],
+                                      params.target_block_time_ms, params.target_vdf_segments,
+                                      params.vdf_iterations, previous.vdf_iterations)
 
 
 def check_context(

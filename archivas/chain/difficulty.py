@@ -6,7 +6,10 @@ over the time it took) and asks for `target` ms per block:
     next = work * target * (n - 1) / (n * timespan)        n = intervals in the window
 
 The (n-1)/n factor removes the bias of averaging over random block times. The result is
-rounded, kept within 4x of the parent's difficulty in either direction, and at least 1.
+rounded, kept within 4x of the previous value in either direction, and at least 1. As the
+VDF iterations do (chain/iterations.py), the difficulty changes once per iteration epoch of
+4 blocks, measured on the window ending two epochs back (consensus.expected_difficulty):
+a farmer cannot date his block to make his own child's difficulty lower.
 Integer arithmetic only: every node computes the same value.
 """
 
@@ -20,8 +23,9 @@ MAX_STEP = 4
 def next_difficulty(
     window: Sequence[tuple[int, int]], target_ms: int, initial: int, parent_difficulty: int
 ) -> int:
-    """`window`: (timestamp, difficulty) of up to window+1 blocks ending at the parent,
-    oldest first, genesis excluded (its timestamp is fixed long before any block)."""
+    """`window`: (timestamp, difficulty) of up to window+1 blocks ending at the anchor,
+    oldest first, genesis excluded (its timestamp is fixed long before any block);
+    `parent_difficulty`: the previous epoch's value, which bounds the step."""
     n = len(window) - 1
     if n < 1:
         return initial

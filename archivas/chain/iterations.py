@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-EPOCH_BLOCKS = 8  # blocks 1-8, 9-16, ...: one iteration count each
+EPOCH_BLOCKS = 4  # blocks 1-4, 5-8, ...: one iteration count (and difficulty) each
 EPOCH_FACTOR = 4  # an epoch's iterations are within [previous / 4, previous * 4]
 FLOOR_DIVISOR = 64  # never below initial / 64 (at least 1)
 CEILING_FACTOR = 4096  # never above initial * 4096

@@ -4,7 +4,7 @@ Blocks are spaced exactly one target block time apart. On fastnet (initial diffi
 the difficulty then stays 1: the first signage point with a quality wins, about one VDF
 segment per block. Elsewhere the retarget's (n-1)/n correction lets it drift somewhat
 below the initial value. About one segment per block time reads as a slow timelord, so
-the VDF iterations per segment fall (4x an epoch of 8 blocks) to the network's floor: long test
+the VDF iterations per segment fall (4x an epoch of 4 blocks) to the network's floor: long test
 chains are cheap to make. Competing forks come from building on any earlier block; a
 branch differs from its sibling by its timestamp, farmer or transactions.
 """
