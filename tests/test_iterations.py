@@ -218,11 +218,22 @@ class GrindingTests(unittest.TestCase):
                        for b in chain]
             self.assertNotEqual(expected_iterations(redated[-depth(params):], params), want, name)
 
-    def test_too_few_ancestors_is_an_error_not_a_guess(self):
+    def test_too_few_ancestors_is_a_refusal_not_a_guess(self):
+        # (A snapshot node stores context_depth blocks below its base: a fork from further
+        # down cannot be checked, and is refused for now, not given a value of its own.)
+        from archivas.chain.consensus import BlockRejected
+
         params = network_params.load("fastnet")
-        chain = self.chain(params, 5 * EPOCH_BLOCKS)
-        with self.assertRaisesRegex(ValueError, "above the anchor"):
-            expected_iterations(chain[-EPOCH_BLOCKS:], params)
+        chain = self.chain(params, 12 * EPOCH_BLOCKS)
+        self.assertEqual(len(chain[-depth(params):]), depth(params))
+        expected_iterations(chain[-depth(params):], params)  # enough
+        first = max(1, anchor_height(chain[-1].height + 1) - params.difficulty_window)  # the window's first
+        for short in (chain[-EPOCH_BLOCKS:], [b for b in chain if b.height > first]):
+            for rule in (expected_iterations, expected_difficulty):
+                with self.assertRaises(BlockRejected) as cm:
+                    rule(short, params)
+                self.assertEqual(cm.exception.reason, "invalid_ancestor")
+                self.assertFalse(cm.exception.permanent)
 
 
 class WeightTests(unittest.TestCase):

@@ -272,9 +272,10 @@ def _anchored(ancestors: Sequence[Ancestor], params: NetworkParams
     anchor = iterations.anchor_height(ancestors[-1].height + 1)
     if anchor < 1:
         return None
-    base = ancestors[0].height
-    if base > anchor:
-        raise ValueError(f"the ancestors start at height {base}, above the anchor {anchor}")
+    base, first = ancestors[0].height, max(1, anchor - params.difficulty_window)
+    if base > first:  # (a snapshot node asked about a fork below the blocks it stores)
+        raise BlockRejected("invalid_ancestor", f"its retarget window starts at height {first}, below the "
+                            f"stored ancestors (from {base}): above the anchor {anchor}", permanent=False)
     window = [h for h in ancestors[:anchor - base + 1] if h.height > 0][-(params.difficulty_window + 1):]
     return window, ancestors[anchor + iterations.EPOCH_BLOCKS - base]
 
