@@ -223,7 +223,8 @@ class HistoryVerifier(service.Service):
                 storage.put_history(rows)
                 storage.index_blocks(blocks)  # their transfers in /tx and /address too
             kept += len(rows)
-        # The snapshot's own blocks (H-n+1..H, at most 34, which the load did not index).
+        # The snapshot's own blocks (H-n+1..H, n at most consensus.context_depth: the load did
+        # not index them).
         own = [self.node.chain.block_at(h) for h in range(held, self.manifest.height + 1)]
         with storage.transaction():
             storage.index_blocks([b for b in own if b is not None])

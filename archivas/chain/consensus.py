@@ -274,8 +274,8 @@ def _anchored(ancestors: Sequence[Ancestor], params: NetworkParams
         return None
     base, first = ancestors[0].height, max(1, anchor - params.difficulty_window)
     if base > first:  # (a snapshot node asked about a fork below the blocks it stores)
-        raise BlockRejected("invalid_ancestor", f"its retarget window starts at height {first}, below the "
-                            f"stored ancestors (from {base}): above the anchor {anchor}", permanent=False)
+        raise BlockRejected("invalid_ancestor", f"its retarget window (anchor {anchor}) starts at height {first}, "
+                            f"below the ancestors this node stores (from {base})", permanent=False)
     window = [h for h in ancestors[:anchor - base + 1] if h.height > 0][-(params.difficulty_window + 1):]
     return window, ancestors[anchor + iterations.EPOCH_BLOCKS - base]
 

@@ -38,9 +38,9 @@ import tempfile
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator, Optional
 
-from archivas.chain import consensus, forkchoice
+from archivas.chain import forkchoice
 from archivas.chain.block import Block, genesis_block
-from archivas.chain.consensus import BlockRejected, bind_body, check_header
+from archivas.chain.consensus import BlockRejected, bind_body, check_header, context_depth
 from archivas.chain.encoding import MAX_INT, DecodeError, canonical_json, strict_hex, strict_loads
 from archivas.chain.params import NetworkParams
 from archivas.chain.storage import DB_FILE, SCHEMA_VERSION, Storage, StorageError
@@ -67,11 +67,6 @@ HISTORY_FAILED_META = "history_failed"  # set by verify-history: the one-line er
 
 class SnapshotError(Exception):
     """A snapshot cannot be written or loaded. One line, for the operator."""
-
-
-def context_depth(params: NetworkParams) -> int:
-    """Blocks a snapshot carries (ending at H): what the context rules of block H+1 read."""
-    return consensus.context_depth(params)
 
 
 @dataclasses.dataclass(frozen=True)
