@@ -1210,6 +1210,13 @@ class Node:
             self._vdf_iterations = (self.vdf_parent, iterations)
         return iterations
 
+    def vdf_origin(self, parent_hash: bytes) -> defer.Deferred:
+        """Where the VDF of a child of `parent_hash` starts (vdf.origin), drawn in the
+        verify pool: the first block of a discriminant epoch costs a discriminant (tens of
+        ms on devnet), and vdf.origin remembers it for the segments and the block."""
+        return self._in_thread(vdf.origin, self.chain.discriminant_seed_for_child(parent_hash),
+                               self.chain.seed_for_child(parent_hash), self.params.discriminant_bits)
+
     def add_vdf_output(
         self, parent_hash: bytes, index: int, segment: vdf.Segment, source: Optional[PeerProtocol] = None
     ) -> defer.Deferred:
@@ -1236,9 +1243,9 @@ class Node:
         if source is not None:
             self._pending[id(source)] += 1
         try:
-            seed = self.chain.seed_for_child(parent_hash)
-            start = self.vdf_segments[-1].output if self.vdf_segments else vdf.GENERATOR
-            ok = await self._in_thread(verify_segment, seed, start, segment, self.params.discriminant_bits,
+            discriminant_seed = self.chain.discriminant_seed_for_child(parent_hash)
+            start = self.vdf_segments[-1].output if self.vdf_segments else await self.vdf_origin(parent_hash)
+            ok = await self._in_thread(verify_segment, discriminant_seed, start, segment, self.params.discriminant_bits,
                                        self.vdf_iterations, cache=self.verified_segments)
         finally:
             self._vdf_checking.discard(slot)
@@ -1295,13 +1302,13 @@ def _body_then(block: Block, params: Any, score: int, timings: Optional[dict[str
     return score
 
 
-def verify_segment(seed: bytes, start: bytes, segment: vdf.Segment, bits: int, iterations: int,
+def verify_segment(discriminant_seed: bytes, start: bytes, segment: vdf.Segment, bits: int, iterations: int,
                    cache: Optional[VerifiedSegments] = None) -> bool:
     """One timelord segment, remembered in `cache` when it verifies (so the block that
     carries it does not check it again)."""
     if cache is None:
-        return vdf.verify_segment(seed, start, segment, bits, iterations)
-    return cache.check(seed, start, segment, bits, iterations)
+        return vdf.verify_segment(discriminant_seed, start, segment, bits, iterations)
+    return cache.check(discriminant_seed, start, segment, bits, iterations)
 
 
 def _vdf_id(parent_hash: bytes, index: int) -> bytes:

@@ -383,6 +383,7 @@ class LocalNodeAPI:
             timestamp=timestamp,
             difficulty=self.chain.next_difficulty(parent),
             vdf_iterations=node.vdf_iterations,
+            discriminant_seed=self.chain.discriminant_seed_for_child(parent),
             vdf=tuple(node.vdf_segments[:index]),
             proof_of_space=proof,
             reward_address=reward_address,
@@ -414,17 +415,22 @@ class LocalNodeAPI:
 
     # for the timelord
 
-    def vdf_job(self) -> dict[str, Any]:
+    async def vdf_job(self) -> dict[str, Any]:
+        """The next segment to prove on the tip: from the last one the node holds, or from
+        the block's origin (drawn in a thread: the first in an epoch makes a discriminant)."""
         node = self.node
-        last: Optional[vdf.Segment] = node.vdf_segments[-1] if node.vdf_segments else None
-        return {
-            "parentHash": node.vdf_parent.hex(),
-            "seed": self.chain.seed_for_child(node.vdf_parent).hex(),
+        parent = node.vdf_parent
+        segments = list(node.vdf_segments)
+        job = {
+            "parentHash": parent.hex(),
+            "seed": self.chain.seed_for_child(parent).hex(),
+            "discriminantSeed": self.chain.discriminant_seed_for_child(parent).hex(),
             "discriminantBits": node.params.discriminant_bits,
             "iterations": node.vdf_iterations,
-            "segments": len(node.vdf_segments),
-            "lastOutput": (last.output if last else vdf.GENERATOR).hex(),
+            "segments": len(segments),
         }
+        last = segments[-1].output if segments else await node.vdf_origin(parent)
+        return {**job, "lastOutput": last.hex()}
 
     async def vdf_output(self, doc: Any) -> dict[str, Any]:
         try:

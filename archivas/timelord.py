@@ -27,8 +27,8 @@ POLL_SECONDS = 0.2  # how often to look at the tip when there is nothing new to 
 REPORT_SECONDS = 10.0  # one progress line at info this often
 
 
-def prove_in_thread(seed: bytes, start: bytes, bits: int, iterations: int) -> defer.Deferred:
-    return threads.deferToThread(vdf.prove_segment, seed, start, bits, iterations)
+def prove_in_thread(discriminant_seed: bytes, start: bytes, bits: int, iterations: int) -> defer.Deferred:
+    return threads.deferToThread(vdf.prove_segment, discriminant_seed, start, bits, iterations)
 
 
 @attrs.define
@@ -115,7 +115,7 @@ class Timelord(service.Service):
                     log.info("[timelord] node reachable again")
                 started = self.reactor.seconds()
                 segment = await self.prove(
-                    bytes.fromhex(job["seed"]), bytes.fromhex(job["lastOutput"]),
+                    bytes.fromhex(job["discriminantSeed"]), bytes.fromhex(job["lastOutput"]),
                     job["discriminantBits"], job["iterations"],
                 )
                 self._proved(job["iterations"], self.reactor.seconds() - started)

@@ -52,7 +52,7 @@ import chiavdf
 
 from archivas.chain import keys, pos, vdf
 from archivas.chain import params as network_params
-from archivas.chain.block import Block, Header, child_seed, genesis_seed, tx_root
+from archivas.chain.block import Block, Header, child_discriminant_seed, child_origin, child_seed, genesis_seed, tx_root
 from archivas.chain.encoding import strict_loads
 from archivas.chain.iterations import bounds
 from archivas.chain.keys import PrivateKey
@@ -153,21 +153,39 @@ def proof_of_space_check(params: NetworkParams) -> Callable[[tuple[Header, Heade
     return check
 
 
-def devnet_block_vdf(devnet: NetworkParams, mode: Mode) -> Figure:
-    """A devnet block's whole VDF check at equilibrium: its discriminant (not yet made) and
-    targetVdfSegments chained segments. They are proved at the iterations' floor to keep
-    the run short: a Wesolowski check costs about the same at any iteration count."""
+def devnet_block_vdf(devnet: NetworkParams, mode: Mode) -> list[Figure]:
+    """A devnet block's whole VDF check: its origin and targetVdfSegments chained segments,
+    with the epoch's discriminant not yet made (the first block of a discriminant epoch) and
+    made (the other DISCRIMINANT_EPOCH - 1), and the mean over an epoch ("at equilibrium").
+    The segments are proved at the iterations' floor to keep the run short: a Wesolowski
+    check costs about the same at any iteration count."""
     bits, count = devnet.discriminant_bits, devnet.target_vdf_segments
     iterations = bounds(devnet.vdf_iterations)[0]
-    seed = b"cost-devnet-block"
-    segments, start = [], vdf.GENERATOR
+    dseed, seed = b"cost-devnet-epoch", b"cost-devnet-block"
+    segments, start = [], vdf.origin(dseed, seed, bits)
     for _ in range(count):
-        segments.append(vdf.prove_segment(seed, start, bits, iterations))
+        segments.append(vdf.prove_segment(dseed, start, bits, iterations))
         start = segments[-1].output
-    check = lambda: vdf.verify_chain(seed, segments, bits, iterations)  # noqa: E731
+    check = lambda: vdf.verify_chain(dseed, seed, segments, bits, iterations)  # noqa: E731
     assert check() == -1
-    return Figure("devnet_block_vdf", f"devnet block VDF at equilibrium (discriminant + {count} segments)",
-                  "block", measure(check, 1, mode, setup=vdf.discriminant.cache_clear, loops=1), in_json=False)
+
+    def cold() -> None:
+        vdf.discriminant.cache_clear()
+        vdf.origin.cache_clear()
+
+    first = measure(check, 1, mode, setup=cold, loops=1)
+    later = measure(check, 1, mode, setup=vdf.origin.cache_clear, loops=1)
+    epoch = vdf.DISCRIMINANT_EPOCH
+    mean = [(f + (epoch - 1) * x) / epoch for f, x in zip(sorted(first), sorted(later))]
+    return [
+        Figure("devnet_block_vdf_first",
+               f"devnet block VDF, first of its epoch (discriminant, origin, {count} segments)",
+               "block", first, in_json=False),
+        Figure("devnet_block_vdf_later", f"devnet block VDF, later in its epoch (origin, {count} segments)",
+               "block", later, in_json=False),
+        Figure("devnet_block_vdf", f"devnet block VDF at equilibrium (mean over an epoch of {epoch})",
+               "block", mean, in_json=False),
+    ]
 
 
 def run(mode: Mode) -> list[Figure]:
@@ -198,12 +216,13 @@ def run(mode: Mode) -> list[Figure]:
     # VDF: fastnet segments of real blocks (each at its block's iterations, which retarget
     # along the chain; the cost hardly depends on them); one devnet segment proved here.
     bits, iterations = fastnet.discriminant_bits, fastnet.vdf_iterations
-    segments = [(child_seed(p, fastnet), h.vdf[0], h.vdf_iterations) for h, p in pairs]
-    for seed, segment, t in segments:
-        assert vdf.verify_segment(seed, vdf.GENERATOR, segment, bits, t)  # discriminant made
+    segments = [(child_discriminant_seed(p, fastnet), child_origin(p, fastnet), h.vdf[0], h.vdf_iterations)
+                for h, p in pairs]
+    for dseed_, origin, segment, t in segments:
+        assert vdf.verify_segment(dseed_, origin, segment, bits, t)  # discriminant made
     figures.append(Figure("vdf_segment_fastnet", f"VDF segment, fastnet ({bits} bits, T={iterations:,} retargeting)",
                           "segment", measure(cycling(segments, lambda s: vdf.verify_segment(
-                              s[0], vdf.GENERATOR, s[1], bits, s[2])), len(segments), mode)))
+                              s[0], s[1], s[2], bits, s[3])), len(segments), mode)))
     log(f"proving a devnet segment ({devnet.discriminant_bits} bits, T={devnet.vdf_iterations:,})...")
     dseed = genesis_seed(devnet)
     dbits, diterations = devnet.discriminant_bits, devnet.vdf_iterations
@@ -219,7 +238,7 @@ def run(mode: Mode) -> list[Figure]:
 
         figures.append(Figure(f"discriminant_{name}", f"  discriminant, {name} (a seed's first segment)",
                               "seed", measure(cycling(seeds, make), len(seeds), mode), in_json=False))
-    figures.append(devnet_block_vdf(devnet, mode))
+    figures.extend(devnet_block_vdf(devnet, mode))
 
     # Transfers. `fresh` copies have no cached signing bytes or id, as just decoded.
     held: dict[str, list[Transaction]] = {"txs": txs}

@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 
 from archivas.chain import keys, pos, vdf
 from archivas.chain import params as network_params
-from archivas.chain.block import Block, Header, child_seed, genesis_block, tx_root
+from archivas.chain.block import Block, Header, child_discriminant_seed, child_seed, genesis_block, tx_root
 from archivas.chain.blockchain import ADDED_TIP, Chain
 from archivas.chain.consensus import BlockRejected, check_standalone
 from archivas.chain.encoding import DecodeError
@@ -233,12 +233,12 @@ def components(w: Workload) -> dict[str, float]:
     p = w.params
 
     def vdf_verify(block: Block, parent: Header) -> None:
-        if vdf.verify_chain(child_seed(parent, p), list(block.header.vdf), p.discriminant_bits,
-                            block.header.vdf_iterations) >= 0:
+        if vdf.verify_chain(child_discriminant_seed(parent, p), child_seed(parent, p), list(block.header.vdf),
+                            p.discriminant_bits, block.header.vdf_iterations) >= 0:
             raise RuntimeError("VDF does not verify")
 
     def discriminant(block: Block, parent: Header) -> None:
-        vdf.discriminant(child_seed(parent, p), p.discriminant_bits)
+        vdf.discriminant(child_discriminant_seed(parent, p), p.discriminant_bits)
 
     def proof_of_space(block: Block, parent: Header) -> None:
         h, proof = block.header, block.header.proof_of_space

@@ -5,7 +5,16 @@ import dataclasses
 from twisted.trial import unittest
 
 from archivas.chain import iterations, pos, vdf
-from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_header, tx_root
+from archivas.chain.block import (
+    Block,
+    Header,
+    child_discriminant_seed,
+    child_origin,
+    child_seed,
+    genesis_block,
+    sign_header,
+    tx_root,
+)
 from archivas.chain.blockchain import ADDED_SIDE, ADDED_TIP, KNOWN, ORPHAN
 from archivas.chain.consensus import REASONS, BlockRejected, check_header
 from archivas.chain.encoding import DecodeError
@@ -50,8 +59,20 @@ class RejectionTests(unittest.TestCase):
         self.assertEqual(self.chain.add_block(block, now_ms()).status, KNOWN)
 
     def test_malformed_version(self):
-        for version in (1, 2, 4):
+        for version in (1, 2, 3, 5):
             self.assertRejected(self.tampered(lambda h, v=version: dataclasses.replace(h, version=v)), "malformed")
+
+    def test_a_discriminant_seed_not_the_parents_is_refused(self):
+        """Inside an epoch a block carries its parent's discriminant seed: its own seed (a
+        new discriminant, which a farmer could pick by withholding) or any other is bad_vdf,
+        before any segment is verified."""
+        own = child_seed(self.parent.header, PARAMS)
+        for seed in (own, b"\x07" * 32):
+            with self.subTest(seed=seed.hex()):
+                block = self.tampered(lambda h, s=seed: dataclasses.replace(h, discriminant_seed=s))
+                error = self.assertRejected(block, "bad_vdf")
+                self.assertIn("discriminant seed", str(error))
+                self.assertTrue(error.permanent)
 
     def test_bad_vdf_iterations_not_the_retargets(self):
         # Segments really proven at another T (so only the context rule can object).
@@ -91,7 +112,8 @@ class RejectionTests(unittest.TestCase):
         key = b.keys_by_pk[win.proof.farmer_public_key]
         header = Header(height=parent.height + 1, parent_hash=parent.hash,
                         timestamp=parent.header.timestamp + PARAMS.target_block_time_ms, difficulty=difficulty,
-                        vdf_iterations=value, vdf=tuple(segments), proof_of_space=win.proof,
+                        vdf_iterations=value, discriminant_seed=child_discriminant_seed(parent.header, PARAMS),
+                        vdf=tuple(segments), proof_of_space=win.proof,
                         reward_address=key.address, reward=PARAMS.block_reward, tx_root=tx_root(()))
         return Block(sign_header(header, key))
 
@@ -230,11 +252,11 @@ class RejectionTests(unittest.TestCase):
         self.assertRejected(block, "insufficient_quality", chain)
 
     def _losing_block(self, parent, difficulty):
-        seed = child_seed(parent.header, PARAMS)
-        start, segments = vdf.GENERATOR, []
+        seed, dseed = child_seed(parent.header, PARAMS), child_discriminant_seed(parent.header, PARAMS)
+        start, segments = child_origin(parent.header, PARAMS), []
         iterations = self.b.iterations_for(parent)
         for _ in range(50):
-            segment = vdf.prove_segment(seed, start, PARAMS.discriminant_bits, iterations)
+            segment = vdf.prove_segment(dseed, start, PARAMS.discriminant_bits, iterations)
             segments.append(segment)
             start = segment.output
             challenge = vdf.signage_challenge(seed, segment.output)
@@ -244,7 +266,8 @@ class RejectionTests(unittest.TestCase):
                         header = Header(
                             height=parent.height + 1, parent_hash=parent.hash,
                             timestamp=parent.header.timestamp + PARAMS.target_block_time_ms,
-                            difficulty=difficulty, vdf_iterations=iterations, vdf=tuple(segments),
+                            difficulty=difficulty, vdf_iterations=iterations, discriminant_seed=dseed,
+                            vdf=tuple(segments),
                             proof_of_space=plot.proof(challenge, index), reward_address=key.address,
                             reward=PARAMS.block_reward, tx_root=tx_root(()),
                         )
@@ -351,14 +374,17 @@ class DecodeTests(unittest.TestCase):
         import json
 
         good = json.loads(builder().make_block(builder().genesis).encode())
-        v1 = {k: v for k, v in good["header"].items() if k != "vdfIterations"}
-        # Version 2 had the same fields and other iteration rules: refused by its number.
+        v1 = {k: v for k, v in good["header"].items() if k not in ("vdfIterations", "discriminantSeed")}
+        v3 = {k: v for k, v in good["header"].items() if k != "discriminantSeed"}
+        # Version 2 had version 3's fields and other iteration rules: refused by its number.
         for version, header in ((1, {**v1, "version": 1}), (1, {**good["header"], "version": 1}),
-                                (2, {**good["header"], "version": 2})):
-            with self.assertRaisesRegex(DecodeError, f"block version {version}, this node reads version 3"):
+                                (2, {**v3, "version": 2}), (3, {**v3, "version": 3})):
+            with self.assertRaisesRegex(DecodeError, f"block version {version}, this node reads version 4"):
                 Block.from_json({**good, "header": header})
         with self.assertRaisesRegex(DecodeError, "vdfIterations"):
-            Block.from_json({**good, "header": v1})  # a version-3 header must carry it
+            Block.from_json({**good, "header": {**v1, "discriminantSeed": good["header"]["discriminantSeed"]}})
+        with self.assertRaisesRegex(DecodeError, "discriminantSeed"):
+            Block.from_json({**good, "header": v3})  # a version-4 header must carry it
 
 
 class GenesisTests(unittest.TestCase):

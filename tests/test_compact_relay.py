@@ -383,15 +383,15 @@ class VdfOrderTests(unittest.TestCase):
     def test_segments_ahead_of_their_turn_are_held_and_taken_in_order(self):
         """Segments 3, 2 then 1 (a burst relayed faster than each is checked): all three
         are taken, in order, and the block that carries them checks none again."""
-        from archivas.chain import vdf
-        from archivas.chain.block import child_seed
+        from archivas.chain.block import child_discriminant_seed, child_origin
 
         b = builder()
         base = b.extend(b.genesis, 2)
         h = Harness(self, base)
         peer, _ = ready_peer(h, 9)
-        seed = child_seed(base[-1].header, h.node.params)
-        segments, start = [], vdf.GENERATOR
+        seed = child_discriminant_seed(base[-1].header, h.node.params)
+        origin = child_origin(base[-1].header, h.node.params)
+        segments, start = [], origin
         for _ in range(3):
             segments.append(b._segment(seed, start, h.node.vdf_iterations))
             start = segments[-1].output
@@ -400,7 +400,7 @@ class VdfOrderTests(unittest.TestCase):
         self.assertEqual(h.node.vdf_segments, segments)
         self.assertEqual(peer.info.misbehaviour, 0)
         for i, segment in enumerate(segments):
-            previous = vdf.GENERATOR if i == 0 else segments[i - 1].output
+            previous = origin if i == 0 else segments[i - 1].output
             self.assertIn((seed, previous, segment, h.node.params.discriminant_bits, h.node.vdf_iterations),
                           h.node.verified_segments)
 

@@ -19,7 +19,7 @@ from archivas.chain.difficulty import MAX_STEP, median_time, next_difficulty
 
 
 def header(height, timestamp, difficulty):
-    return Header(height, b"", timestamp, difficulty, 1, (), None, "", 0, b"")
+    return Header(height, b"", timestamp, difficulty, 1, b"", (), None, "", 0, b"")
 
 
 def simulate(params, plots, segment_ms, start_difficulty, blocks, seed):

@@ -211,8 +211,9 @@ class FakeTimelordAPI:
     def vdf_job(self):
         if self.down:
             raise ApiError(503, "cannot reach the node")
-        return {"parentHash": "00" * 32, "seed": "11" * 32, "lastOutput": vdf.GENERATOR.hex(),
-                "discriminantBits": 256, "iterations": 1000, "segments": len(self.outputs)}
+        return {"parentHash": "00" * 32, "seed": "11" * 32, "discriminantSeed": "22" * 32,
+                "lastOutput": vdf.GENERATOR.hex(), "discriminantBits": 256, "iterations": 1000,
+                "segments": len(self.outputs)}
 
     def vdf_output(self, doc):
         self.outputs.append(doc)

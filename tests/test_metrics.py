@@ -182,8 +182,9 @@ class MetricsTests(unittest.TestCase):
         self.assertEqual(scrape(self, self.node).value("archivas_bans"), 1)
 
     def test_vdf_segments_and_the_timelord_rate(self):
-        seed = self.node.chain.seed_for_child(self.node.vdf_parent)
-        segment = vdf.prove_segment(seed, vdf.GENERATOR, PARAMS.discriminant_bits, self.node.vdf_iterations)
+        seed = self.node.chain.discriminant_seed_for_child(self.node.vdf_parent)
+        origin = self.successResultOf(self.node.vdf_origin(self.node.vdf_parent))
+        segment = vdf.prove_segment(seed, origin, PARAMS.discriminant_bits, self.node.vdf_iterations)
         self.assertTrue(self.successResultOf(self.node.add_vdf_output(self.node.vdf_parent, 1, segment)))
         s = scrape(self, self.node)
         self.assertEqual(s.value("archivas_vdf_segments_accepted_total", source="local"), 1)
@@ -238,8 +239,8 @@ class MetricsTests(unittest.TestCase):
         api = LocalNodeAPI(self.node)
         farmer = Farmer(api, [plot], key, self.h.clock)
         farmer.running = True  # farm_once by hand (no polling loop)
-        seed = self.node.chain.seed_for_child(self.node.vdf_parent)
-        start = vdf.GENERATOR
+        seed = self.node.chain.discriminant_seed_for_child(self.node.vdf_parent)
+        start = self.successResultOf(self.node.vdf_origin(self.node.vdf_parent))
         answer = None
         for index in range(1, 40):
             segment = vdf.prove_segment(seed, start, PARAMS.discriminant_bits, self.node.vdf_iterations)

@@ -43,7 +43,7 @@ class MoreNodes(unittest.TestCase):
     @defer.inlineCallbacks
     def test_2_three_nodes_converge_and_see_timelord_output(self):
         from archivas.chain import vdf
-        from archivas.chain.block import child_seed
+        from archivas.chain.block import child_discriminant_seed, child_origin
 
         b = builder()
         a_node, b_node, c_node = start_node(self), start_node(self), start_node(self)
@@ -56,8 +56,8 @@ class MoreNodes(unittest.TestCase):
                                               and c_node.chain.height == 5, "B and C at A's tip"))
         # Timelord output on A's tip reaches B and C.
         tip = blocks[-1]
-        seed = child_seed(tip.header, b.params)
-        segment = vdf.prove_segment(seed, vdf.GENERATOR, b.params.discriminant_bits, a_node.node.vdf_iterations)
+        segment = vdf.prove_segment(child_discriminant_seed(tip.header, b.params), child_origin(tip.header, b.params),
+                                    b.params.discriminant_bits, a_node.node.vdf_iterations)
         seen = {h: [] for h in ("b", "c")}
         b_node.node.on_vdf.append(lambda p, i, s: seen["b"].append((p, i)))
         c_node.node.on_vdf.append(lambda p, i, s: seen["c"].append((p, i)))

@@ -323,8 +323,8 @@ class Garbage:
                   "fee": 2**62, "publicKey": self._hex(32), "signature": self._hex(64)}
             block = {
                 "header": {
-                    "version": 3, "height": "@H", "parentHash": self.PARENT.decode(), "timestamp": 1767225600500,
-                    "difficulty": 1, "vdfIterations": 5000,
+                    "version": 4, "height": "@H", "parentHash": self.PARENT.decode(), "timestamp": 1767225600500,
+                    "difficulty": 1, "vdfIterations": 5000, "discriminantSeed": self._hex(32),
                     "vdf": [{"output": self._hex(100), "proof": self._hex(100)} for _ in range(segments)],
                     "proofOfSpace": {"k": 18, "plotNonce": self._hex(32), "farmerPublicKey": self._hex(32),
                                      "proof": self._hex(512)},

@@ -16,7 +16,7 @@ from zope.interface import implementer
 
 from archivas import __version__
 from archivas.chain import vdf
-from archivas.chain.block import Block, child_seed, sign_header
+from archivas.chain.block import Block, child_discriminant_seed, child_origin, child_seed, sign_header
 from archivas.chain.iterations import EPOCH_BLOCKS
 from archivas.chain.params import COIN
 from archivas.chain.transactions import sign_transfer
@@ -91,7 +91,7 @@ class RPCCase(unittest.TestCase):
     def timelord_step(self):
         """One VDF segment on the tip: /vdf/job, compute, /vdf/output."""
         job = self.ok(self.get("/vdf/job"))
-        segment = vdf.prove_segment(bytes.fromhex(job["seed"]), bytes.fromhex(job["lastOutput"]),
+        segment = vdf.prove_segment(bytes.fromhex(job["discriminantSeed"]), bytes.fromhex(job["lastOutput"]),
                                     job["discriminantBits"], job["iterations"])
         answer = self.post("/vdf/output", {"parentHash": job["parentHash"], "index": job["segments"] + 1,
                                            "output": segment.output.hex(), "proof": segment.proof.hex()})
@@ -261,13 +261,15 @@ class TimelordTests(RPCCase):
     def test_job_output_and_signage_point(self):
         genesis = builder().genesis
         seed = child_seed(genesis.header, PARAMS)
+        dseed, origin = child_discriminant_seed(genesis.header, PARAMS), child_origin(genesis.header, PARAMS)
         job = self.ok(self.get("/vdf/job"))
-        self.assertEqual(job, {"parentHash": genesis.hash.hex(), "seed": seed.hex(),
+        self.assertEqual(job, {"parentHash": genesis.hash.hex(), "seed": seed.hex(), "discriminantSeed": dseed.hex(),
                                "discriminantBits": PARAMS.discriminant_bits, "iterations": PARAMS.vdf_iterations,
-                               "segments": 0, "lastOutput": vdf.GENERATOR.hex()})
+                               "segments": 0, "lastOutput": origin.hex()})
+        self.assertNotEqual(origin, vdf.GENERATOR)
         self.assertEqual(self.ok(self.get("/signagePoints"))["signagePoints"], [])
 
-        segment = vdf.prove_segment(seed, vdf.GENERATOR, PARAMS.discriminant_bits, PARAMS.vdf_iterations)
+        segment = vdf.prove_segment(dseed, origin, PARAMS.discriminant_bits, PARAMS.vdf_iterations)
         output = {"parentHash": job["parentHash"], "index": 1, "output": segment.output.hex(),
                   "proof": segment.proof.hex()}
         self.assertEqual(self.ok(self.post("/vdf/output", output)), {"accepted": True, "segments": 1})
@@ -286,8 +288,15 @@ class TimelordTests(RPCCase):
 
     def test_refused_outputs(self):
         job = self.ok(self.get("/vdf/job"))
-        segment = vdf.prove_segment(bytes.fromhex(job["seed"]), vdf.GENERATOR, PARAMS.discriminant_bits,
+        dseed = bytes.fromhex(job["discriminantSeed"])
+        segment = vdf.prove_segment(dseed, bytes.fromhex(job["lastOutput"]), PARAMS.discriminant_bits,
                                     PARAMS.vdf_iterations)
+        # the same work from the generator (where version 3 started) or in another epoch's
+        # group: valid Wesolowski proofs, of other work
+        from_generator = vdf.prove_segment(dseed, vdf.GENERATOR, PARAMS.discriminant_bits, PARAMS.vdf_iterations)
+        other = b"\x05" * 32
+        other_group = vdf.prove_segment(other, vdf.origin(other, bytes.fromhex(job["seed"]), PARAMS.discriminant_bits),
+                                        PARAMS.discriminant_bits, PARAMS.vdf_iterations)
         good = {"parentHash": job["parentHash"], "index": 1, "output": segment.output.hex(),
                 "proof": segment.proof.hex()}
         malformed = [[], {}, {**good, "index": 0}, {**good, "index": True}, {**good, "index": "1"},
@@ -298,7 +307,9 @@ class TimelordTests(RPCCase):
                 self.assertError(self.post("/vdf/output", doc), 400, "bad VDF output")
         unacceptable = [{**good, "parentHash": "11" * 32}, {**good, "index": 2}, {**good, "index": 10**30},
                         {**good, "proof": "00" * 100}, {**good, "output": "00" * 100},
-                        {**good, "output": vdf.GENERATOR.hex(), "proof": vdf.GENERATOR.hex()}]
+                        {**good, "output": vdf.GENERATOR.hex(), "proof": vdf.GENERATOR.hex()},
+                        {**good, "output": from_generator.output.hex(), "proof": from_generator.proof.hex()},
+                        {**good, "output": other_group.output.hex(), "proof": other_group.proof.hex()}]
         for doc in unacceptable:
             with self.subTest(doc=doc):
                 self.assertError(self.post("/vdf/output", doc), 409, "not accepted")
@@ -315,8 +326,8 @@ class RetargetedIterationsTests(RPCCase):
         job = self.ok(self.get("/vdf/job"))
         self.assertEqual(job["iterations"], want)
         # a segment of the initial iterations proves other work: refused
-        stale = vdf.prove_segment(bytes.fromhex(job["seed"]), vdf.GENERATOR, PARAMS.discriminant_bits,
-                                  PARAMS.vdf_iterations)
+        stale = vdf.prove_segment(bytes.fromhex(job["discriminantSeed"]), bytes.fromhex(job["lastOutput"]),
+                                  PARAMS.discriminant_bits, PARAMS.vdf_iterations)
         self.assertError(self.post("/vdf/output", {"parentHash": job["parentHash"], "index": 1,
                                                    "output": stale.output.hex(), "proof": stale.proof.hex()}),
                          409, "not accepted")
@@ -516,8 +527,8 @@ class ClientTests(RPCCase):
         self.assertEqual(self.call(self.client.submit_tx(tx.to_json())), {"txHash": tx.hash.hex()})
         self.assertIn(tx.hash, self.node.mempool)
         job = self.call(self.client.vdf_job())
-        segment = vdf.prove_segment(bytes.fromhex(job["seed"]), vdf.GENERATOR, job["discriminantBits"],
-                                    job["iterations"])
+        segment = vdf.prove_segment(bytes.fromhex(job["discriminantSeed"]), bytes.fromhex(job["lastOutput"]),
+                                    job["discriminantBits"], job["iterations"])
         output = {"parentHash": job["parentHash"], "index": 1, "output": segment.output.hex(),
                   "proof": segment.proof.hex()}
         self.assertEqual(self.call(self.client.vdf_output(output)), {"accepted": True, "segments": 1})

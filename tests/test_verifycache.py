@@ -6,7 +6,7 @@ import threading
 from twisted.trial import unittest
 
 from archivas.chain import vdf
-from archivas.chain.block import Block, child_seed, genesis_block, sign_header
+from archivas.chain.block import Block, child_discriminant_seed, child_origin, child_seed, genesis_block, sign_header
 from archivas.chain.consensus import BlockRejected, check_header, check_standalone, check_transactions
 from archivas.chain.ledger import MemoryState
 from archivas.chain.mempool import Mempool
@@ -194,7 +194,9 @@ class SegmentCacheTests(unittest.TestCase):
         blocks = fixture_blocks(40)
         self.block = next(b for b in blocks if b.header.segments >= 2)
         self.parent = blocks[self.block.height - 2].header if self.block.height > 1 else genesis_block(PARAMS).header
-        self.seed = child_seed(self.parent, PARAMS)
+        self.seed = child_discriminant_seed(self.parent, PARAMS)
+        self.block_seed = child_seed(self.parent, PARAMS)
+        self.origin = child_origin(self.parent, PARAMS)
         self.args = (PARAMS.discriminant_bits, self.block.header.vdf_iterations)
 
     def resigned(self, segments):
@@ -206,11 +208,11 @@ class SegmentCacheTests(unittest.TestCase):
         verify = Counting(vdf.verify_segment)
         cache = VerifiedSegments(verify=verify)
         segment = self.block.header.vdf[0]
-        self.assertTrue(cache.check(self.seed, vdf.GENERATOR, segment, *self.args))
-        self.assertTrue(cache.check(self.seed, vdf.GENERATOR, segment, *self.args))
+        self.assertTrue(cache.check(self.seed, self.origin, segment, *self.args))
+        self.assertTrue(cache.check(self.seed, self.origin, segment, *self.args))
         self.assertEqual((verify.calls, cache.hits, cache.misses, len(cache)), (1, 1, 1, 1))
-        self.assertIn((self.seed, vdf.GENERATOR, segment, *self.args), cache)
-        self.assertNotIn((self.seed, vdf.GENERATOR, segment, self.args[0], self.args[1] + 1), cache)
+        self.assertIn((self.seed, self.origin, segment, *self.args), cache)
+        self.assertNotIn((self.seed, self.origin, segment, self.args[0], self.args[1] + 1), cache)
         self.assertNotIn("nonsense", cache)
         # Another start form is another key: verified (and fails).
         self.assertFalse(cache.check(self.seed, segment.output, segment, *self.args))
@@ -222,22 +224,22 @@ class SegmentCacheTests(unittest.TestCase):
         cache = VerifiedSegments(verify=verify)
         segment = self.block.header.vdf[0]
         bad = dataclasses.replace(segment, proof=flip(segment.proof, 50))
-        self.assertFalse(cache.check(self.seed, vdf.GENERATOR, bad, *self.args))
-        self.assertFalse(cache.check(self.seed, vdf.GENERATOR, bad, *self.args))
+        self.assertFalse(cache.check(self.seed, self.origin, bad, *self.args))
+        self.assertFalse(cache.check(self.seed, self.origin, bad, *self.args))
         self.assertEqual((verify.calls, len(cache)), (2, 0))
 
     def test_keys_cover_every_input(self):
         segment = self.block.header.vdf[0]
-        base = segment_key(self.seed, vdf.GENERATOR, segment, *self.args)
+        base = segment_key(self.seed, self.origin, segment, *self.args)
         variants = [
-            segment_key(flip(self.seed), vdf.GENERATOR, segment, *self.args),
-            segment_key(self.seed, flip(vdf.GENERATOR, 9), segment, *self.args),
-            segment_key(self.seed, vdf.GENERATOR, dataclasses.replace(segment, output=flip(segment.output, 3)),
+            segment_key(flip(self.seed), self.origin, segment, *self.args),
+            segment_key(self.seed, flip(self.origin, 9), segment, *self.args),
+            segment_key(self.seed, self.origin, dataclasses.replace(segment, output=flip(segment.output, 3)),
                         *self.args),
-            segment_key(self.seed, vdf.GENERATOR, dataclasses.replace(segment, proof=flip(segment.proof, 3)),
+            segment_key(self.seed, self.origin, dataclasses.replace(segment, proof=flip(segment.proof, 3)),
                         *self.args),
-            segment_key(self.seed, vdf.GENERATOR, segment, 1024, self.args[1]),
-            segment_key(self.seed, vdf.GENERATOR, segment, self.args[0], 200_000),
+            segment_key(self.seed, self.origin, segment, 1024, self.args[1]),
+            segment_key(self.seed, self.origin, segment, self.args[0], 200_000),
         ]
         self.assertNotIn(base, variants)
         self.assertEqual(len(set(variants)), len(variants))
@@ -248,20 +250,20 @@ class SegmentCacheTests(unittest.TestCase):
         cache = VerifiedSegments(capacity=2, verify=lambda *a: True)
         segs = [vdf.Segment(bytes([i]) * vdf.FORM_SIZE, bytes([i]) * vdf.FORM_SIZE) for i in range(4)]
         for s in segs:
-            cache.check(self.seed, vdf.GENERATOR, s, *self.args)
+            cache.check(self.seed, self.origin, s, *self.args)
         self.assertEqual(len(cache), 2)
-        self.assertEqual([(self.seed, vdf.GENERATOR, s, *self.args) in cache for s in segs],
+        self.assertEqual([(self.seed, self.origin, s, *self.args) in cache for s in segs],
                          [False, False, True, True])
 
     def test_verify_chain_through_the_cache(self):
         segments = list(self.block.header.vdf)
         verify = Counting(vdf.verify_segment)
         cache = VerifiedSegments(verify=verify)
-        self.assertEqual(vdf.verify_chain(self.seed, segments, *self.args, cache=cache), -1)
+        self.assertEqual(vdf.verify_chain(self.seed, self.block_seed, segments, *self.args, cache=cache), -1)
         self.assertEqual(verify.calls, len(segments))
-        self.assertEqual(vdf.verify_chain(self.seed, segments, *self.args, cache=cache), -1)
+        self.assertEqual(vdf.verify_chain(self.seed, self.block_seed, segments, *self.args, cache=cache), -1)
         self.assertEqual(verify.calls, len(segments))
-        self.assertEqual(vdf.verify_chain(self.seed, segments, *self.args), -1)  # no cache: as before
+        self.assertEqual(vdf.verify_chain(self.seed, self.block_seed, segments, *self.args), -1)  # no cache: as before
 
     def test_a_block_one_byte_off_the_cached_segments_is_refused(self):
         cache = VerifiedSegments()

@@ -6,16 +6,18 @@ import dataclasses
 import functools
 from typing import Any, Optional
 
-from archivas.chain import keys
+from archivas.chain import keys, vdf
 from archivas.chain.encoding import DecodeError, canonical_json, field, hex_field, sha256, str_field
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, Transaction
-from archivas.chain.vdf import FORM_SIZE, Segment
+from archivas.chain.vdf import DISCRIMINANT_EPOCH, FORM_SIZE, Segment
 
 BLOCK_DOMAIN = b"archivas-block-v1\x00"
 # 2: the header carries its VDF iterations per segment (vdfIterations); 3: they retarget
-# once per iteration epoch, from a window two epochs back (chain/iterations.py): no new field
-BLOCK_VERSION = 3
+# once per iteration epoch, from a window two epochs back (chain/iterations.py): no new field;
+# 4: one discriminant per DISCRIMINANT_EPOCH blocks (discriminantSeed), and the VDF starts
+# from a form drawn from the block's seed instead of the generator (chain/vdf.py)
+BLOCK_VERSION = 4
 ZERO_HASH = b"\x00" * 32
 MAX_PROOF_BYTES = 8 * 64  # 8k bytes of proof for k <= 64
 
@@ -52,6 +54,7 @@ class Header:
     timestamp: int  # Unix milliseconds
     difficulty: int
     vdf_iterations: int  # T: iterations in each of this block's VDF segments
+    discriminant_seed: bytes  # what its VDF's discriminant is made from (child_discriminant_seed)
     vdf: tuple[Segment, ...]
     proof_of_space: Optional[ProofOfSpace]  # None only in genesis
     reward_address: str
@@ -68,6 +71,7 @@ class Header:
             "timestamp": self.timestamp,
             "difficulty": self.difficulty,
             "vdfIterations": self.vdf_iterations,
+            "discriminantSeed": self.discriminant_seed.hex(),
             "vdf": [{"output": s.output.hex(), "proof": s.proof.hex()} for s in self.vdf],
             "proofOfSpace": self.proof_of_space.to_json() if self.proof_of_space else None,
             "rewardAddress": self.reward_address,
@@ -98,7 +102,7 @@ class Header:
         if len(vdf_json) > max_segments:
             raise DecodeError(f"{len(vdf_json)} VDF segments, at most {max_segments}")
         version = field(obj, "version", int)
-        if version != BLOCK_VERSION:  # versions 1 (no vdfIterations) and 2 are refused, not read
+        if version != BLOCK_VERSION:  # versions 1 to 3 are refused, not read
             raise DecodeError(f"block version {version}, this node reads version {BLOCK_VERSION}")
         pos_json = obj.get("proofOfSpace") if isinstance(obj, dict) else None
         return cls(
@@ -108,6 +112,7 @@ class Header:
             timestamp=field(obj, "timestamp", int),
             difficulty=field(obj, "difficulty", int),
             vdf_iterations=field(obj, "vdfIterations", int),
+            discriminant_seed=hex_field(obj, "discriminantSeed", 32),
             vdf=tuple(
                 Segment(hex_field(s, "output", FORM_SIZE), hex_field(s, "proof", FORM_SIZE))
                 for s in vdf_json
@@ -226,6 +231,7 @@ def genesis_block(params: NetworkParams) -> Block:
         timestamp=params.genesis_timestamp,
         difficulty=params.initial_difficulty,
         vdf_iterations=params.vdf_iterations,
+        discriminant_seed=genesis_seed(params),
         vdf=(),
         proof_of_space=None,
         reward_address="",
@@ -242,5 +248,18 @@ def child_seed(parent: Header, params: NetworkParams) -> bytes:
     return sha256(parent.proof_of_space.proof, parent.vdf[-1].output)
 
 
+def child_discriminant_seed(parent: Header, params: NetworkParams) -> bytes:
+    """The discriminant seed of a child of `parent`: the child's own seed when it opens a
+    discriminant epoch (its height a multiple of DISCRIMINANT_EPOCH), else its parent's."""
+    if (parent.height + 1) % DISCRIMINANT_EPOCH == 0:
+        return child_seed(parent, params)
+    return parent.discriminant_seed
+
+
 def sign_header(header: Header, key: keys.PrivateKey) -> Header:
     return dataclasses.replace(header, farmer_signature=key.sign(header.signing_bytes))
+
+
+def child_origin(parent: Header, params: NetworkParams) -> bytes:
+    """Where the VDF of a child of `parent` starts (vdf.origin of its two seeds)."""
+    return vdf.origin(child_discriminant_seed(parent, params), child_seed(parent, params), params.discriminant_bits)

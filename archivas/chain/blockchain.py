@@ -19,7 +19,7 @@ from typing import Any, Optional
 from twisted.logger import Logger
 
 from archivas.chain import forkchoice
-from archivas.chain.block import Block, Header, child_seed, genesis_block
+from archivas.chain.block import Block, Header, child_discriminant_seed, child_seed, genesis_block
 from archivas.chain.consensus import (
     BlockRejected,
     check_context,
@@ -209,6 +209,12 @@ class Chain:
         if header is None:
             raise KeyError(parent_hash.hex())
         return child_seed(header, self.params)
+
+    def discriminant_seed_for_child(self, parent_hash: bytes) -> bytes:
+        header = self.header(parent_hash)
+        if header is None:
+            raise KeyError(parent_hash.hex())
+        return child_discriminant_seed(header, self.params)
 
     # writing
 

@@ -20,7 +20,7 @@ import time
 from typing import Optional, Protocol, Sequence
 
 from archivas.chain import iterations, keys, pos, vdf
-from archivas.chain.block import BLOCK_VERSION, Block, Header, child_seed
+from archivas.chain.block import BLOCK_VERSION, Block, Header, child_discriminant_seed, child_seed
 from archivas.chain.difficulty import median_time, next_difficulty
 from archivas.chain.params import NetworkParams
 from archivas.chain.transactions import InvalidTransaction, check_stateless, verify_signature
@@ -176,6 +176,10 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
     check_shape(header, params)
     proof = header.proof_of_space
     assert proof is not None  # (check_shape)
+    discriminant_seed = child_discriminant_seed(parent, params)
+    if header.discriminant_seed != discriminant_seed:
+        raise BlockRejected("bad_vdf", "discriminant seed is not the one its parent gives "
+                            f"(a new one every {vdf.DISCRIMINANT_EPOCH} blocks)")
 
     started = time.perf_counter()
     if not keys.verify(proof.farmer_public_key, header.signing_bytes, header.farmer_signature):
@@ -195,12 +199,13 @@ def check_header(header: Header, parent: Header, params: NetworkParams,
     started = _spent(timings, "proof_of_space", started)
 
     if segments is None:
-        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, header.vdf_iterations)
+        failed = vdf.verify_chain(discriminant_seed, seed, list(header.vdf), params.discriminant_bits,
+                                  header.vdf_iterations)
         verified = failed + 1 if failed >= 0 else header.segments
     else:
         counted = _CountedSegments(segments)
-        failed = vdf.verify_chain(seed, list(header.vdf), params.discriminant_bits, header.vdf_iterations,
-                                  cache=counted)
+        failed = vdf.verify_chain(discriminant_seed, seed, list(header.vdf), params.discriminant_bits,
+                                  header.vdf_iterations, cache=counted)
         verified = counted.verified
     _spent(timings, "vdf", started)
     _counted(timings, "vdf_segments_checked", verified)

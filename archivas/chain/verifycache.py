@@ -50,7 +50,7 @@ def transfer_key(tx: Transaction) -> bytes:
 
 
 def segment_key(seed: bytes, start: bytes, segment: Segment, bits: int, iterations: int) -> bytes:
-    """Everything verify_segment reads: the seed (the discriminant is derived from it and
+    """Everything verify_segment reads: the discriminant seed (the discriminant is made from it and
     the bits), the discriminant size, T, the start form, the output and the proof."""
     return _framed(seed, struct.pack(">IQ", bits, iterations), start, segment.output, segment.proof)
 

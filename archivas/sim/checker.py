@@ -25,7 +25,7 @@ import attrs
 from twisted.internet import defer
 
 from archivas.chain import consensus, transactions, vdf
-from archivas.chain.block import Block, Header, child_seed
+from archivas.chain.block import Block, Header, child_discriminant_seed, child_seed
 from archivas.chain.encoding import canonical_json
 from archivas.chain.verifycache import VerifiedSegments, VerifiedTransfers, segment_key, transfer_key
 
@@ -205,11 +205,11 @@ class SimChecker:
     def _segments_cost(self, header: Header, parent: Header, node: Any, segments: Optional[VerifiedSegments]) -> float:
         if segments is None:
             return self.costs.vdf_segment * len(header.vdf)
-        seed = child_seed(parent, node.params)
-        start, misses = vdf.GENERATOR, 0
+        seed, dseed = child_seed(parent, node.params), child_discriminant_seed(parent, node.params)
         bits, iterations = node.params.discriminant_bits, header.vdf_iterations
+        start, misses = vdf.origin(dseed, seed, bits), 0
         for segment in header.vdf:
-            if (seed, start, segment, bits, iterations) not in segments:
+            if (dseed, start, segment, bits, iterations) not in segments:
                 misses += 1
             start = segment.output
         return self.costs.vdf_segment * misses
@@ -227,13 +227,13 @@ class SimChecker:
                   segments: Optional[VerifiedSegments], transfers: Optional[VerifiedTransfers]) -> None:
         """What the node's own check would have left in its caches (only what verified)."""
         if segments is not None and parent is not None:
-            seed = child_seed(parent, node.params)
-            start = vdf.GENERATOR
+            seed, dseed = child_seed(parent, node.params), child_discriminant_seed(parent, node.params)
             bits, iterations = node.params.discriminant_bits, header.vdf_iterations
+            start = vdf.origin(dseed, seed, bits)
             for segment in header.vdf:
-                if not self.truth.segment(seed, start, segment, bits, iterations):
+                if not self.truth.segment(dseed, start, segment, bits, iterations):
                     break
-                segments.add(seed, start, segment, bits, iterations)
+                segments.add(dseed, start, segment, bits, iterations)
                 start = segment.output
         if transfers is not None and isinstance(subject, Block):
             for tx in subject.transactions:

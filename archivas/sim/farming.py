@@ -29,7 +29,7 @@ import random
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from archivas.chain.block import Block, Header, sign_header, tx_root
+from archivas.chain.block import Block, Header, child_discriminant_seed, sign_header, tx_root
 from archivas.chain.consensus import context_depth, expected_difficulty, expected_iterations
 from archivas.chain.forkchoice import block_weight
 from archivas.chain.params import NetworkParams
@@ -97,7 +97,8 @@ class BlockMaker:
         key = self._builder.keys_by_pk[win.proof.farmer_public_key]
         header = Header(
             height=parent.height + 1, parent_hash=parent.hash, timestamp=timestamp, difficulty=rules[0],
-            vdf_iterations=rules[1], vdf=tuple(segments), proof_of_space=win.proof, reward_address=reward_address,
+            vdf_iterations=rules[1], discriminant_seed=child_discriminant_seed(parent, params),
+            vdf=tuple(segments), proof_of_space=win.proof, reward_address=reward_address,
             reward=params.block_reward + sum(tx.fee for tx in txs), tx_root=tx_root(txs),
         )
         return Block(sign_header(header, key), txs)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional, Sequence
 
 from archivas.chain import vdf
-from archivas.chain.block import Block, Header, child_seed, genesis_block, sign_header, tx_root
+from archivas.chain.block import Block, Header, child_discriminant_seed, child_seed, genesis_block, sign_header, tx_root
 from archivas.chain.consensus import context_depth, expected_difficulty, expected_iterations
 from archivas.chain.keys import PrivateKey
 from archivas.chain.params import NetworkParams
@@ -91,10 +91,11 @@ class ChainBuilder:
         """Run the VDF (`iterations` per segment) from the parent's seed until a signage
         point one of `plots` wins."""
         seed = child_seed(parent, self.params)
+        discriminant_seed = child_discriminant_seed(parent, self.params)
         segments: list[vdf.Segment] = []
-        start = vdf.GENERATOR
+        start = vdf.origin(discriminant_seed, seed, self.params.discriminant_bits)
         while len(segments) < self.params.max_vdf_segments:
-            segment = self._segment(seed, start, iterations)
+            segment = self._segment(discriminant_seed, start, iterations)
             segments.append(segment)
             start = segment.output
             challenge = vdf.signage_challenge(seed, segment.output)
@@ -130,6 +131,7 @@ class ChainBuilder:
             timestamp=timestamp if timestamp is not None else parent.header.timestamp + params.target_block_time_ms,
             difficulty=difficulty,
             vdf_iterations=iterations,
+            discriminant_seed=child_discriminant_seed(parent.header, params),
             vdf=tuple(segments),
             proof_of_space=win.proof,
             reward_address=reward_address or key.address,
