@@ -1243,10 +1243,19 @@ class Node:
         if source is not None:
             self._pending[id(source)] += 1
         try:
+            # Everything the check reads is taken before any wait: the tip may move while
+            # the origin is drawn, and a segment checked against the new tip's iterations
+            # would fail and cost an honest sender its score.
             discriminant_seed = self.chain.discriminant_seed_for_child(parent_hash)
-            start = self.vdf_segments[-1].output if self.vdf_segments else await self.vdf_origin(parent_hash)
+            iterations = self.vdf_iterations
+            if self.vdf_segments:
+                start = self.vdf_segments[-1].output
+            else:
+                start = await self.vdf_origin(parent_hash)
+                if parent_hash != self.vdf_parent:
+                    return False  # the tip moved on: stale, not invalid
             ok = await self._in_thread(verify_segment, discriminant_seed, start, segment, self.params.discriminant_bits,
-                                       self.vdf_iterations, cache=self.verified_segments)
+                                       iterations, cache=self.verified_segments)
         finally:
             self._vdf_checking.discard(slot)
             if source is not None:

@@ -132,3 +132,20 @@ class EpochBoundaryTests(unittest.TestCase):
         self.assertEqual(error.reason, "bad_vdf")
         # and the next block carries block 32's on
         self.assertEqual(blocks[epoch].header.discriminant_seed, child_discriminant_seed(block, PARAMS))
+
+
+class DiscriminantSizeTests(unittest.TestCase):
+    def test_a_network_with_a_discriminant_too_small_for_reduced_origins_is_refused(self):
+        """Below 256 bits a 62-bit origin need not be reduced (a must stay under
+        sqrt(|D|)/2); above 1024 chiavdf's 100-byte forms do not hold it."""
+        import json
+        from importlib import resources
+
+        from archivas.chain import params as network_params
+
+        doc = json.loads(resources.files("archivas.chain.networks").joinpath("fastnet.json").read_text())
+        self.assertEqual(network_params.from_json(doc).discriminant_bits, 256)
+        for bits in (128, 255, 1025, 2048):
+            with self.subTest(bits=bits):
+                with self.assertRaisesRegex(ValueError, "discriminantBits must be 256 to 1024"):
+                    network_params.from_json({**doc, "discriminantBits": bits})

@@ -401,3 +401,45 @@ class TransactionGossipTests(unittest.TestCase):
         feed(proto, wire.NewTransaction(second))  # resent (by another peer, or this one)
         self.assertIn(second.hash, h.node.mempool)
         self.assertEqual(proto.info.misbehaviour, 0)
+
+
+class VdfOriginRaceTests(unittest.TestCase):
+    def test_a_segment_for_a_tip_that_moved_while_its_origin_was_drawn_costs_its_sender_nothing(self):
+        """Segment 1 is checked from the block's origin, drawn in the verify pool. If the tip
+        moves meanwhile to a block whose child has other iterations, the segment is stale,
+        not invalid: refused, and the honest peer that relayed it keeps its score."""
+        from twisted.internet import defer
+
+        from archivas.chain import vdf
+        from archivas.chain.block import genesis_block
+        from tests.common import PARAMS, fixture_blocks
+
+        blocks = fixture_blocks(16)
+        i = next(i for i in range(1, len(blocks) - 1)
+                 if blocks[i].header.vdf_iterations != blocks[i + 1].header.vdf_iterations)
+        tip, child = blocks[i - 1], blocks[i]
+        h = Harness(self, blocks[:i])
+        node = h.node
+        self.assertEqual(node.vdf_parent, tip.hash)
+        proto, _ = h.connect()
+        handshake(proto, genesis=genesis_block(PARAMS).hash)
+        held = []
+
+        def checker(n, f, args, kwargs):  # the verify pool, with the origin held back
+            if f is vdf.origin:
+                d = defer.Deferred()
+                held.append((d, f, args))
+                return d
+            return defer.maybeDeferred(f, *args, **kwargs)
+
+        node.checker = checker
+        before = proto.info.misbehaviour
+        result = node.add_vdf_output(tip.hash, 1, child.header.vdf[0], source=proto)
+        self.assertEqual(len(held), 1)
+        self.successResultOf(node.receive_block(child))  # the tip moves on
+        self.assertEqual(node.vdf_parent, child.hash)
+        d, f, args = held.pop()
+        d.callback(f(*args))
+        self.assertFalse(self.successResultOf(result))
+        self.assertEqual(proto.info.misbehaviour, before)
+        self.assertEqual(node.vdf_segments, [])

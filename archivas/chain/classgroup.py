@@ -3,7 +3,7 @@
 Blocks of one discriminant epoch share a discriminant (vdf.py), so each block's VDF must
 start from an element of its own, or a fork could reuse another chain's VDF. The element
 is a prime form (a, b, c) of the discriminant D: a is drawn from the seed (62 bits, so
-about 2^55 of them are possible starts), b is a square root of D modulo a, and c follows
+about 2^53 of them are possible starts), b is a square root of D modulo a, and c follows
 from b^2 - 4ac = D. No one knows how it relates to the generator or to any other start
 (that is a discrete logarithm in a class group of unknown order).
 
@@ -20,7 +20,7 @@ import math
 from archivas.chain.encoding import sha256
 
 FORM_SIZE = 100  # bytes of a serialized element, at every discriminant size (chiavdf's)
-A_BITS = 62  # bits of the form's a: one machine word, and about 2^55 admissible values
+A_BITS = 62  # bits of the form's a: one machine word, and about 2^53 admissible values
 MAX_TRIES = 10_000  # candidates for a before giving up (about 43 are needed on average)
 _DOMAIN = b"archivas-vdf-origin\x00"
 

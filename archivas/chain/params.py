@@ -8,6 +8,9 @@ from importlib import resources
 from typing import Any, Mapping, Optional
 
 COIN = 100_000_000  # 1 RCHV in base units (8 decimals)
+# A VDF origin's a has 62 bits and must stay below sqrt(|D|)/2 for the form to be reduced
+# (chain/classgroup.py); chiavdf's compressed forms are 100 bytes, for up to 1024 bits.
+MIN_DISCRIMINANT_BITS, MAX_DISCRIMINANT_BITS = 256, 1024
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +114,8 @@ def from_json(data: Mapping[str, Any]) -> NetworkParams:
         raise ValueError("initialDifficulty must be >= 1 and difficultyWindow >= 2")
     if params.vdf_iterations < 1 or params.target_vdf_segments < 1:
         raise ValueError("vdfIterations and targetVdfSegments must be >= 1")
+    if not MIN_DISCRIMINANT_BITS <= params.discriminant_bits <= MAX_DISCRIMINANT_BITS:
+        raise ValueError(f"discriminantBits must be {MIN_DISCRIMINANT_BITS} to {MAX_DISCRIMINANT_BITS}")
     return params
 
 
