@@ -120,7 +120,7 @@ class LineNode:
         self.arrived[block.hash] = time.perf_counter()
         # The discriminant cache is process-wide: without this, node i+1 would find the one
         # node i computed for the same block, which a node in its own process would not.
-        vdf.discriminant.cache_clear()
+        vdf.clear_caches()
 
     @property
     def address(self) -> str:

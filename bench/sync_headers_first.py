@@ -164,7 +164,7 @@ def template_db(blocks: Sequence[Block]) -> Path:
 
 def checks_two_threads(items: Sequence[Any], parents: Sequence[Header], check: Callable[..., Any]) -> float:
     """Seconds for `check(item, parent header, PARAMS)` over every item, 2 threads."""
-    vdf.discriminant.cache_clear()
+    vdf.clear_caches()
     with ThreadPoolExecutor(2) as pool:
         start = time.perf_counter()
         for _ in pool.map(check, items, parents, [PARAMS] * len(items), chunksize=16):
@@ -284,7 +284,7 @@ class SyncRun:
 
 async def sync_once(reactor: Any, blocks: Sequence[Block], source: Source, mode: str, headers_first: bool,
                     run_no: int, profile: Optional[cProfile.Profile] = None) -> SyncRun:
-    vdf.discriminant.cache_clear()  # earlier runs computed the same discriminants in this process
+    vdf.clear_caches()  # earlier runs computed the same discriminants in this process
     target = blocks[-1]
     RecordedRound.made = []
     with tempfile.TemporaryDirectory(prefix="archivas-bench-hf-") as directory:

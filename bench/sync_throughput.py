@@ -111,7 +111,7 @@ class Source:
 
 async def sync_once(reactor: Any, w: vt.Workload, sources: Sequence[Source],
                     profile: Optional[cProfile.Profile] = None) -> SyncRun:
-    vdf.discriminant.cache_clear()  # the sources' filling computed them in this process
+    vdf.clear_caches()  # the sources' filling computed them in this process
     target = w.blocks[-1]
     with tempfile.TemporaryDirectory(prefix="archivas-bench-sync-") as directory:
         chain = Chain.open(directory, w.params)

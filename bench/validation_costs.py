@@ -169,11 +169,7 @@ def devnet_block_vdf(devnet: NetworkParams, mode: Mode) -> list[Figure]:
     check = lambda: vdf.verify_chain(dseed, seed, segments, bits, iterations)  # noqa: E731
     assert check() == -1
 
-    def cold() -> None:
-        vdf.discriminant.cache_clear()
-        vdf.origin.cache_clear()
-
-    first = measure(check, 1, mode, setup=cold, loops=1)
+    first = measure(check, 1, mode, setup=vdf.clear_caches, loops=1)
     later = measure(check, 1, mode, setup=vdf.origin.cache_clear, loops=1)
     epoch = vdf.DISCRIMINANT_EPOCH
     mean = [(f + (epoch - 1) * x) / epoch for f, x in zip(sorted(first), sorted(later))]
