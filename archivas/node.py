@@ -79,6 +79,12 @@ RECENT_BLOCKS = 16  # decoded recent blocks (and their compact forms) kept to an
 # (their own transaction, off the block's relay: Chain.add_block(index_later=True)); an
 # index read writes them at once (Storage._current_index).
 INDEX_WRITE_DELAY = 1.0
+# A sync run's transaction stays open this long after its batch for the next batch to join
+# it (up to RUN_BLOCKS blocks, then it commits): sync imports what has arrived, often a
+# block or two at a time, and a commit per block cost 2.7 ms of reactor time a block at 50
+# transfers. A crash loses at most this much of a sync, and reopens at a run boundary.
+RUN_LINGER = 0.25
+RUN_BLOCKS = 64
 MAX_VDF_AHEAD = 64  # VDF segments held that came before the ones they follow
 INDEX_STEP_BLOCKS = 8  # blocks indexed a reactor turn while they catch up (docs/storage.md)
 CHECKPOINT_SECONDS = 1.0  # between passive WAL checkpoints in a thread (docs/storage.md)
@@ -226,6 +232,9 @@ class Node:
         self.stopped = False
         self._indexing: Optional[defer.Deferred] = None  # the transfer indexes catching up (catch_up_index)
         self._index_call: Any = None  # the pending catch_up_index of gossiped blocks (INDEX_WRITE_DELAY)
+        self.run_linger = RUN_LINGER  # 0: every import_batch commits its own run
+        self._linger: Any = None  # the pending commit of a sync run left open for the next batch
+        self._run_blocks = 0  # blocks the open sync run holds
         self._checkpointing: Optional[defer.Deferred] = None  # a WAL checkpoint in its thread
         self._checkpoint_failures = 0  # in a row
         self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
@@ -279,6 +288,7 @@ class Node:
         d.addBoth(done)
 
     def sync_ended(self) -> None:
+        self.commit_run()  # no batch of this round comes to join it
         self.reactor.callLater(0, self.catch_up_index)
 
     def catch_up_index(self) -> Optional[defer.Deferred]:
@@ -343,6 +353,7 @@ class Node:
         self.sync.stop()
         if self._index_call is not None and self._index_call.active():
             self._index_call.cancel()
+        self.commit_run()
         d = self.peers.stop()
         if self.threaded:
             d.addBoth(lambda _: self.threadpool.stop())
@@ -1115,8 +1126,9 @@ class Node:
         added = 0
         # One transaction for the run (a crash reopens at a run boundary); each block a
         # savepoint in it. Between blocks the reactor runs (a PING, a gossiped block, the
-        # next reply of the sync round): what it writes meanwhile joins the run.
-        self.chain.begin_run()
+        # next reply of the sync round): what it writes meanwhile joins the run. The run
+        # may be the one the batch before left open (RUN_LINGER).
+        self._open_run()
         try:
             for i, (block, check, sender) in enumerate(zip(blocks, checks, senders)):
                 if i and check.called:  # (awaiting a check still running yields anyway)
@@ -1140,11 +1152,44 @@ class Node:
                 if self.orphans.has_children(block.hash):
                     self._connect_children(block.hash)  # blocks that arrived during the sync
         finally:
-            with self.metrics.storing():
-                self.chain.end_run()  # the run's one commit
+            self._close_run(added)
             for check in checks:
                 check.addErrback(lambda f: None)
         return added
+
+    def _open_run(self) -> None:
+        if self._linger is not None:  # the last batch's run, left open: this batch joins it
+            if self._linger.active():
+                self._linger.cancel()
+            self._linger = None
+            return
+        self.chain.begin_run()
+        self._run_blocks = 0
+
+    def _close_run(self, added: int) -> None:
+        """The batch's end: its run commits now (the run is full, the node stops, lingering
+        is off) or stays open RUN_LINGER seconds for the next batch (commit_run then)."""
+        self._run_blocks += added
+        if (self.run_linger <= 0 or self._run_blocks >= RUN_BLOCKS or self.stopped or self._linger is not None
+                or not self.chain.storage.in_run):
+            with self.metrics.storing():
+                self.chain.end_run()  # the run's one commit
+            return
+        self._linger = self.reactor.callLater(self.run_linger, self.commit_run)
+
+    def commit_run(self) -> None:
+        """Commit the sync run a batch left open, if any (at once: the node stops, or its
+        RUN_LINGER is over). A failed commit is logged; the run is rolled back by storage."""
+        linger, self._linger = self._linger, None
+        if linger is None:
+            return
+        if linger.active():
+            linger.cancel()
+        try:
+            with self.metrics.storing():
+                self.chain.end_run()
+        except Exception:
+            log.failure("[storage] committing a sync run failed")
 
     # transactions
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.trial import unittest
 
+from archivas import node as node_module
 from archivas.chain.blockchain import Chain
 from archivas.chain.consensus import BlockRejected
 from archivas.chain.storage import Storage
@@ -138,8 +139,74 @@ class ImportYieldsTests(unittest.TestCase):
         height, in_run = seen[0]
         self.assertLess(height, 12, "the call waited for the whole run")
         self.assertTrue(in_run, "the run was committed block by block")
+        self.assertTrue(h.node.chain.storage.in_run)  # left open for the next batch (RUN_LINGER)
+        h.clock.advance(node_module.RUN_LINGER)
         self.assertFalse(h.node.chain.storage.in_run)
         self.assertEqual(h.node.chain.height, 12)
+
+
+def imported(case, h, blocks) -> int:
+    """import_batch(blocks) run to its end on the harness's clock (no time passing)."""
+    d = defer.ensureDeferred(h.node.import_batch(blocks))
+    for _ in range(10 * len(blocks) + 10):
+        if d.called:
+            break
+        h.clock.advance(0)
+    return case.successResultOf(d)
+
+
+class LingeringRunTests(unittest.TestCase):
+    """Sync imports what has arrived, often a block or two a batch: each batch's run stays
+    open RUN_LINGER seconds for the next to join, so a sync commits once per RUN_BLOCKS
+    blocks, not once a batch; the run commits when it is full, when the linger is over and
+    when the node stops."""
+
+    def setUp(self):
+        self.h = Harness(self)
+        self.commits = []
+        storage = self.h.node.chain.storage
+        commit = storage._commit
+
+        def counted():
+            self.commits.append(self.h.node.chain.height)
+            commit()
+
+        storage._commit = counted
+
+    def test_batches_join_one_run_that_commits_when_the_linger_is_over(self):
+        blocks = builder().extend(builder().genesis, 9)
+        for i in range(0, 9, 3):
+            self.assertEqual(imported(self, self.h, blocks[i:i + 3]), 3)
+            self.h.clock.advance(node_module.RUN_LINGER / 2)  # the next batch comes in time
+        self.assertEqual(self.commits, [])
+        self.assertTrue(self.h.node.chain.storage.in_run)
+        self.h.clock.advance(node_module.RUN_LINGER / 2)
+        self.assertEqual(self.commits, [9])
+        self.assertFalse(self.h.node.chain.storage.in_run)
+
+    def test_a_full_run_commits_at_once(self):
+        blocks = builder().extend(builder().genesis, node_module.RUN_BLOCKS + 2)
+        self.assertEqual(imported(self, self.h, blocks[:2]), 2)
+        self.assertEqual(imported(self, self.h, blocks[2:node_module.RUN_BLOCKS]), node_module.RUN_BLOCKS - 2)
+        self.assertEqual(self.commits, [node_module.RUN_BLOCKS])
+        self.assertFalse(self.h.node.chain.storage.in_run)
+
+    def test_stopping_the_node_commits_the_open_run(self):
+        blocks = builder().extend(builder().genesis, 4)
+        imported(self, self.h, blocks)
+        self.assertEqual(self.commits, [])
+        self.h.node.stop()
+        self.assertEqual(self.commits, [4])
+        self.assertFalse(self.h.node.chain.storage.in_run)
+        self.h.clock.advance(node_module.RUN_LINGER)  # the cancelled linger does nothing more
+        self.assertEqual(self.commits, [4])
+
+    def test_without_a_linger_every_batch_commits(self):
+        self.h.node.run_linger = 0
+        blocks = builder().extend(builder().genesis, 4)
+        imported(self, self.h, blocks[:2])
+        imported(self, self.h, blocks[2:])
+        self.assertEqual(self.commits, [2, 4])
 
 
 class IndexCatchUpTests(unittest.TestCase):
