@@ -148,13 +148,12 @@ async def sync_once(reactor: Any, w: vt.Workload, sources: Sequence[Source],
 
         chain.end_run = timed_end_run  # type: ignore[method-assign]
         lag: list[float] = []
-        ticking = [True]
+        ticking: list[Any] = [None]  # the next tick's DelayedCall (cancelled when the sync ends)
 
         def tick(due: float) -> None:
             now = time.perf_counter()
             lag.append(max(0.0, now - due))
-            if ticking[0]:
-                reactor.callLater(LAG_TICK, tick, now + LAG_TICK)
+            ticking[0] = reactor.callLater(LAG_TICK, tick, now + LAG_TICK)
 
         done: defer.Deferred = defer.Deferred()
         times: dict[str, float] = {}
@@ -178,14 +177,17 @@ async def sync_once(reactor: Any, w: vt.Workload, sources: Sequence[Source],
             profile.enable()
         cpu, cpu_thread = time.process_time(), time.thread_time()
         start = time.perf_counter()
-        reactor.callLater(LAG_TICK, tick, start + LAG_TICK)
+        ticking[0] = reactor.callLater(LAG_TICK, tick, start + LAG_TICK)
         try:
             for source in sources:
                 node.peers.dial(source.address)
             await done
             cpu, cpu_thread = time.process_time() - cpu, time.thread_time() - cpu_thread
         finally:
-            ticking[0] = False
+            # (a tick left pending would run after the validation runs that follow, which
+            # hold the reactor for seconds, and count their time as this sync's lag)
+            if ticking[0] is not None and ticking[0].active():
+                ticking[0].cancel()
             if profile is not None:
                 profile.disable()
             if deadline.active():
@@ -271,8 +273,10 @@ def print_notes() -> None:
         "context checks and SQLite commits; only the proofs and signatures (check_standalone) "
         "leave it, for the syncing node's 2-thread verification pool. Separate processes on "
         "separate machines would take the serving off the syncing node's CPU.",
-        "Validation-only feeds the in-memory blocks to a fresh Chain: no networking, no JSON, "
-        "no node (bench/validation_throughput.py's run_one_thread and run_two_threads).",
+        "Validation-only feeds the blocks to a fresh Chain: no networking, no node, and the JSON "
+        "decoded before the clock starts (bench/validation_throughput.py's run_one_thread and "
+        "run_two_threads). Each run decodes the blocks afresh, so that no id, signing bytes or "
+        "transaction root is left made by an earlier run: a syncing node meets new blocks.",
         "CPU s = CPU seconds of this process over the run (every thread; a sync's include its "
         "sources' serving). On 2 cores a sync can reach validation-only's throughput only if it "
         "spends no more CPU than validation-only does, less the idle share of the 2 cores.",
