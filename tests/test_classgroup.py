@@ -3,6 +3,7 @@ discriminant shared by an epoch of blocks without letting one block's VDF serve 
 
 import dataclasses
 import hashlib
+import math
 
 import chiavdf
 from hypothesis import given, settings
@@ -41,6 +42,14 @@ class PrimeFormTests(unittest.TestCase):
         self.assertTrue(0 < b < a <= c)
         self.assertEqual(a.bit_length(), classgroup.A_BITS)
         self.assertEqual(b % 2, 1)
+        self.assertEqual(math.gcd(a, classgroup._SMALL_PRIMES), 1)  # (the sieve's rule)
+
+    def test_the_sieve_is_the_odd_primes_below_its_limit(self):
+        self.assertEqual(classgroup._odd_primes_product(30), 3 * 5 * 7 * 11 * 13 * 17 * 19 * 23 * 29)
+        small = classgroup._SMALL_PRIMES
+        self.assertEqual((small % 3, small % 997, small % 2), (0, 0, 1))
+        self.assertNotEqual(small % 9, 0)  # each prime once
+        self.assertNotEqual(small % 1009, 0)  # none from the limit on
 
     @settings(max_examples=150, deadline=None)
     @given(seed=st.binary(min_size=32, max_size=32), bits=st.sampled_from([256, 1024]))

@@ -22,7 +22,22 @@ from archivas.chain.encoding import sha256
 FORM_SIZE = 100  # bytes of a serialized element, at every discriminant size (chiavdf's)
 A_BITS = 62  # bits of the form's a: one machine word, and about 2^53 admissible values
 MAX_TRIES = 10_000  # candidates for a before giving up (about 43 are needed on average)
+SIEVE_LIMIT = 1000  # a candidate with a prime factor below this is passed over unpowered
 _DOMAIN = b"archivas-vdf-origin\x00"
+
+
+def _odd_primes_product(limit: int) -> int:
+    sieve = bytearray([1]) * limit
+    sieve[:2] = b"\x00\x00"
+    for i in range(2, math.isqrt(limit) + 1):
+        if sieve[i]:
+            sieve[i * i::i] = bytes(len(sieve[i * i::i]))
+    return math.prod(i for i in range(3, limit) if sieve[i])
+
+
+# One gcd with this drops most composite candidates before their modular power (a 62-bit
+# power is most of an origin's cost, and it runs holding the GIL in the verify threads).
+_SMALL_PRIMES = _odd_primes_product(SIEVE_LIMIT)
 
 
 class NoForm(ValueError):
@@ -31,7 +46,8 @@ class NoForm(ValueError):
 
 def prime_form(discriminant: int, seed: bytes) -> tuple[int, int]:
     """(a, b) of the reduced form drawn from `seed`: the first counter whose a (62 bits,
-    a = 3 mod 4) has b = (D mod a)^((a+1)/4) mod a with b^2 = D mod a; b is taken odd.
+    a = 3 mod 4, no odd prime factor below SIEVE_LIMIT) has b = (D mod a)^((a+1)/4) mod a
+    with b^2 = D mod a; b is taken odd.
 
     a need not be prime: the square root is checked, not assumed, and with D prime every
     such form is primitive. With 0 < b < a and c about |D|/4a far above a, it is reduced."""
@@ -40,6 +56,8 @@ def prime_form(discriminant: int, seed: bytes) -> tuple[int, int]:
     for counter in range(MAX_TRIES):
         h = int.from_bytes(sha256(_DOMAIN, seed, counter.to_bytes(4, "big")), "big")
         a = (h >> (256 - A_BITS)) | (1 << (A_BITS - 1)) | 3
+        if math.gcd(a, _SMALL_PRIMES) != 1:
+            continue
         r = discriminant % a
         b = pow(r, (a + 1) // 4, a)
         if b == 0 or b * b % a != r:
