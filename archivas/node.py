@@ -85,6 +85,7 @@ INDEX_WRITE_DELAY = 1.0
 # transfers. A crash loses at most this much of a sync, and reopens at a run boundary.
 RUN_LINGER = 0.25
 RUN_BLOCKS = 64
+RUN_MAX_SECONDS = 1.0  # ... and once it is this old, however its batches come
 MAX_VDF_AHEAD = 64  # VDF segments held that came before the ones they follow
 INDEX_STEP_BLOCKS = 8  # blocks indexed a reactor turn while they catch up (docs/storage.md)
 CHECKPOINT_SECONDS = 1.0  # between passive WAL checkpoints in a thread (docs/storage.md)
@@ -235,6 +236,7 @@ class Node:
         self.run_linger = RUN_LINGER  # 0: every import_batch commits its own run
         self._linger: Any = None  # the pending commit of a sync run left open for the next batch
         self._run_blocks = 0  # blocks the open sync run holds
+        self._run_started = 0.0  # when it opened (reactor seconds)
         self._checkpointing: Optional[defer.Deferred] = None  # a WAL checkpoint in its thread
         self._checkpoint_failures = 0  # in a row
         self.metrics = NodeMetrics(self)  # /metrics (archivas/metrics.py): read at scrape time, fed by hooks
@@ -1163,15 +1165,19 @@ class Node:
                 self._linger.cancel()
             self._linger = None
             return
+        if not self.chain.storage.in_run:  # a new transaction, not one a batch in flight holds
+            self._run_blocks = 0
+            self._run_started = self.reactor.seconds()
         self.chain.begin_run()
-        self._run_blocks = 0
 
     def _close_run(self, added: int) -> None:
-        """The batch's end: its run commits now (the run is full, the node stops, lingering
-        is off) or stays open RUN_LINGER seconds for the next batch (commit_run then)."""
+        """The batch's end: its run commits now (the run is full or RUN_MAX_SECONDS old, the
+        node stops, lingering is off) or stays open RUN_LINGER seconds for the next batch
+        (commit_run then). So a crash loses at most about RUN_MAX_SECONDS of a sync."""
         self._run_blocks += added
         if (self.run_linger <= 0 or self._run_blocks >= RUN_BLOCKS or self.stopped or self._linger is not None
-                or not self.chain.storage.in_run):
+                or not self.chain.storage.in_run
+                or self.reactor.seconds() - self._run_started >= RUN_MAX_SECONDS):
             with self.metrics.storing():
                 self.chain.end_run()  # the run's one commit
             return
@@ -1179,7 +1185,9 @@ class Node:
 
     def commit_run(self) -> None:
         """Commit the sync run a batch left open, if any (at once: the node stops, or its
-        RUN_LINGER is over). A failed commit is logged; the run is rolled back by storage."""
+        RUN_LINGER is over). A failed commit (disk full, an I/O error) rolls the run back:
+        the node forgets what it held of those blocks and follows the stored tip again, and
+        the sync fetches them anew (the round's next batch no longer links)."""
         linger, self._linger = self._linger, None
         if linger is None:
             return
@@ -1188,8 +1196,11 @@ class Node:
         try:
             with self.metrics.storing():
                 self.chain.end_run()
-        except Exception:
-            log.failure("[storage] committing a sync run failed")
+        except Exception as e:
+            self.chain.forget_cached()
+            self.vdf_parent, self.vdf_segments = self.chain.tip.hash, []
+            log.error("[storage] committing a sync run failed ({e}): its blocks are not stored, "
+                      "the tip is back at height {h}", e=e, h=self.chain.height)
 
     # transactions
 

@@ -201,6 +201,45 @@ class LingeringRunTests(unittest.TestCase):
         self.h.clock.advance(node_module.RUN_LINGER)  # the cancelled linger does nothing more
         self.assertEqual(self.commits, [4])
 
+    def test_a_run_fed_a_block_at_a_time_commits_once_it_is_run_max_seconds_old(self):
+        """A peer trickling a block every 0.2 s (inside the linger each time) cannot hold
+        the transaction open for 64 blocks: the run commits once RUN_MAX_SECONDS old."""
+        blocks = builder().extend(builder().genesis, 8)
+        step = node_module.RUN_LINGER * 0.8
+        for block in blocks:
+            imported(self, self.h, [block])
+            self.h.clock.advance(step)
+        first = self.commits[0]  # the height of the first commit: the batch that found the run old enough
+        self.assertGreaterEqual((first - 1) * step, node_module.RUN_MAX_SECONDS - 1e-9)
+        self.assertLess((first - 2) * step, node_module.RUN_MAX_SECONDS - 1e-9)
+
+    def test_a_failed_lingering_commit_leaves_the_node_on_the_stored_tip(self):
+        """Disk full at the lingering commit: the run rolls back, the node forgets the
+        headers it held of it and follows the stored tip, and the same blocks import again."""
+        import sqlite3
+
+        chain, node = self.h.node.chain, self.h.node
+        genesis = chain.tip.hash
+        blocks = builder().extend(builder().genesis, 3)
+        imported(self, self.h, blocks)
+        self.assertEqual(node.vdf_parent, blocks[-1].hash)
+        storage = chain.storage
+        write_back = storage._write_back
+
+        def full_disk():
+            raise sqlite3.OperationalError("database or disk is full")
+
+        storage._write_back = full_disk
+        self.h.clock.advance(node_module.RUN_LINGER)
+        self.assertFalse(storage.in_run)
+        self.assertEqual((chain.height, node.vdf_parent), (0, genesis))
+        self.assertIsNone(chain.header(blocks[0].hash))
+        self.assertFalse(chain.has_block(blocks[-1].hash))
+        storage._write_back = write_back
+        self.assertEqual(imported(self, self.h, blocks), 3)
+        self.h.clock.advance(node_module.RUN_LINGER)
+        self.assertEqual(chain.height, 3)
+
     def test_without_a_linger_every_batch_commits(self):
         self.h.node.run_linger = 0
         blocks = builder().extend(builder().genesis, 4)

@@ -164,6 +164,11 @@ class Chain:
             self._remember_header(block_hash, header)
         return header
 
+    def forget_cached(self) -> None:
+        """Drop the headers kept in memory: a transaction that held some was rolled back."""
+        self._headers.clear()
+        self._header_bytes = 0
+
     def _remember_header(self, block_hash: bytes, header: Header) -> None:
         if block_hash in self._headers:
             return

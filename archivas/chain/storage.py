@@ -421,6 +421,7 @@ class Storage:
             self._dirty.clear()
             self._metas.clear()
             self._kv.clear()
+            self._recent.clear()
 
     def _journal(self, undo: Callable[[], None]) -> None:
         """Remember how to undo a cache change if the savepoint it was made in rolls back."""
