@@ -25,7 +25,7 @@ from twisted.python import failure
 from twisted.python.threadpool import ThreadPool
 
 from archivas.chain import assumed, keys, vdf
-from archivas.chain.block import Block, Header
+from archivas.chain.block import Block, Header, child_origin
 from archivas.chain.blockchain import ADDED_TIP, KNOWN, ORPHAN, AddResult, Chain
 from archivas.chain.consensus import BlockRejected, check_body, check_header, check_standalone
 from archivas.chain.encoding import sha256
@@ -1267,11 +1267,10 @@ class Node:
         return iterations
 
     def vdf_origin(self, parent_hash: bytes) -> defer.Deferred:
-        """Where the VDF of a child of `parent_hash` starts (vdf.origin), drawn in the
+        """Where the VDF of a child of `parent_hash` starts (block.child_origin), drawn in the
         verify pool: the first block of a discriminant epoch costs a discriminant (tens of
         ms on devnet), and vdf.origin remembers it for the segments and the block."""
-        return self._in_thread(vdf.origin, self.chain.discriminant_seed_for_child(parent_hash),
-                               self.chain.seed_for_child(parent_hash), self.params.discriminant_bits)
+        return self._in_thread(child_origin, self.chain.stored_header(parent_hash), self.params)
 
     def add_vdf_output(
         self, parent_hash: bytes, index: int, segment: vdf.Segment, source: Optional[PeerProtocol] = None

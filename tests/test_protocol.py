@@ -410,8 +410,7 @@ class VdfOriginRaceTests(unittest.TestCase):
         not invalid: refused, and the honest peer that relayed it keeps its score."""
         from twisted.internet import defer
 
-        from archivas.chain import vdf
-        from archivas.chain.block import genesis_block
+        from archivas.chain.block import child_origin, genesis_block
         from tests.common import PARAMS, fixture_blocks
 
         blocks = fixture_blocks(16)
@@ -426,7 +425,7 @@ class VdfOriginRaceTests(unittest.TestCase):
         held = []
 
         def checker(n, f, args, kwargs):  # the verify pool, with the origin held back
-            if f is vdf.origin:
+            if f is child_origin:
                 d = defer.Deferred()
                 held.append((d, f, args))
                 return d

@@ -209,17 +209,18 @@ class Chain:
         block templates and timelord output checks)."""
         return expected_iterations(self.ancestors(parent_hash, self._context_depth()), self.params)
 
-    def seed_for_child(self, parent_hash: bytes) -> bytes:
-        header = self.header(parent_hash)
+    def stored_header(self, block_hash: bytes) -> Header:
+        """header(), for a block that must be stored: KeyError when it is not."""
+        header = self.header(block_hash)
         if header is None:
-            raise KeyError(parent_hash.hex())
-        return child_seed(header, self.params)
+            raise KeyError(block_hash.hex())
+        return header
+
+    def seed_for_child(self, parent_hash: bytes) -> bytes:
+        return child_seed(self.stored_header(parent_hash), self.params)
 
     def discriminant_seed_for_child(self, parent_hash: bytes) -> bytes:
-        header = self.header(parent_hash)
-        if header is None:
-            raise KeyError(parent_hash.hex())
-        return child_discriminant_seed(header, self.params)
+        return child_discriminant_seed(self.stored_header(parent_hash), self.params)
 
     # writing
 
