@@ -96,6 +96,53 @@ class MoreNodes(unittest.TestCase):
         self.assertEqual(a_node.chain.accounts(), b_again.chain.accounts())
 
     @defer.inlineCallbacks
+    def test_3b_a_failed_run_commit_is_not_reported_as_synced(self):
+        """The disk fails at the commit of the round's run: the node goes back to its stored
+        tip, logs no "Synced to tip" for blocks it did not store, and the next round
+        stores them (every such line names a height that was committed when it was logged)."""
+        import sqlite3
+
+        b = builder()
+        a_node = start_node(self)
+        b_node = start_node(self)
+        blocks = b.extend(b.genesis, 12)
+        for block in blocks:
+            yield a_node.node.receive_block(block)
+        storage = b_node.chain.storage
+        write_back = storage._write_back
+        failures = []
+
+        def full_once():
+            if not failures:
+                failures.append(b_node.chain.height)
+                raise sqlite3.OperationalError("database or disk is full")
+            write_back()
+
+        storage._write_back = full_once
+        synced, rolled_back = [], []
+
+        def observer(event):
+            line = formatEvent(event)
+            if line.startswith("Synced to tip"):
+                synced.append((line, storage.in_run, b_node.chain.height))
+            elif "committing a sync run failed" in line:
+                rolled_back.append(line)
+
+        globalLogPublisher.addObserver(observer)
+        self.addCleanup(globalLogPublisher.removeObserver, observer)
+        yield defer.ensureDeferred(link(b_node, a_node))
+        yield defer.ensureDeferred(wait_until(lambda: b_node.chain.height == 12 and not storage.in_run
+                                              and any("height=12" in line for line, _, _ in synced),
+                                              "B synced to 12"))
+        self.assertEqual(len(failures), 1)
+        self.assertGreater(failures[0], 0)  # blocks of the run were held when it failed
+        self.assertEqual(len(rolled_back), 1, rolled_back)
+        for line, in_run, height in synced:
+            self.assertFalse(in_run, line)
+            self.assertIn(f"height={height})", line)
+        self.assertTrue(same_tip(a_node, b_node))
+
+    @defer.inlineCallbacks
     def test_partition_and_heal(self):
         b = builder()
         nodes = [start_node(self) for _ in range(4)]

@@ -337,7 +337,7 @@ class Syncer:
         weight_before = self.view.tip().weight
         claim = self.agent(target).claim()
         self.rounds += 1
-        early, ok = 0.0, False
+        early, ok, synced = 0.0, False, False
         try:
             assert target.info is not None
             if self.headers_first and target.info.can("headers"):
@@ -347,10 +347,9 @@ class Syncer:
                 if self.current.short_of_claim:  # what it proved is ours now; the rest was a lie
                     self.round_failed(target)
                     self.agent(target).refuted = claim
-                log.info("Synced to tip (height={height}) from {peer}", height=self.view.tip().height,
-                         peer=target.info.address)
+                synced = True
             else:
-                await self._seed_round(target)
+                synced = await self._seed_round(target)
                 ok = True
         except Exception as e:  # any failure of the round is the target's: rotate off it
             if not isinstance(e, (SyncFailed, HeadersFailed, defer.TimeoutError, defer.CancelledError)):
@@ -374,19 +373,24 @@ class Syncer:
         tip = self.view.block(self.view.tip().hash)
         if tip is not None and tip.height > 0:
             self.sink.relay_block(tip)
-        self.sink.sync_ended()
+        before_commit = self.view.tip().weight
+        self.sink.sync_ended()  # (commits what the round stored; a failed commit moves the tip back)
+        if synced and self.view.tip().weight >= before_commit:
+            log.info("Synced to tip (height={height}) from {peer}", height=self.view.tip().height,
+                     peer=target.info.address if target.info else "?")
         self.reactor.callLater(0, self.start_round)
 
-    async def _seed_round(self, target: PeerProtocol) -> None:
+    async def _seed_round(self, target: PeerProtocol) -> bool:
         """Block by block (GET_BLOCK) from a seed peer, or in batches from an Archivas peer
-        that does not serve headers: the fork point, then the heights above it."""
+        that does not serve headers: the fork point, then the heights above it. False when
+        there was nothing to fetch."""
         assert target.info is not None
         start_height = self.view.tip().height
         fork, held_blocks = await self._find_fork(target)
         held = {h: (block, target) for h, block in held_blocks.items()}
         goal = target.info.height
         if goal <= fork:
-            return
+            return False
         log.info("[p2p] peers are ahead, need to sync from {ours} to {goal}", ours=start_height, goal=goal)
         tip_hash = target.info.tip_hash
 
@@ -399,7 +403,7 @@ class Syncer:
                     and (p is target or self.agent(p).avoid_until <= now)]
 
         await self._fetch(fork + 1, goal, sources() or [target], held, sources)
-        log.info("Synced to tip (height={height})", height=self.view.tip().height)
+        return True
 
     async def _find_fork(self, proto: PeerProtocol) -> tuple[int, dict[int, Block]]:
         """The highest height where our main chain and the peer's agree, and any blocks
