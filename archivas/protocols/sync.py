@@ -370,14 +370,14 @@ class Syncer:
         elif ok and self.view.tip().weight == weight_before and self._ahead(target):
             self.round_failed(target)  # it showed more than it gave: try others first
             self.agent(target).refuted = claim
-        tip = self.view.block(self.view.tip().hash)
-        if tip is not None and tip.height > 0:
-            self.sink.relay_block(tip)
         before_commit = self.view.tip().weight
         self.sink.sync_ended()  # (commits what the round stored; a failed commit moves the tip back)
         if synced and self.view.tip().weight >= before_commit:
             log.info("Synced to tip (height={height}) from {peer}", height=self.view.tip().height,
                      peer=target.info.address if target.info else "?")
+        tip = self.view.block(self.view.tip().hash)  # (the stored tip: nothing rolled back is announced)
+        if tip is not None and tip.height > 0:
+            self.sink.relay_block(tip)
         self.reactor.callLater(0, self.start_round)
 
     async def _seed_round(self, target: PeerProtocol) -> bool:
