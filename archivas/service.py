@@ -40,6 +40,27 @@ from archivas.timelord import Timelord
 
 log = Logger()
 
+# Connections a listener accepts in one reactor turn. Twisted's TCP port starts at 100 and
+# adds 20 each turn that fills its quota, with no ceiling: in a flood of connections the
+# ones closed to make room (rpc.GuardedSite, the peer manager's eviction) still hold their
+# descriptors until the next turn, so the process briefly held the cap plus a batch that
+# kept growing (433 descriptors for a cap of 256, under load).
+ACCEPTS_PER_TURN = 32
+
+
+def bound_accepts(port: Any, most: int = ACCEPTS_PER_TURN) -> None:
+    """Keep `port` (a Twisted TCP port; anything else is left alone) from accepting more
+    than `most` connections per reactor turn."""
+    if not hasattr(port, "numberAccepts") or not hasattr(port, "doRead"):
+        return
+    accept = port.doRead
+
+    def doRead() -> Any:
+        port.numberAccepts = max(1, min(port.numberAccepts, most))
+        return accept()
+    port.doRead = doRead
+    port.numberAccepts = min(port.numberAccepts, most)
+
 
 class ListenError(Exception):
     """A listening address cannot be used (in use, not allowed, malformed)."""
@@ -78,6 +99,7 @@ class ListeningService(service.Service):
 
     def _listening(self, port: Any) -> None:
         self.port = port
+        bound_accepts(port)
         address = port.getHost()
         where = (f"{address.host}:{address.port}" if hasattr(address, "port")
                  else getattr(address, "name", None) or str(address))  # a UNIX socket's path

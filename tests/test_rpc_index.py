@@ -38,6 +38,7 @@ from archivas.chain.storage import DB_FILE, SCHEMA_VERSION, StorageError
 from archivas.nodeapi import MAX_HISTORY_LIMIT, MAX_MEMPOOL_LISTED, SYNC_RATE_WINDOW, LocalNodeAPI
 from archivas.protocols import wire
 from archivas.rpc import ABORT_GRACE, BODY_TIMEOUT, HEADER_TIMEOUT, MAX_CONNECTIONS, REFUSAL_LOG_SECONDS, NodeRPC, site
+from archivas.service import ACCEPTS_PER_TURN
 from tests.common import ALICE, BOB, CAROL, PARAMS, builder, fixture_blocks, now_ms, open_chain
 from tests.netutil import wait_until
 from tests.test_protocol import Harness, feed
@@ -837,7 +838,10 @@ class SlowClientTests(unittest.TestCase):
         self.assertLess(took, 5)
         self.assertEqual(json.loads(line)["type"], 7, line)  # STATUS: the p2p port still takes a peer
         self.assertLess(most, 1024)
-        self.assertLessEqual(most, baseline + MAX_CONNECTIONS + 120, (baseline, most))
+        # The cap, plus what is accepted while closed ones still hold their descriptors: a
+        # listener takes ACCEPTS_PER_TURN a reactor turn and a closed connection goes within
+        # two (it writes its 408 first), plus a few for the test's own peer and the node's files.
+        self.assertLessEqual(most, baseline + MAX_CONNECTIONS + 3 * ACCEPTS_PER_TURN + 24, (baseline, most))
         self.assertGreaterEqual(sum(cut.values()), MAX_CONNECTIONS, cut)  # (GuardUnitTests: exactly which)
         self.assertEqual(cut["other"], 0, cut)
         with open(log_path) as f:

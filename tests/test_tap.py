@@ -2,6 +2,7 @@
 the service tree makeService builds."""
 
 import os
+import socket
 
 from twisted.application.internet import ClientService
 from twisted.internet.testing import MemoryReactorClock
@@ -231,3 +232,46 @@ class VersionTests(unittest.TestCase):
                 options.parseOptions(["--version"])
             self.assertEqual(cm.exception.code, 0)
             self.assertTrue(out.getvalue().startswith(f"{program} {__version__} "), out.getvalue())
+
+
+class AcceptBoundTests(unittest.TestCase):
+    """A listener accepts at most ACCEPTS_PER_TURN connections per reactor turn, so that in
+    a flood the descriptors of connections closed to make room are released before the
+    next batch comes in (Twisted's own quota grows by 20 a turn without a ceiling)."""
+
+    def test_a_turn_accepts_at_most_the_bound_even_after_the_quota_grew(self):
+        from twisted.internet import defer, protocol, reactor
+
+        from archivas.service import ACCEPTS_PER_TURN
+
+        built = []
+
+        class Counting(protocol.Factory):
+            def buildProtocol(self, addr):
+                p = protocol.Protocol()
+                built.append(p)
+                return p
+
+        listener = ListeningService(reactor, "tcp:0:interface=127.0.0.1", Counting(), "test")
+        listener.startService()
+        port = listener.port
+        clients = []
+
+        def cleanup():
+            for c in clients:
+                c.close()
+            lost = [defer.Deferred() for _ in built]
+            for p, d in zip(built, lost):
+                p.connectionLost = lambda reason, d=d: d.callback(None)
+                p.transport.abortConnection()
+            return defer.gatherResults([defer.maybeDeferred(listener.stopService)] + lost)
+        self.addCleanup(cleanup)
+        # The kernel completes these handshakes in the listen backlog (50) with no reactor turn.
+        for _ in range(ACCEPTS_PER_TURN + 8):
+            clients.append(socket.create_connection(("127.0.0.1", port.getHost().port), timeout=5))
+        port.numberAccepts = 500  # as after a long flood
+        port.doRead()  # one reactor turn's accepts, called directly
+        self.assertEqual(len(built), ACCEPTS_PER_TURN)
+        self.assertLessEqual(port.numberAccepts, ACCEPTS_PER_TURN + 20)  # grows back only to the bound
+        port.doRead()
+        self.assertEqual(len(built), ACCEPTS_PER_TURN + 8)
